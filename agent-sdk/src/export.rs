@@ -1,0 +1,169 @@
+//! The library side of the boundary, written once here so agent authors never write it.
+//!
+//! `#[agent]` implements [`Exportable`] for the agent type and [`export_agents!`] lists them in
+//! the library's root module. Every call from the host enters through this module, inside
+//! `catch_unwind`: a panic in an agent becomes an error the host turns into a fault, and never
+//! unwinds across the boundary (which would abort the process).
+
+use crate::abi::{
+    AgentFactory, AgentFactoryBox, AgentFactory_TO, AgentInstance, AgentInstanceBox,
+    AgentInstance_TO, EventHost, EventHostRef, FactoryDescriptor,
+};
+use crate::delivery::{DeliveryAgent, DeliveryEvent};
+use crate::routing::{RoutingAgent, RoutingEvent};
+use crate::smtp_receive::{SmtpEvent, SmtpReceiveAgent};
+use crate::{AgentClass, AgentError, AgentResult, Event, EventSet, Parameters};
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RStr, RString, RVec, Tuple2};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Implemented by `#[agent]`: how to describe and drive an agent type across the boundary.
+pub trait Exportable: Clone + Send + Sync + 'static {
+    /// The class of agent.
+    const CLASS: AgentClass;
+    /// The delivery protocol (delivery agents), empty otherwise.
+    const DELIVERY_PROTOCOL: &'static str;
+    /// The events handled.
+    const EVENTS: EventSet;
+    /// Builds the agent from its parameters.
+    fn create(parameters: &Parameters) -> Result<Self, AgentError>;
+    /// Calls the handler of `event`.
+    fn dispatch(&mut self, event: Event, host: &mut (dyn EventHost + '_)) -> AgentResult;
+}
+
+/// The descriptor [`export_agents!`] lists for one factory.
+pub fn descriptor<A: Exportable>(name: &'static str) -> FactoryDescriptor {
+    FactoryDescriptor {
+        name: RStr::from_str(name),
+        class: A::CLASS,
+        delivery_protocol: RStr::from_str(A::DELIVERY_PROTOCOL),
+        events: A::EVENTS,
+        new_factory: new_factory::<A>,
+    }
+}
+
+extern "C" fn new_factory<A: Exportable>(
+    parameters: RVec<Tuple2<RString, RString>>,
+) -> RResult<AgentFactoryBox, RString> {
+    let parameters = Parameters::from_pairs(
+        parameters
+            .into_iter()
+            .map(|pair| (pair.0.into_string(), pair.1.into_string())),
+    );
+    guarded(|| A::create(&parameters))
+        .map(|prototype| AgentFactory_TO::from_value(Prototype(prototype), TD_Opaque))
+        .into()
+}
+
+/// The factory: the agent built from the parameters, cloned for each instance.
+struct Prototype<A>(A);
+
+impl<A: Exportable> AgentFactory for Prototype<A> {
+    fn create_agent(&self) -> RResult<AgentInstanceBox, RString> {
+        guarded(|| Ok(self.0.clone()))
+            .map(|agent| AgentInstance_TO::from_value(Instance(agent), TD_Opaque))
+            .into()
+    }
+}
+
+struct Instance<A>(A);
+
+impl<A: Exportable> AgentInstance for Instance<A> {
+    fn handle(&mut self, event: Event, mut host: EventHostRef<'_>) -> RResult<(), RString> {
+        if !A::EVENTS.contains(event) {
+            return RResult::ROk(());
+        }
+        guarded(|| self.0.dispatch(event, &mut host)).into()
+    }
+}
+
+/// Runs agent code, turning an error or a panic into the text of a fault.
+fn guarded<T>(f: impl FnOnce() -> AgentResult<T>) -> Result<T, RString> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(RString::from(error.message())),
+        Err(payload) => {
+            let text = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_string());
+            Err(RString::from(format!("agent panicked: {text}")))
+        }
+    }
+}
+
+/// Calls `agent`'s SMTP receive handler for `event`; used by the code `#[agent]` writes.
+pub fn dispatch_smtp_receive<A: SmtpReceiveAgent>(
+    agent: &mut A,
+    event: Event,
+    host: &mut (dyn EventHost + '_),
+) -> AgentResult {
+    macro_rules! call {
+        ($method:ident) => {
+            agent.$method(&mut SmtpEvent::new(host))
+        };
+    }
+    match event {
+        Event::OnConnect => call!(on_connect),
+        Event::OnHeloCommand => call!(on_helo_command),
+        Event::OnEhloCommand => call!(on_ehlo_command),
+        Event::OnStartTlsCommand => call!(on_start_tls_command),
+        Event::OnAuthCommand => call!(on_auth_command),
+        Event::OnEndOfAuthentication => call!(on_end_of_authentication),
+        Event::OnMailCommand => call!(on_mail_command),
+        Event::OnRcptCommand => call!(on_rcpt_command),
+        Event::OnDataCommand => call!(on_data_command),
+        Event::OnEndOfHeaders => call!(on_end_of_headers),
+        Event::OnEndOfData => call!(on_end_of_data),
+        Event::OnHelpCommand => call!(on_help_command),
+        Event::OnNoopCommand => call!(on_noop_command),
+        Event::OnRsetCommand => call!(on_rset_command),
+        Event::OnReject => call!(on_reject),
+        Event::OnDisconnect => call!(on_disconnect),
+        _ => Ok(()),
+    }
+}
+
+/// Calls `agent`'s categorizer handler for `event`; used by the code `#[agent]` writes.
+pub fn dispatch_routing<A: RoutingAgent>(
+    agent: &mut A,
+    event: Event,
+    host: &mut (dyn EventHost + '_),
+) -> AgentResult {
+    match event {
+        Event::OnSubmittedMessage => agent.on_submitted_message(&mut RoutingEvent::new(host)),
+        Event::OnResolvedMessage => agent.on_resolved_message(&mut RoutingEvent::new(host)),
+        Event::OnRoutedMessage => agent.on_routed_message(&mut RoutingEvent::new(host)),
+        Event::OnCategorizedMessage => agent.on_categorized_message(&mut RoutingEvent::new(host)),
+        _ => Ok(()),
+    }
+}
+
+/// Calls `agent`'s delivery handler for `event`; used by the code `#[agent]` writes.
+pub fn dispatch_delivery<A: DeliveryAgent>(
+    agent: &mut A,
+    event: Event,
+    host: &mut (dyn EventHost + '_),
+) -> AgentResult {
+    match event {
+        Event::OnOpenConnection => agent.on_open_connection(&mut DeliveryEvent::new(host)),
+        Event::OnDeliverMailItem => agent.on_deliver_mail_item(&mut DeliveryEvent::new(host)),
+        Event::OnCloseConnection => agent.on_close_connection(&mut DeliveryEvent::new(host)),
+        _ => Ok(()),
+    }
+}
+
+/// Runs one event through an agent exactly as the host does, through the boundary's glue
+/// (`catch_unwind` included). Used by [`crate::testing`].
+pub(crate) fn run_through_glue<A: Exportable, H: EventHost>(
+    agent: &mut A,
+    event: Event,
+    host: &mut H,
+) -> Result<(), String> {
+    let mut instance = Instance(agent.clone());
+    let host = crate::abi::EventHost_TO::from_ptr(host, TD_Opaque);
+    let result = instance.handle(event, host).into_result();
+    *agent = instance.0;
+    result.map_err(RString::into_string)
+}
