@@ -1,1 +1,5 @@
-fn main() {}
+//! `mta`: run the mail transfer agent or manage its agents. See `mta --help`.
+
+fn main() -> std::process::ExitCode {
+    mta_host::cli::main()
+}

@@ -1,0 +1,241 @@
+//! Agent libraries: loading them from shadow copies, checking their SDK, never unloading them.
+//!
+//! A library is loaded from a **shadow copy**: the file is copied (`fs::copy`, never a hard link,
+//! which the dynamic loader would map to the image it already has) to a unique name, the copy is
+//! loaded, and then removed from disk (the mapping stays). So a rebuild of the original, at the
+//! same path, is a new file the loader has never seen, and the old image keeps serving the
+//! sessions that still use it.
+//!
+//! Libraries are never unloaded: unloading a Rust cdylib is unsound (thread-locals, statics and
+//! code pointers may outlive it). Each distinct content loaded costs its mapped size for the life
+//! of the process; [`Libraries::loaded_count`] says how many. Loading the same content again
+//! (same path, same bytes) reuses the image already loaded.
+
+use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
+use abi_stable::std_types::{RVec, Tuple2};
+use mta_agent_sdk::abi::{AgentFactoryBox, AgentLibraryRef};
+use mta_agent_sdk::{AgentClass, EventSet};
+use std::collections::HashMap;
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A loaded agent library.
+#[derive(Debug)]
+pub struct Library {
+    /// The path it was configured with.
+    pub path: PathBuf,
+    /// Hash of its content.
+    pub fingerprint: u64,
+    /// The load number of this content in this process (1 is the first library loaded).
+    pub generation: u64,
+    /// The SDK version the library was built against.
+    pub sdk_version: String,
+    /// Its factories.
+    pub factories: Vec<FactoryInfo>,
+}
+
+/// One factory a library exports.
+#[derive(Clone, Debug)]
+pub struct FactoryInfo {
+    /// Its name (`classFactory`).
+    pub name: String,
+    /// The class of agent it creates.
+    pub class: AgentClass,
+    /// For delivery agents, the delivery protocol.
+    pub delivery_protocol: String,
+    /// The events its agent handles.
+    pub events: EventSet,
+    new_factory: NewFactory,
+}
+
+type NewFactory = extern "C" fn(
+    RVec<Tuple2<abi_stable::std_types::RString, abi_stable::std_types::RString>>,
+) -> abi_stable::std_types::RResult<AgentFactoryBox, abi_stable::std_types::RString>;
+
+impl FactoryInfo {
+    /// Builds a factory from parameters; `Err` is the agent's own message.
+    pub fn instantiate(&self, parameters: &[(String, String)]) -> Result<AgentFactoryBox, String> {
+        let params: RVec<_> = parameters
+            .iter()
+            .map(|(n, v)| Tuple2(n.as_str().into(), v.as_str().into()))
+            .collect();
+        (self.new_factory)(params)
+            .into_result()
+            .map_err(|e| e.into_string())
+    }
+}
+
+/// Why a library could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// No file at the path.
+    #[error("library {} does not exist", .0.display())]
+    Missing(PathBuf),
+    /// Copying or reading failed.
+    #[error("library {}: {error}", .0.display(), error = .1)]
+    Io(PathBuf, std::io::Error),
+    /// The dynamic loader refused it.
+    #[error("library {} is not loadable: {reason}", .0.display(), reason = .1)]
+    NotLoadable(PathBuf, String),
+    /// It exports no agent root module.
+    #[error("library {} is not an mta agent library: it exports no agent root module (expected an `export_agents!` line)", .0.display())]
+    NotAnAgentLibrary(PathBuf),
+    /// Built against an SDK this host cannot use.
+    #[error("library {} was built against mta-agent-sdk {found}, but this host uses mta-agent-sdk {expected}: rebuild the agent against a compatible SDK (same major version; below 1.0, a minor version at least the host's)", .path.display())]
+    IncompatibleSdk {
+        /// The library.
+        path: PathBuf,
+        /// The host's SDK version.
+        expected: String,
+        /// The library's SDK version.
+        found: String,
+    },
+    /// The SDK's types have a different layout in the library.
+    #[error("library {} was built against an incompatible mta-agent-sdk {found} (this host uses {expected}): {detail}", .path.display())]
+    IncompatibleLayout {
+        /// The library.
+        path: PathBuf,
+        /// The host's SDK version.
+        expected: String,
+        /// The library's SDK version.
+        found: String,
+        /// abi_stable's explanation.
+        detail: String,
+    },
+}
+
+/// The libraries loaded by this process.
+#[derive(Debug)]
+pub struct Libraries {
+    shadow_dir: PathBuf,
+    loaded: Mutex<HashMap<(PathBuf, u64), Arc<Library>>>,
+    count: AtomicU64,
+}
+
+impl Libraries {
+    /// A registry whose shadow copies go to `shadow_dir` (created if missing; it must allow
+    /// executable mappings).
+    pub fn new(shadow_dir: PathBuf) -> Self {
+        Self {
+            shadow_dir,
+            loaded: Mutex::new(HashMap::new()),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// How many library images this process has loaded (none is ever unloaded).
+    pub fn loaded_count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Loads the library at `path`, or returns the already-loaded image of the same content.
+    pub fn load(&self, path: &Path) -> Result<Arc<Library>, LoadError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(LoadError::Missing(path.to_path_buf()))
+            }
+            Err(e) => return Err(LoadError::Io(path.to_path_buf(), e)),
+        };
+        let fingerprint = fingerprint(&bytes);
+        let key = (path.to_path_buf(), fingerprint);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(library) = loaded.get(&key) {
+            return Ok(library.clone());
+        }
+        let generation = self.count.load(Ordering::Relaxed) + 1;
+        let shadow = self.shadow_copy(path, &bytes, fingerprint, generation)?;
+        let result = load_root_module(path, &shadow);
+        let _ = std::fs::remove_file(&shadow);
+        let (module, sdk_version) = result?;
+        self.count.store(generation, Ordering::Relaxed);
+        let factories = (module.factories())()
+            .into_iter()
+            .map(|d| FactoryInfo {
+                name: d.name.as_str().to_string(),
+                class: d.class,
+                delivery_protocol: d.delivery_protocol.as_str().to_string(),
+                events: d.events,
+                new_factory: d.new_factory,
+            })
+            .collect();
+        let library = Arc::new(Library {
+            path: path.to_path_buf(),
+            fingerprint,
+            generation,
+            sdk_version,
+            factories,
+        });
+        loaded.insert(key, library.clone());
+        Ok(library)
+    }
+
+    fn shadow_copy(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        fingerprint: u64,
+        generation: u64,
+    ) -> Result<PathBuf, LoadError> {
+        let io = |e| LoadError::Io(path.to_path_buf(), e);
+        std::fs::create_dir_all(&self.shadow_dir).map_err(io)?;
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "agent".into());
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "so".into());
+        let shadow = self.shadow_dir.join(format!(
+            "{stem}-{}-{generation}-{fingerprint:016x}.{ext}",
+            std::process::id()
+        ));
+        // Written from the bytes we hashed, so the image loaded is exactly the one fingerprinted
+        // even if the original is being rewritten right now.
+        std::fs::write(&shadow, bytes).map_err(io)?;
+        Ok(shadow)
+    }
+}
+
+fn load_root_module(path: &Path, shadow: &Path) -> Result<(AgentLibraryRef, String), LoadError> {
+    let header = lib_header_from_path(shadow).map_err(|e| match e {
+        LibraryError::GetSymbolError { .. } => LoadError::NotAnAgentLibrary(path.to_path_buf()),
+        LibraryError::OpenError { err, .. } => {
+            LoadError::NotLoadable(path.to_path_buf(), err.to_string())
+        }
+        other => LoadError::NotLoadable(path.to_path_buf(), other.to_string().trim().to_string()),
+    })?;
+    let expected = AgentLibraryRef::VERSION_STRINGS.version.to_string();
+    let found = header.version_strings().version.to_string();
+    let module = header
+        .init_root_module::<AgentLibraryRef>()
+        .map_err(|e| match e {
+            LibraryError::IncompatibleVersionNumber {
+                expected_version,
+                actual_version,
+                ..
+            } => LoadError::IncompatibleSdk {
+                path: path.to_path_buf(),
+                expected: expected_version.to_string(),
+                found: actual_version.to_string(),
+            },
+            LibraryError::AbiInstability(detail) => LoadError::IncompatibleLayout {
+                path: path.to_path_buf(),
+                expected: expected.clone(),
+                found: found.clone(),
+                detail: detail.to_string().trim().to_string(),
+            },
+            other => LoadError::NotLoadable(path.to_path_buf(), other.to_string().trim().to_string()),
+        })?;
+    Ok((module, found))
+}
+
+/// A content hash: the same bytes reuse the same image.
+fn fingerprint(bytes: &[u8]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    hasher.write(bytes);
+    hasher.finish()
+}

@@ -1,0 +1,24 @@
+//! The agent host: agents files, libraries, pipeline snapshots, live reload and dispatch.
+//!
+//! - [`file`] reads an agents file (Exchange's format) with positions;
+//! - [`library`] loads agent libraries from shadow copies and checks their SDK;
+//! - [`pipeline`] builds an immutable snapshot of a service's agents;
+//! - [`reload`] swaps snapshots live when a file or library changes;
+//! - [`dispatch`] raises events to agents, containing faults and enforcing time limits;
+//! - [`edit`] changes a file for the `mta agent` commands; [`status`] tells other processes
+//!   what a running host has loaded.
+
+pub mod diagnostic;
+pub mod dispatch;
+pub mod edit;
+pub mod file;
+pub mod library;
+pub mod pipeline;
+pub mod reload;
+pub mod status;
+
+pub use diagnostic::Diagnostic;
+pub use dispatch::{AgentSet, EventContext, Fault};
+pub use library::Libraries;
+pub use pipeline::Pipeline;
+pub use reload::{AgentHost, ReloadController};

@@ -1,0 +1,320 @@
+//! Live reload: one controller per process rebuilds a service's pipeline when its agents file or
+//! one of its libraries changes, and swaps it in whole, or keeps the running one on any error.
+//!
+//! Triggers (file watcher, SIGHUP, a management command's edit, which the watcher sees) arrive on
+//! one channel. The watcher watches the *directories* of the files and libraries, because a
+//! rebuild or an atomic edit replaces the inode; events are debounced so that a build writing a
+//! library in several steps causes one reload.
+
+use crate::agents::diagnostic::{render, Diagnostic};
+use crate::agents::file;
+use crate::agents::library::Libraries;
+use crate::agents::pipeline::Pipeline;
+use crate::agents::status;
+use crate::service::Service;
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The agents of one service: the running snapshot and what is needed to rebuild it.
+pub struct AgentHost {
+    service: Service,
+    file: Option<PathBuf>,
+    libraries: Arc<Libraries>,
+    current: ArcSwap<Pipeline>,
+    generation: AtomicU64,
+    status_path: Option<PathBuf>,
+    last_error: Mutex<Option<String>>,
+    reload_lock: Mutex<()>,
+}
+
+impl AgentHost {
+    /// Builds the first pipeline of `service` from `file` (none: an empty pipeline). An invalid
+    /// file is an error here: at start-up it is fatal.
+    pub fn start(
+        service: Service,
+        file: Option<PathBuf>,
+        libraries: Arc<Libraries>,
+        status_path: Option<PathBuf>,
+    ) -> Result<Arc<Self>, Vec<Diagnostic>> {
+        let pipeline = match &file {
+            Some(path) => {
+                let parsed = file::read(path)?;
+                Pipeline::build(&parsed, service, &libraries, None, 1)?
+            }
+            None => Pipeline::empty(service),
+        };
+        log_warnings(&pipeline, None);
+        let generation = pipeline.generation;
+        let host = Arc::new(Self {
+            service,
+            file,
+            libraries,
+            current: ArcSwap::from_pointee(pipeline),
+            generation: AtomicU64::new(generation),
+            status_path,
+            last_error: Mutex::new(None),
+            reload_lock: Mutex::new(()),
+        });
+        tracing::info!(
+            message = "Agent pipeline loaded.",
+            service = %service,
+            generation,
+            agents = host.pipeline().agents.len(),
+        );
+        host.write_status();
+        Ok(host)
+    }
+
+    /// The service.
+    pub fn service(&self) -> Service {
+        self.service
+    }
+
+    /// The running snapshot. A session keeps what this returns until it ends.
+    pub fn pipeline(&self) -> Arc<Pipeline> {
+        self.current.load_full()
+    }
+
+    /// The agents file, if the service has one.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// Rebuilds from the file and swaps. On any error the running snapshot stays and the error
+    /// is returned (and logged, and written to the status file).
+    pub fn reload(&self) -> Result<u64, Vec<Diagnostic>> {
+        let Some(path) = &self.file else {
+            return Ok(0);
+        };
+        let _guard = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
+        let old = self.pipeline();
+        let next = self.generation.load(Ordering::Relaxed) + 1;
+        let built = file::read(path)
+            .and_then(|parsed| Pipeline::build(&parsed, self.service, &self.libraries, Some(&old), next));
+        match built {
+            Ok(pipeline) => {
+                log_warnings(&pipeline, Some(&old));
+                let agents = pipeline.agents.len();
+                self.current.store(Arc::new(pipeline));
+                self.generation.store(next, Ordering::Relaxed);
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                tracing::info!(
+                    message = "Agent pipeline swapped.",
+                    service = %self.service,
+                    generation = next,
+                    agents,
+                    libraries_loaded = self.libraries.loaded_count(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                );
+                self.write_status();
+                Ok(next)
+            }
+            Err(diagnostics) => {
+                let text = render(&diagnostics);
+                tracing::error!(
+                    message = "Agent pipeline reload failed; the running pipeline keeps serving.",
+                    service = %self.service,
+                    generation = old.generation,
+                    errors = %text,
+                );
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+                self.write_status();
+                Err(diagnostics)
+            }
+        }
+    }
+
+    /// Files whose change should trigger a reload: the agents file and every library it names.
+    fn watched_files(&self) -> Vec<PathBuf> {
+        let Some(path) = &self.file else {
+            return Vec::new();
+        };
+        let mut files = vec![path.clone()];
+        if let Ok(parsed) = file::read(path) {
+            files.extend(parsed.agents.iter().map(|e| e.assembly.clone()));
+        } else {
+            files.extend(self.pipeline().agents.iter().map(|a| a.library.path.clone()));
+        }
+        files
+    }
+
+    fn write_status(&self) {
+        if let Some(path) = &self.status_path {
+            let error = self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Err(e) = status::write(path, &self.pipeline(), error.as_deref(), self.libraries.loaded_count()) {
+                tracing::warn!(message = "Could not write the agents status file.", path = %path.display(), error = %e);
+            }
+        }
+    }
+}
+
+fn log_warnings(pipeline: &Pipeline, previous: Option<&Pipeline>) {
+    for warning in &pipeline.warnings {
+        if previous.is_some_and(|p| p.warnings.contains(warning)) {
+            continue;
+        }
+        tracing::warn!(message = %warning, service = %pipeline.service);
+    }
+}
+
+/// What can make the controller reload.
+#[derive(Debug)]
+pub enum Trigger {
+    /// Something changed on disk.
+    Paths(Vec<PathBuf>),
+    /// Reload everything (SIGHUP).
+    All,
+    /// Stop the controller.
+    Stop,
+}
+
+/// The running reload controller; dropping it stops watching.
+pub struct ReloadController {
+    sender: mpsc::Sender<Trigger>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ReloadController {
+    /// Starts watching the files and libraries of `hosts`, reloading after `debounce` of quiet.
+    pub fn start(hosts: Vec<Arc<AgentHost>>, debounce: Duration) -> notify::Result<Self> {
+        let (sender, receiver) = mpsc::channel::<Trigger>();
+        let events = sender.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event {
+                if !matches!(event.kind, notify::EventKind::Access(_)) {
+                    let _ = events.send(Trigger::Paths(event.paths));
+                }
+            }
+        })?;
+        let mut control = Control {
+            hosts,
+            watcher,
+            watched_dirs: BTreeSet::new(),
+        };
+        control.rewatch();
+        let thread = std::thread::Builder::new()
+            .name("agent-reload".into())
+            .spawn(move || control.run(receiver, debounce))
+            .map_err(|e| notify::Error::generic(&e.to_string()))?;
+        Ok(Self {
+            sender,
+            thread: Some(thread),
+        })
+    }
+
+    /// A sender for other triggers (SIGHUP).
+    pub fn trigger(&self) -> mpsc::Sender<Trigger> {
+        self.sender.clone()
+    }
+}
+
+impl Drop for ReloadController {
+    fn drop(&mut self) {
+        let _ = self.sender.send(Trigger::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct Control {
+    hosts: Vec<Arc<AgentHost>>,
+    watcher: notify::RecommendedWatcher,
+    watched_dirs: BTreeSet<PathBuf>,
+}
+
+impl Control {
+    fn run(&mut self, receiver: mpsc::Receiver<Trigger>, debounce: Duration) {
+        loop {
+            let Ok(first) = receiver.recv() else { return };
+            let mut pending: Vec<PathBuf> = Vec::new();
+            let mut all = false;
+            let absorb = |trigger: Trigger, pending: &mut Vec<PathBuf>, all: &mut bool| match trigger {
+                Trigger::Paths(paths) => {
+                    pending.extend(paths);
+                    true
+                }
+                Trigger::All => {
+                    *all = true;
+                    true
+                }
+                Trigger::Stop => false,
+            };
+            if !absorb(first, &mut pending, &mut all) {
+                return;
+            }
+            // Debounce: wait until nothing has arrived for `debounce`.
+            loop {
+                match receiver.recv_timeout(debounce) {
+                    Ok(trigger) => {
+                        if !absorb(trigger, &mut pending, &mut all) {
+                            return;
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            for host in &self.hosts {
+                let watched = host.watched_files();
+                let relevant = all || pending.iter().any(|p| watched.iter().any(|w| same_file(p, w)));
+                if relevant {
+                    let _ = host.reload();
+                }
+            }
+            self.rewatch();
+        }
+    }
+
+    /// Watches the directory of every file of interest (a library may have moved).
+    fn rewatch(&mut self) {
+        let wanted: BTreeSet<PathBuf> = self
+            .hosts
+            .iter()
+            .flat_map(|h| h.watched_files())
+            .filter_map(|f| absolute(&f).parent().map(Path::to_path_buf))
+            .filter(|d| d.is_dir())
+            .collect();
+        for gone in self.watched_dirs.difference(&wanted) {
+            let _ = self.watcher.unwatch(gone);
+        }
+        for dir in wanted.difference(&self.watched_dirs) {
+            if let Err(e) = self.watcher.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(message = "Cannot watch directory for agent changes.", dir = %dir.display(), error = %e);
+            }
+        }
+        self.watched_dirs = wanted;
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+fn same_file(event_path: &Path, watched: &Path) -> bool {
+    let a = absolute(event_path);
+    let b = absolute(watched);
+    a == b || normalize(&a) == normalize(&b)
+}
+
+/// Removes `.` and resolves `..` lexically (the files may not exist any more).
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}

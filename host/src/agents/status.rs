@@ -1,0 +1,89 @@
+//! The status file a running host writes after every reload attempt, so that `mta agent list`
+//! (another process) can show what is loaded: `<data_dir>/run/agents-<service>.json`.
+
+use crate::agents::pipeline::Pipeline;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+/// What a running host has loaded for one service.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    /// The service.
+    pub service: String,
+    /// The host's process id.
+    pub pid: u32,
+    /// The generation of the running pipeline.
+    pub generation: u64,
+    /// The error of the last reload, if it failed (the running pipeline is older).
+    pub last_error: Option<String>,
+    /// How many library images the process has loaded (never unloaded).
+    pub libraries_loaded: u64,
+    /// The agents of the running pipeline, in priority order.
+    pub agents: Vec<AgentStatus>,
+}
+
+/// One loaded agent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentStatus {
+    /// Name.
+    pub name: String,
+    /// Class.
+    pub class: String,
+    /// Priority.
+    pub priority: usize,
+    /// Library path.
+    pub library: String,
+    /// Load number of the library image.
+    pub library_generation: u64,
+    /// SDK version the library was built with.
+    pub sdk_version: String,
+    /// Events raised to it.
+    pub events: Vec<String>,
+    /// Calls so far.
+    pub calls: u64,
+    /// Faults so far.
+    pub faults: u64,
+    /// Calls over the time limit so far.
+    pub too_slow: u64,
+}
+
+/// Writes the status atomically (temporary file, then rename).
+pub fn write(
+    path: &Path,
+    pipeline: &Pipeline,
+    last_error: Option<&str>,
+    libraries_loaded: u64,
+) -> std::io::Result<()> {
+    let status = Status {
+        service: pipeline.service.to_string(),
+        pid: std::process::id(),
+        generation: pipeline.generation,
+        last_error: last_error.map(str::to_string),
+        libraries_loaded,
+        agents: pipeline
+            .agents
+            .iter()
+            .map(|a| AgentStatus {
+                name: a.name.clone(),
+                class: a.class.to_string(),
+                priority: a.priority,
+                library: a.library.path.display().to_string(),
+                library_generation: a.library.generation,
+                sdk_version: a.library.sdk_version.clone(),
+                events: a.events.iter().map(|e| e.name().to_string()).collect(),
+                calls: a.factory.calls.load(Ordering::Relaxed),
+                faults: a.factory.faults.load(Ordering::Relaxed),
+                too_slow: a.factory.too_slow.load(Ordering::Relaxed),
+            })
+            .collect(),
+    };
+    let json = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
+    crate::fsutil::write_atomic(path, &json)
+}
+
+/// Reads a status file; `None` when absent or unreadable.
+pub fn read(path: &Path) -> Option<Status> {
+    let bytes = std::fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}

@@ -1,0 +1,307 @@
+//! `mta agent ...`: Exchange's transport agent cmdlets, as edits of the agents files.
+//!
+//! Every edit is checked by parsing the result, then written atomically; a running host sees the
+//! file change and reloads its pipeline live.
+
+use super::{agents_file_for, parse_service};
+use crate::agents::edit::{self, EditError};
+use crate::agents::{file, status, Libraries, Pipeline};
+use crate::config::HostConfig;
+use crate::service::Service;
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use mta_agent_sdk::{AgentClass, Event};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Register an agent library (Install-TransportAgent): checks the library, its factory, its
+    /// class and the service's rules, then appends a disabled entry.
+    Install {
+        /// The agent's name (1 to 64 letters, digits, space, `.`, `_`, `-`).
+        #[arg(long)]
+        name: String,
+        /// The factory's name inside the library (`classFactory`).
+        #[arg(long)]
+        factory: String,
+        /// The agent library (`assemblyPath`).
+        #[arg(long)]
+        assembly: PathBuf,
+        /// transport or frontend.
+        #[arg(long, default_value = "transport", value_parser = parse_service)]
+        service: Service,
+    },
+    /// Remove an agent's entry (Uninstall-TransportAgent).
+    Uninstall {
+        /// The agent's name.
+        name: String,
+        /// transport or frontend.
+        #[arg(long, default_value = "transport", value_parser = parse_service)]
+        service: Service,
+    },
+    /// Enable an agent (Enable-TransportAgent).
+    Enable {
+        /// The agent's name.
+        name: String,
+        /// transport or frontend.
+        #[arg(long, default_value = "transport", value_parser = parse_service)]
+        service: Service,
+    },
+    /// Disable an agent (Disable-TransportAgent).
+    Disable {
+        /// The agent's name.
+        name: String,
+        /// transport or frontend.
+        #[arg(long, default_value = "transport", value_parser = parse_service)]
+        service: Service,
+    },
+    /// Move an agent to a priority, 1 being the first (Set-TransportAgent -Priority).
+    SetPriority {
+        /// The agent's name.
+        name: String,
+        /// The new priority.
+        priority: usize,
+        /// transport or frontend.
+        #[arg(long, default_value = "transport", value_parser = parse_service)]
+        service: Service,
+    },
+    /// List agents: name, class, enabled, priority, library, loaded generation (Get-TransportAgent).
+    List {
+        /// Only this service.
+        #[arg(long, value_parser = parse_service)]
+        service: Option<Service>,
+    },
+    /// Show, per service and event, the agents in the order they run (Get-TransportPipeline).
+    Pipeline {
+        /// Only this service.
+        #[arg(long, value_parser = parse_service)]
+        service: Option<Service>,
+    },
+}
+
+pub fn run(config: &HostConfig, command: AgentCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        AgentCommand::Install {
+            name,
+            factory,
+            assembly,
+            service,
+        } => install(config, service, &name, &factory, &assembly),
+        AgentCommand::Uninstall { name, service } => edit_entry(config, service, &name, |f, e| {
+            Ok(edit::remove(f, e))
+        })
+        .map(|_| println!("Uninstalled agent {name:?} from the {service} service.")),
+        AgentCommand::Enable { name, service } => {
+            edit_entry(config, service, &name, |f, e| Ok(edit::set_enabled(f, e, true)))
+                .map(|_| println!("Enabled agent {name:?} in the {service} service."))
+        }
+        AgentCommand::Disable { name, service } => {
+            edit_entry(config, service, &name, |f, e| Ok(edit::set_enabled(f, e, false)))
+                .map(|_| println!("Disabled agent {name:?} in the {service} service."))
+        }
+        AgentCommand::SetPriority {
+            name,
+            priority,
+            service,
+        } => edit_entry(config, service, &name, |f, e| edit::move_to(f, e, priority))
+            .map(|_| println!("Agent {name:?} now has priority {priority} in the {service} service.")),
+        AgentCommand::List { service } => list(config, service),
+        AgentCommand::Pipeline { service } => pipeline(config, service),
+    }
+    .map(|()| ExitCode::SUCCESS)
+}
+
+fn refuse_mailbox(service: Service) -> anyhow::Result<()> {
+    if service == Service::Mailbox {
+        bail!("{}", service.accepted_classes());
+    }
+    Ok(())
+}
+
+fn read_existing(path: &Path) -> anyhow::Result<file::AgentsFile> {
+    file::read(path).map_err(|d| anyhow::anyhow!(crate::agents::diagnostic::render(&d)))
+}
+
+fn edit_entry(
+    config: &HostConfig,
+    service: Service,
+    name: &str,
+    change: impl FnOnce(&file::AgentsFile, &file::AgentEntry) -> Result<String, EditError>,
+) -> anyhow::Result<()> {
+    refuse_mailbox(service)?;
+    let path = agents_file_for(config, service);
+    let parsed = read_existing(&path)?;
+    let (_, entry) = edit::find(&parsed, name)?;
+    let text = change(&parsed, entry)?;
+    edit::commit(&path, text)?;
+    Ok(())
+}
+
+fn install(
+    config: &HostConfig,
+    service: Service,
+    name: &str,
+    factory: &str,
+    assembly: &Path,
+) -> anyhow::Result<()> {
+    refuse_mailbox(service)?;
+    let path = agents_file_for(config, service);
+    let parsed = if path.exists() {
+        read_existing(&path)?
+    } else {
+        file::parse(&path, edit::EMPTY_FILE.to_string())
+            .map_err(|d| anyhow::anyhow!(crate::agents::diagnostic::render(&d)))?
+    };
+    if edit::find(&parsed, name).is_ok() {
+        return Err(EditError::NameTaken(name.to_string()).into());
+    }
+    let assembly = std::path::absolute(assembly).context("resolving --assembly")?;
+    let libraries = Libraries::new(config.run_dir().join("shadow"));
+    let library = libraries.load(&assembly)?;
+    let Some(info) = library.factories.iter().find(|f| f.name == factory) else {
+        let names: Vec<_> = library.factories.iter().map(|f| format!("{:?} ({})", f.name, f.class)).collect();
+        bail!(
+            "library {} has no factory named {factory:?}; it exports: {}",
+            assembly.display(),
+            if names.is_empty() { "nothing".into() } else { names.join(", ") }
+        );
+    };
+    if !service.accepts(info.class) {
+        bail!("factory {factory:?} creates a {}: {}", info.class, service.accepted_classes());
+    }
+    if info.class == AgentClass::Delivery {
+        if info.delivery_protocol.trim().is_empty() {
+            bail!("factory {factory:?} is a delivery agent without a delivery protocol");
+        }
+        for other in parsed.agents.iter().filter(|e| e.class.value == AgentClass::Delivery) {
+            let Ok(lib) = libraries.load(&other.assembly) else { continue };
+            if let Some(f) = lib.factories.iter().find(|f| f.name == other.factory.value) {
+                if f.delivery_protocol.eq_ignore_ascii_case(&info.delivery_protocol) {
+                    bail!(
+                        "delivery protocol {:?} is already claimed by agent {:?}",
+                        info.delivery_protocol,
+                        other.name.value
+                    );
+                }
+            }
+        }
+    }
+    if service == Service::FrontEnd && info.events.contains(Event::OnEndOfData) {
+        eprintln!(
+            "warning: agent {name:?} handles OnEndOfData, which the Front End service never raises; it will run for its other events"
+        );
+    }
+    let entry = edit::entry_xml(name, info.class, factory, &assembly.display().to_string());
+    let text = edit::append(&parsed, &entry)?;
+    edit::commit(&path, text)?;
+    println!(
+        "Installed agent {name:?} ({}, factory {factory:?}) in {} as disabled; enable it with `mta agent enable {name:?}{}`.",
+        info.class,
+        path.display(),
+        if service == Service::FrontEnd { " --service frontend" } else { "" }
+    );
+    Ok(())
+}
+
+fn services(only: Option<Service>) -> Vec<Service> {
+    match only {
+        Some(s) => vec![s],
+        None => vec![Service::FrontEnd, Service::Transport],
+    }
+}
+
+fn list(config: &HostConfig, only: Option<Service>) -> anyhow::Result<()> {
+    for service in services(only) {
+        refuse_mailbox(service)?;
+        let path = agents_file_for(config, service);
+        if !path.exists() {
+            println!("{service}: no agents file ({})", path.display());
+            continue;
+        }
+        let parsed = read_existing(&path)?;
+        let running = status::read(&config.agents_status_path(service)).filter(|s| pid_alive(s.pid));
+        println!(
+            "{service}: {}{}",
+            path.display(),
+            match &running {
+                Some(s) => format!(" (running, pipeline generation {})", s.generation),
+                None => " (not running)".to_string(),
+            }
+        );
+        println!(
+            "  {:<8} {:<24} {:<17} {:<7} {:<10} LIBRARY",
+            "PRIORITY", "NAME", "CLASS", "ENABLED", "LOADED"
+        );
+        for (i, entry) in parsed.agents.iter().enumerate() {
+            let loaded = running
+                .as_ref()
+                .and_then(|s| s.agents.iter().find(|a| a.name.eq_ignore_ascii_case(&entry.name.value)))
+                .map(|a| format!("gen {}", s_gen(running.as_ref(), a)))
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "  {:<8} {:<24} {:<17} {:<7} {:<10} {}",
+                i + 1,
+                entry.name.value,
+                entry.class.value.short_name(),
+                entry.enabled.value,
+                loaded,
+                entry.assembly.display()
+            );
+        }
+        if let Some(error) = running.as_ref().and_then(|s| s.last_error.as_ref()) {
+            println!("  last reload failed; still running generation {}:", running.as_ref().map_or(0, |s| s.generation));
+            for line in error.lines() {
+                println!("    {line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn s_gen(running: Option<&status::Status>, agent: &status::AgentStatus) -> String {
+    format!(
+        "{} (library #{})",
+        running.map_or(0, |s| s.generation),
+        agent.library_generation
+    )
+}
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn pipeline(config: &HostConfig, only: Option<Service>) -> anyhow::Result<()> {
+    let libraries = Libraries::new(config.run_dir().join("shadow"));
+    for service in services(only) {
+        refuse_mailbox(service)?;
+        let Some(path) = config.agents_file(service).map(Path::to_path_buf).or_else(|| {
+            Some(agents_file_for(config, service)).filter(|p| p.exists())
+        }) else {
+            println!("{service}: no agents file");
+            continue;
+        };
+        let parsed = read_existing(&path)?;
+        let pipeline = Pipeline::build(&parsed, service, &libraries, None, 1)
+            .map_err(|d| anyhow::anyhow!(crate::agents::diagnostic::render(&d)))?;
+        println!("{service} ({}):", path.display());
+        let mut any = false;
+        for event in Event::ALL.into_iter().filter(|e| service.raises(*e)) {
+            let agents: Vec<String> = pipeline
+                .agents_for(event)
+                .map(|(_, a)| format!("{}. {}", a.priority, a.name))
+                .collect();
+            if !agents.is_empty() {
+                any = true;
+                println!("  {:<24} {}", event.name(), agents.join(", "));
+            }
+        }
+        if !any {
+            println!("  (no enabled agent handles any event)");
+        }
+        for warning in &pipeline.warnings {
+            println!("  warning: {warning}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! `mta config check`: validate everything without starting anything.
+
+use crate::agents::{file, Libraries, Pipeline};
+use crate::config::HostConfig;
+use crate::service::Service;
+use std::process::ExitCode;
+
+pub fn run(config: &HostConfig) -> anyhow::Result<ExitCode> {
+    let libraries = Libraries::new(config.run_dir().join("shadow"));
+    let mut failed = false;
+    match &config.source {
+        Some(p) => println!("{}: ok", p.display()),
+        None => println!("host configuration: embedded defaults"),
+    }
+    if let Some(path) = &config.agents.mailbox {
+        eprintln!(
+            "{}: an agents file for the Mailbox Transport service is refused: {}",
+            path.display(),
+            Service::Mailbox.accepted_classes()
+        );
+        failed = true;
+    }
+    for service in [Service::FrontEnd, Service::Transport] {
+        let Some(path) = config.agents_file(service) else {
+            println!("{service}: no agents file");
+            continue;
+        };
+        let built = file::read(path)
+            .and_then(|parsed| Pipeline::build(&parsed, service, &libraries, None, 1));
+        match built {
+            Ok(pipeline) => {
+                for warning in &pipeline.warnings {
+                    println!("{}: warning: {warning}", path.display());
+                }
+                println!(
+                    "{}: ok ({service}: {} enabled agent(s))",
+                    path.display(),
+                    pipeline.agents.len()
+                );
+            }
+            Err(diagnostics) => {
+                failed = true;
+                for d in diagnostics {
+                    eprintln!("{d}");
+                }
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,119 @@
+//! The command line: `mta run`, `mta agent ...`, `mta config check`.
+
+mod agent;
+mod check;
+mod run;
+
+use crate::config::HostConfig;
+use crate::service::Service;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// A mail transfer agent extended by transport agents loaded at run time.
+#[derive(Debug, Parser)]
+#[command(name = "mta", version, about, long_about = None)]
+pub struct Cli {
+    /// Host configuration file. Default: `mta.toml` in the current directory if present,
+    /// otherwise the embedded defaults.
+    #[arg(long, global = true, env = "MTA_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// The Transport service's agents file (overrides the host configuration).
+    #[arg(long, global = true, value_name = "PATH")]
+    agents_config: Option<PathBuf>,
+    /// The Front End service's agents file (overrides the host configuration).
+    #[arg(long, global = true, value_name = "PATH")]
+    fetagents_config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the services (all roles by default).
+    Run(run::RunArgs),
+    /// Manage transport agents (Exchange's *-TransportAgent cmdlets).
+    Agent {
+        #[command(subcommand)]
+        command: agent::AgentCommand,
+    },
+    /// Check configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the host configuration and every agents file, loading the agent libraries,
+    /// without starting anything. Exits non-zero on any error.
+    Check,
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load_config(&cli) {
+        Ok(c) => c,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Run(args) => run::run(config, args),
+        Command::Agent { command } => agent::run(&config, command),
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => check::run(&config),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<HostConfig, String> {
+    let path = cli
+        .config
+        .clone()
+        .or_else(|| Some(PathBuf::from("mta.toml")).filter(|p| p.exists()));
+    let mut config = HostConfig::load(path.as_deref()).map_err(|d| d.to_string())?;
+    if let Some(p) = &cli.agents_config {
+        config.agents.transport = Some(p.clone());
+    }
+    if let Some(p) = &cli.fetagents_config {
+        config.agents.frontend = Some(p.clone());
+    }
+    Ok(config)
+}
+
+/// The agents file a management command edits: configured, or the default name beside the
+/// host configuration.
+fn agents_file_for(config: &HostConfig, service: Service) -> PathBuf {
+    if let Some(p) = config.agents_file(service) {
+        return p.to_path_buf();
+    }
+    let dir = config
+        .source
+        .as_deref()
+        .and_then(|p| p.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    dir.join(match service {
+        Service::FrontEnd => "fetagents.config",
+        _ => "agents.config",
+    })
+}
+
+/// Parses `--service`.
+fn parse_service(value: &str) -> Result<Service, String> {
+    Service::parse(value).ok_or_else(|| {
+        format!("unknown service {value:?}: expected transport or frontend")
+    })
+}

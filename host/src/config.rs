@@ -1,0 +1,164 @@
+//! The host configuration (`mta.toml`): every key optional, the defaults documented in
+//! `docs/configuration.md`, so `mta run` works with no file at all.
+
+use crate::agents::diagnostic::{Diagnostic, Position};
+use crate::service::Service;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The whole host configuration, paths resolved.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostConfig {
+    /// This node's name, used in greetings and Received fields.
+    pub hostname: String,
+    /// Where queues, mailboxes, pickup, replay and drop directories live.
+    pub data_dir: PathBuf,
+    /// Agents files and reload settings.
+    pub agents: AgentsConfig,
+    /// Front End Transport service.
+    pub frontend: ListenerConfig,
+    /// Transport service.
+    pub transport: ListenerConfig,
+    /// Mailbox Transport delivery.
+    pub mailbox: ListenerConfig,
+    /// The directory: accepted domains and mailboxes.
+    pub organization: OrganizationConfig,
+    /// Where the configuration was read from (`None`: embedded defaults).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// `[agents]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsConfig {
+    /// The Transport service's agents file (default: `agents.config` beside `mta.toml`, if present).
+    pub transport: Option<PathBuf>,
+    /// The Front End's agents file (default: `fetagents.config` beside `mta.toml`, if present).
+    pub frontend: Option<PathBuf>,
+    /// Refused if set: the Mailbox Transport service runs no agents.
+    pub mailbox: Option<PathBuf>,
+    /// Quiet time after a change before reloading, in milliseconds.
+    pub reload_debounce_ms: u64,
+}
+
+impl Default for AgentsConfig {
+    fn default() -> Self {
+        Self {
+            transport: None,
+            frontend: None,
+            mailbox: None,
+            reload_debounce_ms: 200,
+        }
+    }
+}
+
+/// A service's SMTP listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `ip:port` to listen on.
+    pub listen: String,
+}
+
+/// `[organization]`: the example organisation by default.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrganizationConfig {
+    /// Domains we accept mail for.
+    pub accepted_domains: Vec<String>,
+    /// Local parts of the mailboxes in the first accepted domain.
+    pub mailboxes: Vec<String>,
+}
+
+impl Default for OrganizationConfig {
+    fn default() -> Self {
+        Self {
+            accepted_domains: vec!["example.test".into()],
+            mailboxes: vec!["alice".into(), "bob".into(), "postmaster".into()],
+        }
+    }
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            hostname: "mta.example.test".into(),
+            data_dir: PathBuf::from("mta-data"),
+            agents: AgentsConfig::default(),
+            frontend: ListenerConfig {
+                listen: "127.0.0.1:2525".into(),
+            },
+            transport: ListenerConfig {
+                listen: "127.0.0.1:2526".into(),
+            },
+            mailbox: ListenerConfig {
+                listen: "127.0.0.1:2527".into(),
+            },
+            organization: OrganizationConfig::default(),
+            source: None,
+        }
+    }
+}
+
+impl HostConfig {
+    /// Reads `path`, or the embedded defaults when `None`. Relative paths in the file resolve
+    /// against its directory.
+    pub fn load(path: Option<&Path>) -> Result<Self, Diagnostic> {
+        let Some(path) = path else {
+            return Ok(Self::default().resolved(Path::new(".")));
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Diagnostic::file(path, format!("cannot read the host configuration: {e}")))?;
+        let mut config: HostConfig = toml::from_str(&text).map_err(|e| {
+            let position = e
+                .span()
+                .map(|s| Position::at(path, &text, s.start))
+                .unwrap_or_else(|| Position::file(path));
+            Diagnostic::new(&position, e.message().to_string())
+        })?;
+        config.source = Some(path.to_path_buf());
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        Ok(config.resolved(dir))
+    }
+
+    fn resolved(mut self, dir: &Path) -> Self {
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { dir.join(p) };
+        self.data_dir = resolve(&self.data_dir);
+        let beside = |name: &str| Some(dir.join(name)).filter(|p| p.exists());
+        self.agents.transport = self
+            .agents
+            .transport
+            .as_deref()
+            .map(resolve)
+            .or_else(|| beside("agents.config"));
+        self.agents.frontend = self
+            .agents
+            .frontend
+            .as_deref()
+            .map(resolve)
+            .or_else(|| beside("fetagents.config"));
+        self.agents.mailbox = self.agents.mailbox.as_deref().map(resolve);
+        self
+    }
+
+    /// The agents file of a service, if it has one.
+    pub fn agents_file(&self, service: Service) -> Option<&Path> {
+        match service {
+            Service::FrontEnd => self.agents.frontend.as_deref(),
+            Service::Transport => self.agents.transport.as_deref(),
+            Service::Mailbox => self.agents.mailbox.as_deref(),
+        }
+    }
+
+    /// Where running services write their status files.
+    pub fn run_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+
+    /// The status file of a service's agent host.
+    pub fn agents_status_path(&self, service: Service) -> PathBuf {
+        self.run_dir().join(format!("agents-{service}.json"))
+    }
+}
