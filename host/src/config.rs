@@ -54,12 +54,48 @@ impl Default for AgentsConfig {
     }
 }
 
-/// A service's SMTP listener.
+/// A service's SMTP listener (a receive connector).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// `ip:port` to listen on.
     pub listen: String,
+    /// Client networks that may relay (default: none for the Front End, loopback for Transport).
+    #[serde(default)]
+    pub trusted: Option<Vec<crate::net::IpRange>>,
+    /// Client networks allowed to connect at all (default: anyone; Mailbox: loopback).
+    #[serde(default)]
+    pub remote_ranges: Option<Vec<crate::net::IpRange>>,
+    /// Largest message, in bytes (default 36 MiB).
+    #[serde(default)]
+    pub max_message_size: Option<usize>,
+    /// Most recipients per message (default 200).
+    #[serde(default)]
+    pub max_recipients: Option<usize>,
+    /// Idle timeout in seconds (default 300).
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u64>,
+    /// Concurrent connections from one IP (default 100).
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
+    /// Front End only: the Transport nodes to relay to (default: this host's Transport).
+    #[serde(default)]
+    pub transport_nodes: Option<Vec<String>>,
+}
+
+impl ListenerConfig {
+    fn at(listen: &str) -> Self {
+        Self {
+            listen: listen.into(),
+            trusted: None,
+            remote_ranges: None,
+            max_message_size: None,
+            max_recipients: None,
+            idle_timeout_secs: None,
+            max_connections_per_ip: None,
+            transport_nodes: None,
+        }
+    }
 }
 
 /// `[organization]`: the example organisation by default.
@@ -87,15 +123,9 @@ impl Default for HostConfig {
             hostname: "mta.example.test".into(),
             data_dir: PathBuf::from("mta-data"),
             agents: AgentsConfig::default(),
-            frontend: ListenerConfig {
-                listen: "127.0.0.1:2525".into(),
-            },
-            transport: ListenerConfig {
-                listen: "127.0.0.1:2526".into(),
-            },
-            mailbox: ListenerConfig {
-                listen: "127.0.0.1:2527".into(),
-            },
+            frontend: ListenerConfig::at("127.0.0.1:2525"),
+            transport: ListenerConfig::at("127.0.0.1:2526"),
+            mailbox: ListenerConfig::at("127.0.0.1:2527"),
             organization: OrganizationConfig::default(),
             source: None,
         }

@@ -5,5 +5,13 @@
 pub mod agents;
 pub mod cli;
 pub mod config;
+pub mod frontend;
 pub mod fsutil;
+pub mod mailbox;
+pub mod message;
+pub mod net;
+pub mod organization;
+pub mod server;
 pub mod service;
+pub mod smtp;
+pub mod transport;

@@ -8,6 +8,7 @@
 //! - [`edit`] changes a file for the `mta agent` commands; [`status`] tells other processes
 //!   what a running host has loaded.
 
+pub mod context;
 pub mod diagnostic;
 pub mod dispatch;
 pub mod edit;

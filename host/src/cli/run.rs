@@ -38,6 +38,7 @@ pub fn run(config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("creating {}", config.run_dir().display()))?;
     let libraries = Arc::new(Libraries::new(config.run_dir().join("shadow")));
     let mut hosts = Vec::new();
+    let mut by_service = std::collections::HashMap::new();
     for &service in roles.iter().filter(|s| **s != Service::Mailbox) {
         let file = config.agents_file(service).map(|p| p.to_path_buf());
         let host = AgentHost::start(
@@ -47,6 +48,7 @@ pub fn run(config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(config.agents_status_path(service)),
         )
         .map_err(|d| anyhow::anyhow!("{}", crate::agents::diagnostic::render(&d)))?;
+        by_service.insert(service, Arc::clone(&host));
         hosts.push(host);
     }
     let controller = ReloadController::start(
@@ -61,12 +63,20 @@ pub fn run(config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     let trigger = controller.trigger();
     runtime.block_on(async move {
-        tracing::info!(
-            message = "mta running.",
-            roles = %roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
-            data_dir = %config.data_dir.display(),
-        );
-        wait_for_shutdown(trigger).await
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let names = roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
+        let data_dir = config.data_dir.display().to_string();
+        let services = tokio::spawn(crate::server::run(config, roles, by_service, stopped));
+        tokio::select! {
+            result = services => {
+                return result.map_err(|e| anyhow::anyhow!("services stopped: {e}"))?;
+            }
+            _ = tokio::time::sleep(std::time::Duration::from_millis(0)) => {}
+        }
+        tracing::info!(message = "mta running.", roles = %names, data_dir = %data_dir);
+        wait_for_shutdown(trigger).await?;
+        let _ = stop.send(true);
+        Ok::<(), anyhow::Error>(())
     })?;
     drop(controller);
     tracing::info!(message = "mta stopped.");

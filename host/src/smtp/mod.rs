@@ -1,0 +1,4 @@
+//! SMTP: the receive side shared by every listening service.
+
+pub mod receive;
+pub mod send;

@@ -1,0 +1,217 @@
+//! SMTP receive: the listener and the session state machine shared by every service that
+//! listens (Front End, Transport, Mailbox Transport delivery).
+//!
+//! The listener accepts with a cap on concurrent connections (overall and per client IP) and
+//! runs one [`session`] per connection. What a service does with an accepted message is its
+//! [`Sink`]; which recipients it takes is its [`RecipientPolicy`].
+
+mod commands;
+mod session;
+
+use crate::agents::AgentHost;
+use crate::message::MailItem;
+use crate::service::Service;
+use mta_agent_sdk::SmtpResponse;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+/// A boxed future, for the service hooks.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where a service puts an accepted message. `Ok` is the 2xx reply for the client, given only
+/// once the message is durable (Transport), delivered (Mailbox) or accepted by the next hop
+/// (Front End); `Err` is the 4xx/5xx reply.
+pub trait Sink: Send + Sync + 'static {
+    /// Takes the message.
+    fn accept(&self, item: MailItem) -> BoxFuture<'_, Result<SmtpResponse, SmtpResponse>>;
+    /// Takes a message an agent submitted (Transport only).
+    fn submit(&self, item: MailItem) -> BoxFuture<'_, Result<SmtpResponse, SmtpResponse>> {
+        self.accept(item)
+    }
+}
+
+/// Which recipients a service takes.
+pub trait RecipientPolicy: Send + Sync + 'static {
+    /// `Ok` to take `address`; `may_relay` says whether the client may relay.
+    fn check(&self, address: &str, may_relay: bool) -> Result<(), SmtpResponse>;
+}
+
+/// Settings of one SMTP listener.
+#[derive(Clone, Debug)]
+pub struct ReceiveConfig {
+    /// The service listening.
+    pub service: Service,
+    /// Our name in the greeting and Received fields.
+    pub hostname: String,
+    /// Largest message accepted (SIZE), in bytes.
+    pub max_message_size: usize,
+    /// Most recipients per message.
+    pub max_recipients: usize,
+    /// Errors before the session is closed.
+    pub max_errors: usize,
+    /// Close a session idle this long.
+    pub idle_timeout: Duration,
+    /// Close a session lasting this long.
+    pub session_timeout: Duration,
+    /// Concurrent connections.
+    pub max_connections: usize,
+    /// Concurrent connections from one IP.
+    pub max_connections_per_ip: usize,
+    /// Whether VRFY answers (off: 252).
+    pub vrfy: bool,
+    /// Client networks allowed to relay.
+    pub trusted: Vec<crate::net::IpRange>,
+    /// If set, only these client networks may connect at all.
+    pub allowed_clients: Option<Vec<crate::net::IpRange>>,
+}
+
+impl ReceiveConfig {
+    /// Defaults for `service`.
+    pub fn new(service: Service, hostname: &str) -> Self {
+        Self {
+            service,
+            hostname: hostname.to_string(),
+            max_message_size: 36 * 1024 * 1024,
+            max_recipients: 200,
+            max_errors: 10,
+            idle_timeout: Duration::from_secs(300),
+            session_timeout: Duration::from_secs(1800),
+            max_connections: 5000,
+            max_connections_per_ip: 100,
+            vrfy: false,
+            trusted: Vec::new(),
+            allowed_clients: None,
+        }
+    }
+}
+
+/// What a session needs from its service.
+pub struct Receiver {
+    /// Settings.
+    pub config: ReceiveConfig,
+    /// The service's agents (none for Mailbox Transport).
+    pub agents: Option<Arc<AgentHost>>,
+    /// Where accepted messages go.
+    pub sink: Arc<dyn Sink>,
+    /// Which recipients are taken.
+    pub policy: Arc<dyn RecipientPolicy>,
+    sessions: AtomicU64,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Receiver {
+    /// A receiver for one listener.
+    pub fn new(
+        config: ReceiveConfig,
+        agents: Option<Arc<AgentHost>>,
+        sink: Arc<dyn Sink>,
+        policy: Arc<dyn RecipientPolicy>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            agents,
+            sink,
+            policy,
+            sessions: AtomicU64::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn next_session_id(&self) -> u64 {
+        self.sessions.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// Releases a per-IP slot when the session ends.
+struct IpSlot {
+    receiver: Arc<Receiver>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut map = self.receiver.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, then waits for the sessions to end.
+pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, mut shutdown: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(receiver.config.max_connections));
+    let mut backoff = Duration::from_millis(10);
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(10);
+                pair
+            }
+            Err(e) => {
+                tracing::warn!(message = "Accept failed; backing off.", error = %e, backoff_ms = backoff.as_millis() as u64);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().unwrap_or(peer);
+        let permit = Arc::clone(&permits).try_acquire_owned();
+        let slot = take_ip_slot(&receiver, peer);
+        let receiver = Arc::clone(&receiver);
+        let shutdown = shutdown.clone();
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(async move {
+            let allowed = receiver
+                .config
+                .allowed_clients
+                .as_ref()
+                .is_none_or(|ranges| ranges.iter().any(|r| r.contains(peer.ip())));
+            if !allowed {
+                return refuse(stream, "554 5.7.1 This service does not accept connections from your address\r\n").await;
+            }
+            match (permit, slot) {
+                (Ok(_permit), Some(_slot)) => {
+                    session::run(stream, peer, local, receiver, shutdown).await;
+                }
+                (Err(_), _) => refuse(stream, "421 4.3.2 Too many connections, try again later\r\n").await,
+                (_, None) => refuse(stream, "421 4.7.0 Too many connections from your address\r\n").await,
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn take_ip_slot(receiver: &Arc<Receiver>, peer: SocketAddr) -> Option<IpSlot> {
+    let mut map = receiver.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+    let n = map.entry(peer.ip()).or_insert(0);
+    if *n >= receiver.config.max_connections_per_ip {
+        return None;
+    }
+    *n += 1;
+    Some(IpSlot {
+        receiver: Arc::clone(receiver),
+        ip: peer.ip(),
+    })
+}
+
+async fn refuse(mut stream: tokio::net::TcpStream, line: &str) {
+    use tokio::io::AsyncWriteExt;
+    let _ = stream.write_all(line.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}

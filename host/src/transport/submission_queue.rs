@@ -1,0 +1,188 @@
+//! The durable Submission queue of the Transport service.
+//!
+//! Each accepted mail item is one file in `<data_dir>/queue/submission/`: written under a
+//! temporary name, fsync'd, renamed into place, and the directory fsync'd, before the client is
+//! told 250. After a crash, every file there is a message still to categorize; recovery is a
+//! directory scan. A file is removed only once every recipient is delivered or handed on.
+//!
+//! File format: a first line `MTAQ1 <n>\n`, then `n` bytes of JSON (envelope, properties,
+//! quarantine reason), then the message bytes.
+
+use crate::message::{Envelope, MailItem, Message};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Serialize, Deserialize)]
+struct Meta {
+    envelope: Envelope,
+    #[serde(default)]
+    properties: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quarantine: Option<String>,
+    #[serde(default)]
+    attempts: u32,
+}
+
+/// A directory-backed durable queue.
+#[derive(Debug)]
+pub struct QueueDir {
+    dir: PathBuf,
+    tmp: PathBuf,
+    counter: AtomicU64,
+}
+
+impl QueueDir {
+    /// Opens (creating) the queue `name` under `<data_dir>/queue/`.
+    pub fn open(data_dir: &Path, name: &str) -> std::io::Result<Self> {
+        let dir = data_dir.join("queue").join(name);
+        let tmp = data_dir.join("queue").join("tmp");
+        fs::create_dir_all(&dir)?;
+        fs::create_dir_all(&tmp)?;
+        Ok(Self {
+            dir,
+            tmp,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The queue's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A new queue id, unique on this node: time, process and counter.
+    pub fn new_id(&self) -> String {
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros());
+        format!(
+            "{micros:X}{:X}{:04X}",
+            std::process::id() & 0xFFFF,
+            self.counter.fetch_add(1, Ordering::Relaxed) & 0xFFFF
+        )
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.msg"))
+    }
+
+    /// Writes `item` durably under its id (assigning one if empty). Blocking.
+    pub fn store(&self, item: &mut MailItem, attempts: u32) -> std::io::Result<String> {
+        if item.id.is_empty() {
+            item.id = self.new_id();
+        }
+        let meta = Meta {
+            envelope: item.envelope.clone(),
+            properties: item.properties.clone(),
+            quarantine: item.quarantine.clone(),
+            attempts,
+        };
+        let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
+        let mut bytes = Vec::with_capacity(json.len() + item.message.len() + 32);
+        bytes.extend_from_slice(format!("MTAQ1 {}\n", json.len()).as_bytes());
+        bytes.extend_from_slice(&json);
+        item.message.write_to(&mut bytes);
+        let tmp = self.tmp.join(format!("{}.{}", item.id, std::process::id()));
+        {
+            let mut file = File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+        }
+        fs::rename(&tmp, self.path(&item.id))?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(item.id.clone())
+    }
+
+    /// Reads a queued item and its attempt count. Blocking.
+    pub fn load(&self, id: &str) -> std::io::Result<(MailItem, u32)> {
+        let bytes = fs::read(self.path(id))?;
+        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("queue file {id}: {what}"));
+        let newline = bytes.iter().position(|&b| b == b'\n').ok_or_else(|| bad("no header line"))?;
+        let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| bad("header not UTF-8"))?;
+        let len: usize = header
+            .strip_prefix("MTAQ1 ")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| bad("bad header line"))?;
+        let json_end = newline + 1 + len;
+        let meta: Meta = serde_json::from_slice(bytes.get(newline + 1..json_end).ok_or_else(|| bad("truncated"))?)
+            .map_err(|e| bad(&e.to_string()))?;
+        Ok((
+            MailItem {
+                id: id.to_string(),
+                envelope: meta.envelope,
+                message: Message::parse(&bytes[json_end..]),
+                properties: meta.properties,
+                quarantine: meta.quarantine,
+            },
+            meta.attempts,
+        ))
+    }
+
+    /// Removes an item, durably. Blocking.
+    pub fn remove(&self, id: &str) -> std::io::Result<()> {
+        match fs::remove_file(self.path(id)) {
+            Ok(()) => File::open(&self.dir)?.sync_all(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves an item to another queue (same filesystem), durably. Blocking.
+    pub fn move_to(&self, id: &str, other: &QueueDir) -> std::io::Result<()> {
+        fs::rename(self.path(id), other.path(id))?;
+        File::open(&other.dir)?.sync_all()?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Ids of every queued item, oldest first (ids sort by time).
+    pub fn ids(&self) -> std::io::Result<Vec<String>> {
+        let mut ids: Vec<String> = fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".msg"))
+                    .map(str::to_string)
+            })
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::EnvelopeRecipient;
+
+    #[test]
+    fn store_load_remove() {
+        let dir = std::env::temp_dir().join(format!("mta-queue-test-{}", std::process::id()));
+        let q = QueueDir::open(&dir, "submission").unwrap();
+        let mut item = MailItem {
+            envelope: Envelope {
+                from: "a@b.test".into(),
+                recipients: vec![EnvelopeRecipient::new("alice@example.test")],
+                ..Default::default()
+            },
+            message: Message::parse(b"Subject: x\r\n\r\nbody\r\n"),
+            ..Default::default()
+        };
+        item.properties.insert("k".into(), "v".into());
+        let id = q.store(&mut item, 2).unwrap();
+        assert_eq!(q.ids().unwrap(), [id.clone()]);
+        let (back, attempts) = q.load(&id).unwrap();
+        assert_eq!(attempts, 2);
+        assert_eq!(back.envelope, item.envelope);
+        assert_eq!(back.message.to_bytes(), item.message.to_bytes());
+        assert_eq!(back.properties["k"], "v");
+        q.remove(&id).unwrap();
+        assert!(q.ids().unwrap().is_empty());
+        let _ = fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,201 @@
+//! The probe: a test agent that records every SMTP receive event it sees in a log file, and
+//! acts when its parameters say so. The host's end-to-end tests load it from disk.
+//!
+//! Parameters: `name` (default `probe`), `log` (file to append `name version event detail`
+//! lines to), `stamp` (`true`: add `X-Probe-<name>: <version>` at OnEndOfHeaders), and actions
+//! keyed by event name: `reject`, `panic`, `fail`, `disconnect`, `discard`, `quarantine`,
+//! `sleep` (with `sleep_ms`), `submit` (at OnEndOfData, submit a new message to this address).
+
+use mta_agent_sdk::prelude::*;
+use std::io::Write;
+use std::time::Duration;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Clone)]
+pub struct Probe {
+    name: String,
+    log: Option<String>,
+    stamp: bool,
+    params: Parameters,
+}
+
+impl Probe {
+    fn wants(&self, action: &str, event: Event) -> bool {
+        self.params.get_all(action).any(|e| e == event.name())
+    }
+
+    /// Records the event and performs the configured actions; returns whether to reject.
+    fn visit(&self, event: Event, detail: &str) -> AgentResult<bool> {
+        if let Some(path) = &self.log {
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            file.write_all(format!("{} {} {} {}\n", self.name, VERSION, event.name(), detail).as_bytes())?;
+        }
+        if self.wants("sleep", event) {
+            let ms = self.params.parse::<u64>("sleep_ms")?.unwrap_or(1000);
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        if self.wants("panic", event) {
+            panic!("probe {} panics in {}", self.name, event.name());
+        }
+        if self.wants("fail", event) {
+            return Err(AgentError::msg(format!("probe {} fails in {}", self.name, event.name())));
+        }
+        Ok(self.wants("reject", event))
+    }
+
+    fn rejection(&self) -> AgentResult<SmtpResponse> {
+        Ok(SmtpResponse::new(550, "5.7.1", format!("probe {} rejects", self.name))?)
+    }
+}
+
+macro_rules! simple {
+    ($method:ident, $ty:ident, $event:ident) => {
+        fn $method(&mut self, event: &mut $ty<'_>) -> AgentResult {
+            if self.visit(Event::$event, "")? {
+                event.reject(&self.rejection()?)?;
+            }
+            if self.wants("disconnect", Event::$event) {
+                event.disconnect()?;
+            }
+            Ok(())
+        }
+    };
+}
+
+#[agent]
+impl SmtpReceiveAgent for Probe {
+    fn create(parameters: &Parameters) -> Result<Self, AgentError> {
+        Ok(Self {
+            name: parameters.get_or("name", "probe").to_string(),
+            log: parameters.get("log").map(str::to_string),
+            stamp: parameters.get("stamp") == Some("true"),
+            params: parameters.clone(),
+        })
+    }
+
+    fn on_connect(&mut self, event: &mut ConnectEvent<'_>) -> AgentResult {
+        let session = event.session();
+        let detail = format!("remote={} service={}", session.remote_endpoint, session.service);
+        if self.visit(Event::OnConnect, &detail)? {
+            event.reject(&self.rejection()?)?;
+        }
+        if self.wants("disconnect", Event::OnConnect) {
+            event.disconnect()?;
+        }
+        Ok(())
+    }
+
+    fn on_helo_command(&mut self, event: &mut HeloCommandEvent<'_>) -> AgentResult {
+        if self.visit(Event::OnHeloCommand, &format!("domain={}", event.domain()))? {
+            event.reject(&self.rejection()?)?;
+        }
+        Ok(())
+    }
+
+    fn on_ehlo_command(&mut self, event: &mut EhloCommandEvent<'_>) -> AgentResult {
+        if self.visit(Event::OnEhloCommand, &format!("domain={}", event.domain()))? {
+            event.reject(&self.rejection()?)?;
+        }
+        Ok(())
+    }
+
+    simple!(on_start_tls_command, StartTlsCommandEvent, OnStartTlsCommand);
+
+    fn on_auth_command(&mut self, event: &mut AuthCommandEvent<'_>) -> AgentResult {
+        if self.visit(Event::OnAuthCommand, &format!("mechanism={}", event.mechanism()))? {
+            event.reject(&self.rejection()?)?;
+        }
+        Ok(())
+    }
+
+    fn on_end_of_authentication(&mut self, event: &mut EndOfAuthenticationEvent<'_>) -> AgentResult {
+        if self.visit(Event::OnEndOfAuthentication, &format!("identity={}", event.identity()))? {
+            event.reject(&self.rejection()?)?;
+        }
+        Ok(())
+    }
+
+    fn on_mail_command(&mut self, event: &mut MailCommandEvent<'_>) -> AgentResult {
+        let detail = format!(
+            "from={} size={} body={} envid={} ret={}",
+            event.from(),
+            event.size().unwrap_or(0),
+            event.body_type().unwrap_or_default(),
+            event.envid().unwrap_or_default(),
+            event.ret().unwrap_or_default()
+        );
+        if self.visit(Event::OnMailCommand, &detail)? {
+            event.reject(&self.rejection()?)?;
+        }
+        Ok(())
+    }
+
+    fn on_rcpt_command(&mut self, event: &mut RcptCommandEvent<'_>) -> AgentResult {
+        let detail = format!(
+            "recipient={} notify={} orcpt={}",
+            event.recipient(),
+            event.notify().unwrap_or_default(),
+            event.orcpt().unwrap_or_default()
+        );
+        if self.visit(Event::OnRcptCommand, &detail)? {
+            event.reject(&self.rejection()?)?;
+        }
+        Ok(())
+    }
+
+    simple!(on_data_command, DataCommandEvent, OnDataCommand);
+
+    fn on_end_of_headers(&mut self, event: &mut EndOfHeadersEvent<'_>) -> AgentResult {
+        let subject = event.mail_item().subject().unwrap_or_default();
+        if self.visit(Event::OnEndOfHeaders, &format!("subject={subject}"))? {
+            event.reject(&self.rejection()?)?;
+        }
+        if self.stamp {
+            event
+                .mail_item()
+                .add_header(&format!("X-Probe-{}", self.name), VERSION)?;
+        }
+        if self.wants("discard", Event::OnEndOfHeaders) {
+            event.discard()?;
+        }
+        if self.wants("quarantine", Event::OnEndOfHeaders) {
+            event.quarantine("probe says so")?;
+        }
+        Ok(())
+    }
+
+    fn on_end_of_data(&mut self, event: &mut EndOfDataEvent<'_>) -> AgentResult {
+        let size = event.mail_item().mime().len();
+        if self.visit(Event::OnEndOfData, &format!("size={size}"))? {
+            event.reject(&self.rejection()?)?;
+        }
+        if self.wants("discard", Event::OnEndOfData) {
+            event.discard()?;
+        }
+        if self.wants("quarantine", Event::OnEndOfData) {
+            event.quarantine("probe says so")?;
+        }
+        if let Some(to) = self.params.get("submit") {
+            let mime = format!("From: probe@example.test\r\nTo: {to}\r\nSubject: submitted by probe {}\r\n\r\nhello\r\n", self.name);
+            event.submit_message("probe@example.test", &[to], mime.into_bytes())?;
+        }
+        Ok(())
+    }
+
+    simple!(on_help_command, HelpCommandEvent, OnHelpCommand);
+    simple!(on_noop_command, NoopCommandEvent, OnNoopCommand);
+    simple!(on_rset_command, RsetCommandEvent, OnRsetCommand);
+
+    fn on_reject(&mut self, event: &mut RejectEvent<'_>) -> AgentResult {
+        self.visit(Event::OnReject, &format!("command={} response={}", event.command(), event.response()))?;
+        Ok(())
+    }
+
+    fn on_disconnect(&mut self, event: &mut DisconnectEvent<'_>) -> AgentResult {
+        self.visit(Event::OnDisconnect, &format!("reason={}", event.reason().as_str()))?;
+        Ok(())
+    }
+}
+
+export_agents!("Tests.ProbeFactory" => Probe);
