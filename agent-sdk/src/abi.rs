@@ -295,10 +295,6 @@ impl From<&crate::SmtpResponse> for FfiResponse {
 impl FfiResponse {
     /// Back to a validated response (the host validates again: the library may lie).
     pub fn to_response(&self) -> Result<crate::SmtpResponse, crate::InvalidResponse> {
-        crate::SmtpResponse::new(
-            self.code,
-            self.enhanced.as_str(),
-            self.text.as_str(),
-        )
+        crate::SmtpResponse::new(self.code, self.enhanced.as_str(), self.text.as_str())
     }
 }

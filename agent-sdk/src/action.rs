@@ -113,7 +113,10 @@ impl Action {
                 Action::SetBanner(text.into_string())
             }
             HostAction::DisableStartTls => Action::DisableStartTls,
-            HostAction::Defer { delay_ms, response: r } => Action::Defer {
+            HostAction::Defer {
+                delay_ms,
+                response: r,
+            } => Action::Defer {
                 delay: Duration::from_millis(delay_ms),
                 response: r.into_option().as_ref().map(response).transpose()?,
             },
@@ -136,7 +139,10 @@ impl Action {
                 response: response(&r)?,
             },
             HostAction::UnregisterConnection => Action::UnregisterConnection,
-            HostAction::AckMailItem { status, response: r } => Action::AckMailItem {
+            HostAction::AckMailItem {
+                status,
+                response: r,
+            } => Action::AckMailItem {
                 status,
                 response: response(&r)?,
             },
@@ -150,7 +156,10 @@ impl Action {
                 response: response(&r)?,
             },
             HostAction::FailQueue(r) => Action::FailQueue(response(&r)?),
-            HostAction::DeferQueue { delay_ms, response: r } => Action::DeferQueue {
+            HostAction::DeferQueue {
+                delay_ms,
+                response: r,
+            } => Action::DeferQueue {
                 delay: Duration::from_millis(delay_ms),
                 response: response(&r)?,
             },

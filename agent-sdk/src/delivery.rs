@@ -105,14 +105,23 @@ impl<'a, K> DeliveryEvent<'a, K> {
     }
 
     /// Submits a brand-new message into the Submission queue.
-    pub fn submit_message(&mut self, from: &str, recipients: &[&str], mime: Vec<u8>) -> AgentResult {
+    pub fn submit_message(
+        &mut self,
+        from: &str,
+        recipients: &[&str],
+        mime: Vec<u8>,
+    ) -> AgentResult {
         self.source.submit(from, recipients, mime)
     }
 }
 
 impl OpenConnectionEvent<'_> {
     /// Takes the connection: this agent delivers the queue's mail items to `remote_host`.
-    pub fn register_connection(&mut self, remote_host: &str, response: &SmtpResponse) -> AgentResult {
+    pub fn register_connection(
+        &mut self,
+        remote_host: &str,
+        response: &SmtpResponse,
+    ) -> AgentResult {
         self.source.act(HostAction::RegisterConnection {
             remote_host: remote_host.into(),
             response: response.into(),
@@ -147,7 +156,9 @@ impl DeliverMailItemEvent<'_> {
             .iter()
             .any(|r| r.address.eq_ignore_ascii_case(recipient))
         {
-            return Err(AgentError::msg(format!("{recipient} is not a recipient of this mail item")));
+            return Err(AgentError::msg(format!(
+                "{recipient} is not a recipient of this mail item"
+            )));
         }
         self.source.act(HostAction::AckRecipient {
             recipient: recipient.into(),

@@ -48,7 +48,9 @@ impl AgentClass {
 
     /// The events this class can handle, in protocol order.
     pub fn events(self) -> impl Iterator<Item = Event> {
-        Event::ALL.into_iter().filter(move |event| event.class() == self)
+        Event::ALL
+            .into_iter()
+            .filter(move |event| event.class() == self)
     }
 }
 
@@ -233,7 +235,10 @@ mod tests {
     fn base_types_accept_short_and_exchange_names() {
         for class in AgentClass::ALL {
             assert_eq!(AgentClass::from_base_type(class.short_name()), Some(class));
-            assert_eq!(AgentClass::from_base_type(class.exchange_name()), Some(class));
+            assert_eq!(
+                AgentClass::from_base_type(class.exchange_name()),
+                Some(class)
+            );
         }
         assert_eq!(AgentClass::from_base_type("smtpreceiveagent"), None);
     }

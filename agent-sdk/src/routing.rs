@@ -90,7 +90,10 @@ impl<'a, K> RoutingEvent<'a, K> {
     pub fn defer(&mut self, delay: Duration, reason: Option<&SmtpResponse>) -> AgentResult {
         self.source.act(HostAction::Defer {
             delay_ms: delay.as_millis().try_into().unwrap_or(u64::MAX),
-            response: reason.map(FfiResponse::from).map(ROption::RSome).unwrap_or(ROption::RNone),
+            response: reason
+                .map(FfiResponse::from)
+                .map(ROption::RSome)
+                .unwrap_or(ROption::RNone),
         })
     }
 
@@ -108,7 +111,12 @@ impl<'a, K> RoutingEvent<'a, K> {
     }
 
     /// Submits a brand-new message into the Submission queue.
-    pub fn submit_message(&mut self, from: &str, recipients: &[&str], mime: Vec<u8>) -> AgentResult {
+    pub fn submit_message(
+        &mut self,
+        from: &str,
+        recipients: &[&str],
+        mime: Vec<u8>,
+    ) -> AgentResult {
         self.source.submit(from, recipients, mime)
     }
 }

@@ -27,9 +27,7 @@
 //! assert_eq!(host.message().unwrap().header("X-Stamp"), Some("yes"));
 //! ```
 
-use crate::abi::{
-    EventHost, FfiRecipient, FfiSession, HostAction, PropertyScope,
-};
+use crate::abi::{EventHost, FfiRecipient, FfiSession, HostAction, PropertyScope};
 use crate::export::{run_through_glue, Exportable};
 use crate::mail_item::Recipient;
 use crate::smtp_receive::SmtpSession;
@@ -221,7 +219,10 @@ impl EventHost for TestHost {
     }
 
     fn arg(&self, name: RStr<'_>) -> ROption<RString> {
-        self.args.get(name.as_str()).map(|v| v.as_str().into()).into()
+        self.args
+            .get(name.as_str())
+            .map(|v| v.as_str().into())
+            .into()
     }
 
     fn act(&mut self, action: HostAction) -> RResult<(), RString> {
@@ -282,7 +283,9 @@ impl EventHost for TestHost {
     }
 
     fn set_mail_from(&mut self, address: RStr<'_>) -> RResult<(), RString> {
-        self.message_mut().map(|m| m.from = address.to_string()).into()
+        self.message_mut()
+            .map(|m| m.from = address.to_string())
+            .into()
     }
 
     fn recipients(&self) -> RVec<FfiRecipient> {

@@ -139,8 +139,9 @@ impl HostConfig {
         let Some(path) = path else {
             return Ok(Self::default().resolved(Path::new(".")));
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Diagnostic::file(path, format!("cannot read the host configuration: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Diagnostic::file(path, format!("cannot read the host configuration: {e}"))
+        })?;
         let mut config: HostConfig = toml::from_str(&text).map_err(|e| {
             let position = e
                 .span()
@@ -149,13 +150,23 @@ impl HostConfig {
             Diagnostic::new(&position, e.message().to_string())
         })?;
         config.source = Some(path.to_path_buf());
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         Ok(config.resolved(dir))
     }
 
     fn resolved(mut self, dir: &Path) -> Self {
-        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { dir.join(p) };
-        self.data_dir = resolve(&self.data_dir);
+        fn resolve_in(dir: &Path, p: &Path) -> PathBuf {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                dir.join(p)
+            }
+        }
+        let resolve = |p: &Path| resolve_in(dir, p);
+        self.data_dir = resolve_in(dir, &self.data_dir);
         let beside = |name: &str| Some(dir.join(name)).filter(|p| p.exists());
         self.agents.transport = self
             .agents

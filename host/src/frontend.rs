@@ -59,14 +59,18 @@ impl ProxySink {
             .collect();
         for i in 0..self.nodes.len() {
             let node = &self.nodes[(start + i) % self.nodes.len()];
-            let mut client = match Client::connect(node, &self.hostname, Duration::from_secs(30)).await {
+            let mut client = match Client::connect(node, &self.hostname, Duration::from_secs(30))
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(message = "Transport node unavailable; trying the next.", node = %node, error = %e);
                     continue;
                 }
             };
-            let sent = client.send_mail(&item.envelope.from, &params, &recipients, &message).await;
+            let sent = client
+                .send_mail(&item.envelope.from, &params, &recipients, &message)
+                .await;
             client.quit().await;
             return match sent {
                 Ok(sent) => match sent.data {
@@ -76,7 +80,9 @@ impl ProxySink {
                         .recipients
                         .into_iter()
                         .find_map(|(_, r)| r.err())
-                        .unwrap_or_else(|| temporary("No recipient accepted by the Transport service"))),
+                        .unwrap_or_else(|| {
+                            temporary("No recipient accepted by the Transport service")
+                        })),
                 },
                 Err(SendError::Rejected(_, reply)) => Err(reply),
                 Err(e) => {

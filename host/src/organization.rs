@@ -27,8 +27,16 @@ impl Organization {
     /// From the host configuration: mailboxes exist in every accepted domain.
     pub fn new(config: &OrganizationConfig) -> Self {
         Self {
-            domains: config.accepted_domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
-            mailboxes: config.mailboxes.iter().map(|m| m.to_ascii_lowercase()).collect(),
+            domains: config
+                .accepted_domains
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
+            mailboxes: config
+                .mailboxes
+                .iter()
+                .map(|m| m.to_ascii_lowercase())
+                .collect(),
         }
     }
 
@@ -57,7 +65,10 @@ impl Organization {
             || local.contains(['%', '!', '@', '"', ':', ',', '\\'])
             || local.starts_with('@');
         if !tricky && self.mailboxes.contains(&local) {
-            RecipientKind::Local(format!("{local}@{}", domain.trim_end_matches('.').to_ascii_lowercase()))
+            RecipientKind::Local(format!(
+                "{local}@{}",
+                domain.trim_end_matches('.').to_ascii_lowercase()
+            ))
         } else {
             RecipientKind::UnknownLocal
         }
@@ -67,7 +78,11 @@ impl Organization {
     pub fn check_recipient(&self, address: &str, may_relay: bool) -> Result<(), SmtpResponse> {
         match self.classify(address) {
             RecipientKind::Local(_) => Ok(()),
-            RecipientKind::UnknownLocal => Err(reply(550, "5.1.1", "Recipient address rejected: user unknown")),
+            RecipientKind::UnknownLocal => Err(reply(
+                550,
+                "5.1.1",
+                "Recipient address rejected: user unknown",
+            )),
             RecipientKind::Remote if may_relay => Ok(()),
             RecipientKind::Remote => Err(reply(550, "5.7.1", "Relaying denied")),
         }
@@ -108,7 +123,9 @@ mod tests {
             assert_eq!(&got, expected, "{address} relay={relay}");
         }
         assert_eq!(
-            org.check_recipient("x@elsewhere.test", false).unwrap_err().enhanced_code(),
+            org.check_recipient("x@elsewhere.test", false)
+                .unwrap_err()
+                .enhanced_code(),
             "5.7.1"
         );
     }

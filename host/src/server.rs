@@ -19,10 +19,17 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 fn loopback() -> Vec<IpRange> {
-    vec!["127.0.0.0/8".parse().expect("valid"), "::1".parse().expect("valid")]
+    vec![
+        "127.0.0.0/8".parse().expect("valid"),
+        "::1".parse().expect("valid"),
+    ]
 }
 
-fn receive_config(service: Service, config: &HostConfig, listener: &ListenerConfig) -> ReceiveConfig {
+fn receive_config(
+    service: Service,
+    config: &HostConfig,
+    listener: &ListenerConfig,
+) -> ReceiveConfig {
     let mut rc = ReceiveConfig::new(service, &config.hostname);
     if let Some(n) = listener.max_message_size {
         rc.max_message_size = n;
@@ -40,7 +47,10 @@ fn receive_config(service: Service, config: &HostConfig, listener: &ListenerConf
         Service::Transport => loopback(),
         _ => Vec::new(),
     });
-    rc.allowed_clients = listener.remote_ranges.clone().or_else(|| (service == Service::Mailbox).then(loopback));
+    rc.allowed_clients = listener
+        .remote_ranges
+        .clone()
+        .or_else(|| (service == Service::Mailbox).then(loopback));
     rc
 }
 
@@ -62,7 +72,10 @@ pub async fn run(
 
     if roles.contains(&Service::Mailbox) {
         let listener = bind(Service::Mailbox, &config.mailbox.listen).await?;
-        let store = Arc::new(MailboxStore::new(config.data_dir.join("mailboxes"), &config.hostname));
+        let store = Arc::new(MailboxStore::new(
+            config.data_dir.join("mailboxes"),
+            &config.hostname,
+        ));
         for mailbox in &config.organization.mailboxes {
             store
                 .create(mailbox)

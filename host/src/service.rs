@@ -54,7 +54,9 @@ impl Service {
     pub fn accepted_classes(self) -> &'static str {
         match self {
             Self::FrontEnd => "the Front End Transport service runs SmtpReceiveAgent agents only",
-            Self::Transport => "the Transport service runs SmtpReceiveAgent, RoutingAgent and DeliveryAgent agents",
+            Self::Transport => {
+                "the Transport service runs SmtpReceiveAgent, RoutingAgent and DeliveryAgent agents"
+            }
             Self::Mailbox => "the Mailbox Transport service runs no agents",
         }
     }

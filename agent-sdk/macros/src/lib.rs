@@ -111,6 +111,12 @@ fn expand_agent(mut item: ItemImpl) -> syn::Result<TokenStream2> {
                     events.push(format_ident!("{}", camel_case(&name)));
                 }
             }
+            ImplItem::Macro(m) => {
+                return Err(syn::Error::new_spanned(
+                    m,
+                    "#[agent] cannot see handlers written by a macro inside the impl block, so it could not declare their events; write each handler as a `fn`",
+                ));
+            }
             ImplItem::Const(c) if c.ident == "EVENTS" => {
                 return Err(syn::Error::new_spanned(
                     &c.ident,

@@ -77,10 +77,19 @@ fn allowed(event: Event, service: Service, action: &Action) -> bool {
     match action {
         Action::Reject(_) => !matches!(
             event,
-            OnReject | OnDisconnect | OnSubmittedMessage | OnResolvedMessage | OnRoutedMessage
-                | OnCategorizedMessage | OnOpenConnection | OnDeliverMailItem | OnCloseConnection
+            OnReject
+                | OnDisconnect
+                | OnSubmittedMessage
+                | OnResolvedMessage
+                | OnRoutedMessage
+                | OnCategorizedMessage
+                | OnOpenConnection
+                | OnDeliverMailItem
+                | OnCloseConnection
         ),
-        Action::Disconnect => event.class() == mta_agent_sdk::AgentClass::SmtpReceive && event != OnDisconnect,
+        Action::Disconnect => {
+            event.class() == mta_agent_sdk::AgentClass::SmtpReceive && event != OnDisconnect
+        }
         Action::Discard | Action::Quarantine(_) => matches!(event, OnEndOfHeaders | OnEndOfData),
         Action::SetBanner(_) | Action::DisableStartTls => event == OnConnect,
         Action::Defer { .. } | Action::Delete | Action::Fork(_) => {
@@ -122,10 +131,17 @@ impl EventHost for CallContext {
         };
         if !allowed(self.event, self.service, &action) {
             return RResult::RErr(
-                format!("{action:?} is not available in {} in the {} service", self.event, self.service).into(),
+                format!(
+                    "{action:?} is not available in {} in the {} service",
+                    self.event, self.service
+                )
+                .into(),
             );
         }
-        if let Action::SetRoutingOverride { recipient, domain, .. } = &action {
+        if let Action::SetRoutingOverride {
+            recipient, domain, ..
+        } = &action
+        {
             let Ok(item) = self.item_mut() else {
                 return RResult::RErr("no mail item".into());
             };
@@ -178,7 +194,9 @@ impl EventHost for CallContext {
     }
 
     fn set_mail_from(&mut self, address: RStr<'_>) -> RResult<(), RString> {
-        self.item_mut().map(|i| i.envelope.from = address.to_string()).into()
+        self.item_mut()
+            .map(|i| i.envelope.from = address.to_string())
+            .into()
     }
 
     fn recipients(&self) -> RVec<FfiRecipient> {
@@ -200,7 +218,10 @@ impl EventHost for CallContext {
 
     fn add_recipient(&mut self, address: RStr<'_>) -> RResult<(), RString> {
         let address = address.as_str().trim();
-        if address.is_empty() || !address.contains('@') || address.contains(['<', '>', ' ', '\r', '\n']) {
+        if address.is_empty()
+            || !address.contains('@')
+            || address.contains(['<', '>', ' ', '\r', '\n'])
+        {
             return RResult::RErr(format!("{address:?} is not a mailbox address").into());
         }
         self.item_mut()
@@ -236,14 +257,22 @@ impl EventHost for CallContext {
 
     fn add_header(&mut self, name: RStr<'_>, value: RStr<'_>) -> RResult<(), RString> {
         match self.item_mut() {
-            Ok(i) => i.message.add_header(name.as_str(), value.as_str()).map_err(RString::from).into(),
+            Ok(i) => i
+                .message
+                .add_header(name.as_str(), value.as_str())
+                .map_err(RString::from)
+                .into(),
             Err(e) => RResult::RErr(e),
         }
     }
 
     fn set_header(&mut self, name: RStr<'_>, value: RStr<'_>) -> RResult<(), RString> {
         match self.item_mut() {
-            Ok(i) => i.message.set_header(name.as_str(), value.as_str()).map_err(RString::from).into(),
+            Ok(i) => i
+                .message
+                .set_header(name.as_str(), value.as_str())
+                .map_err(RString::from)
+                .into(),
             Err(e) => RResult::RErr(e),
         }
     }
@@ -264,7 +293,9 @@ impl EventHost for CallContext {
         if self.event == Event::OnEndOfHeaders {
             return RResult::RErr("the body has not arrived at OnEndOfHeaders".into());
         }
-        self.item_mut().map(|i| i.message.set_body(body.into_vec())).into()
+        self.item_mut()
+            .map(|i| i.message.set_body(body.into_vec()))
+            .into()
     }
 
     fn mime(&self) -> RVec<u8> {

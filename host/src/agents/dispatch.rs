@@ -33,7 +33,11 @@ pub struct Fault {
 
 impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "agent {:?} faulted in {}: {}", self.agent, self.event, self.message)
+        write!(
+            f,
+            "agent {:?} faulted in {}: {}",
+            self.agent, self.event, self.message
+        )
     }
 }
 
@@ -128,8 +132,8 @@ pub enum Blocking<C> {
     Abandoned(Fault),
 }
 
-/// Runs [`AgentSet::dispatch`] on the blocking pool and waits at most the time limit for each
-/// agent that handles the event. The caller decides what a fault means (a 451, a deferral).
+/// Runs [`AgentSet::dispatch`] on the blocking pool and waits at most twice the time limit for
+/// each agent that handles the event. The caller decides what a fault means (a 451, a deferral).
 pub async fn dispatch_blocking<C>(mut set: AgentSet, event: Event, mut cx: C) -> Blocking<C>
 where
     C: EventContext + Send + 'static,
@@ -138,8 +142,10 @@ where
         return Blocking::Done(set, cx, Ok(()));
     }
     let pipeline = Arc::clone(&set.pipeline);
+    // Each call may take up to twice its limit before it is abandoned: a call over the limit that
+    // still returns is reported as too slow; one that does not is reported and given up.
     let calls = pipeline.agents_for(event).count() as u32;
-    let budget = pipeline.time_limit.saturating_mul(calls) + Duration::from_millis(50);
+    let budget = pipeline.time_limit.saturating_mul(2 * calls) + Duration::from_millis(20);
     let current = Arc::clone(&set.current);
     let task = tokio::task::spawn_blocking(move || {
         let result = set.dispatch(event, &mut cx);

@@ -75,7 +75,11 @@ pub fn append(file: &AgentsFile, entry: &str) -> Result<String, EditError> {
         let at = file.insert_at;
         let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
         if text[line_start..at].trim().is_empty() {
-            format!("{}{indent}{entry}\n{}", &text[..line_start], &text[line_start..])
+            format!(
+                "{}{indent}{entry}\n{}",
+                &text[..line_start],
+                &text[line_start..]
+            )
         } else {
             format!("{}\n{indent}{entry}\n{}", &text[..at], &text[at..])
         }
@@ -101,14 +105,22 @@ pub fn set_enabled(file: &AgentsFile, entry: &AgentEntry, enabled: bool) -> Stri
 }
 
 /// Moves an entry to `priority` (1 = first).
-pub fn move_to(file: &AgentsFile, entry: &AgentEntry, priority: usize) -> Result<String, EditError> {
+pub fn move_to(
+    file: &AgentsFile,
+    entry: &AgentEntry,
+    priority: usize,
+) -> Result<String, EditError> {
     let count = file.agents.len();
     if priority == 0 || priority > count {
         return Err(EditError::BadPriority(priority, count));
     }
     let (start, end) = whole_lines(&file.text, entry.span.clone());
     let moved = file.text[start..end].to_string();
-    let moved = if moved.ends_with('\n') { moved } else { format!("{moved}\n") };
+    let moved = if moved.ends_with('\n') {
+        moved
+    } else {
+        format!("{moved}\n")
+    };
     let without = format!("{}{}", &file.text[..start], &file.text[end..]);
     let reparsed = file::parse(&file.path, without.clone())
         .map_err(|d| EditError::Invalid(crate::agents::diagnostic::render(&d)))?;
@@ -118,8 +130,9 @@ pub fn move_to(file: &AgentsFile, entry: &AgentEntry, priority: usize) -> Result
     } else if let Some(last) = others.last() {
         whole_lines(&without, last.span.clone()).1
     } else {
-        let line_start = without[..reparsed.insert_at].rfind('\n').map_or(0, |i| i + 1);
-        line_start
+        without[..reparsed.insert_at]
+            .rfind('\n')
+            .map_or(0, |i| i + 1)
     };
     Ok(format!("{}{}{}", &without[..at], moved, &without[at..]))
 }
@@ -232,7 +245,11 @@ mod tests {
         assert_eq!(names, ["B", "A"]);
         assert_eq!(g.agents[0].parameters, [("p".to_string(), "1".to_string())]);
         let back = move_to(&g, &g.agents[0], 2).unwrap();
-        let names: Vec<_> = parse(&back).agents.iter().map(|e| e.name.value.clone()).collect();
+        let names: Vec<_> = parse(&back)
+            .agents
+            .iter()
+            .map(|e| e.name.value.clone())
+            .collect();
         assert_eq!(names, ["A", "B"]);
         assert!(move_to(&f, &f.agents[0], 3).is_err());
     }

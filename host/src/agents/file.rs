@@ -200,8 +200,16 @@ impl<'a> Parser<'a> {
                         } else {
                             format!(
                                 "unknown element <{name}> in {}: expected {}",
-                                if parent.is_empty() { "the document".to_string() } else { format!("<{parent}>") },
-                                expected.iter().map(|e| format!("<{e}>")).collect::<Vec<_>>().join(", ")
+                                if parent.is_empty() {
+                                    "the document".to_string()
+                                } else {
+                                    format!("<{parent}>")
+                                },
+                                expected
+                                    .iter()
+                                    .map(|e| format!("<{e}>"))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             )
                         };
                         self.error(tag_at, msg);
@@ -224,14 +232,13 @@ impl<'a> Parser<'a> {
                         "agentExecution" => self.agent_execution(tag, tag_at),
                         "messageSnapshot" => {
                             if let Some((v, at)) = self.attr(tag, "enabled", tag_at, true) {
-                                self.out.message_snapshot = self.boolean(&v, at, "enabled").unwrap_or(false);
+                                self.out.message_snapshot =
+                                    self.boolean(&v, at, "enabled").unwrap_or(false);
                             }
                         }
-                        "agentList" => {
-                            if empty {
-                                self.out.insert_at = tag_at;
-                                self.out.agent_list_empty_element = Some(tag_at..after);
-                            }
+                        "agentList" if empty => {
+                            self.out.insert_at = tag_at;
+                            self.out.agent_list_empty_element = Some(tag_at..after);
                         }
                         "agent" => {
                             let entry = self.agent(tag, tag_at, after);
@@ -282,7 +289,10 @@ impl<'a> Parser<'a> {
                         }
                     } else if !text.as_ref().trim().is_empty() {
                         let where_ = stack.last().cloned().unwrap_or_default();
-                        self.error(before, format!("unexpected text in <{where_}>: expected only elements"));
+                        self.error(
+                            before,
+                            format!("unexpected text in <{where_}>: expected only elements"),
+                        );
                     }
                 }
                 Xml::Eof => break,
@@ -291,7 +301,10 @@ impl<'a> Parser<'a> {
         }
         let has = |name: &str| seen.iter().any(|(_, n)| n == name);
         if !has("configuration") {
-            self.error(0, "no <configuration> element: expected <configuration><mexRuntime>...");
+            self.error(
+                0,
+                "no <configuration> element: expected <configuration><mexRuntime>...",
+            );
         } else if !has("mexRuntime") {
             self.error(0, "no <mexRuntime> element in <configuration>");
         } else {
@@ -355,7 +368,10 @@ impl<'a> Parser<'a> {
             "true" | "True" | "TRUE" | "1" => Some(true),
             "false" | "False" | "FALSE" | "0" => Some(false),
             _ => {
-                self.error(at, format!("{what}=\"{value}\" is not a boolean: expected true or false"));
+                self.error(
+                    at,
+                    format!("{what}=\"{value}\" is not a boolean: expected true or false"),
+                );
                 None
             }
         }
@@ -401,10 +417,16 @@ impl<'a> Parser<'a> {
             }
         };
         if factory.0.trim().is_empty() {
-            self.error(factory.1, "classFactory is empty: expected the name of a factory exported by the library");
+            self.error(
+                factory.1,
+                "classFactory is empty: expected the name of a factory exported by the library",
+            );
         }
         if assembly.0.trim().is_empty() {
-            self.error(assembly.1, "assemblyPath is empty: expected the path of the agent library");
+            self.error(
+                assembly.1,
+                "assemblyPath is empty: expected the path of the agent library",
+            );
         }
         let enabled_value = enabled.1..enabled.1 + raw_len(self.text, enabled.1);
         let enabled_bool = self.boolean(&enabled.0, enabled.1, "enabled")?;
@@ -469,7 +491,10 @@ impl<'a> Parser<'a> {
 
 /// Length of an attribute value starting at `at` (up to the closing quote).
 fn raw_len(text: &str, at: usize) -> usize {
-    let quote_at = at.checked_sub(1).and_then(|q| text.as_bytes().get(q)).copied();
+    let quote_at = at
+        .checked_sub(1)
+        .and_then(|q| text.as_bytes().get(q))
+        .copied();
     let quote = match quote_at {
         Some(b'"') | Some(b'\'') => quote_at.unwrap(),
         _ => b'"',

@@ -52,7 +52,10 @@ pub struct FactoryInfo {
 
 type NewFactory = extern "C" fn(
     RVec<Tuple2<abi_stable::std_types::RString, abi_stable::std_types::RString>>,
-) -> abi_stable::std_types::RResult<AgentFactoryBox, abi_stable::std_types::RString>;
+) -> abi_stable::std_types::RResult<
+    AgentFactoryBox,
+    abi_stable::std_types::RString,
+>;
 
 impl FactoryInfo {
     /// Builds a factory from parameters; `Err` is the agent's own message.
@@ -115,6 +118,11 @@ pub struct Libraries {
 }
 
 impl Libraries {
+    /// A registry for a one-shot command: shadow copies in a private temporary directory.
+    pub fn for_command() -> Self {
+        Self::new(std::env::temp_dir().join(format!("mta-shadow-{}", std::process::id())))
+    }
+
     /// A registry whose shadow copies go to `shadow_dir` (created if missing; it must allow
     /// executable mappings).
     pub fn new(shadow_dir: PathBuf) -> Self {
@@ -149,6 +157,7 @@ impl Libraries {
         let shadow = self.shadow_copy(path, &bytes, fingerprint, generation)?;
         let result = load_root_module(path, &shadow);
         let _ = std::fs::remove_file(&shadow);
+        let _ = std::fs::remove_dir(&self.shadow_dir); // only when empty (one-shot commands)
         let (module, sdk_version) = result?;
         self.count.store(generation, Ordering::Relaxed);
         let factories = (module.factories())()
@@ -201,10 +210,13 @@ impl Libraries {
 }
 
 fn load_root_module(path: &Path, shadow: &Path) -> Result<(AgentLibraryRef, String), LoadError> {
+    // The loader's messages name the shadow copy; the operator knows the original.
+    let named =
+        |text: String| text.replace(&shadow.display().to_string(), &path.display().to_string());
     let header = lib_header_from_path(shadow).map_err(|e| match e {
         LibraryError::GetSymbolError { .. } => LoadError::NotAnAgentLibrary(path.to_path_buf()),
         LibraryError::OpenError { err, .. } => {
-            LoadError::NotLoadable(path.to_path_buf(), err.to_string())
+            LoadError::NotLoadable(path.to_path_buf(), named(err.to_string()))
         }
         other => LoadError::NotLoadable(path.to_path_buf(), other.to_string().trim().to_string()),
     })?;
@@ -228,7 +240,9 @@ fn load_root_module(path: &Path, shadow: &Path) -> Result<(AgentLibraryRef, Stri
                 found: found.clone(),
                 detail: detail.to_string().trim().to_string(),
             },
-            other => LoadError::NotLoadable(path.to_path_buf(), other.to_string().trim().to_string()),
+            other => {
+                LoadError::NotLoadable(path.to_path_buf(), other.to_string().trim().to_string())
+            }
         })?;
     Ok((module, found))
 }

@@ -36,6 +36,9 @@ pub struct Pipeline {
     by_event: Vec<Vec<usize>>,
     /// Warnings found while building (logged once by the reload controller).
     pub warnings: Vec<String>,
+    /// Digest of the file's text and the loaded libraries' contents: equal digests are equal
+    /// pipelines, so a reload that changes neither swaps nothing.
+    pub digest: u64,
 }
 
 /// One agent of a pipeline.
@@ -112,6 +115,7 @@ impl Pipeline {
             agents: Vec::new(),
             by_event: vec![Vec::new(); Event::ALL.len()],
             warnings: Vec::new(),
+            digest: 0,
         }
     }
 
@@ -139,7 +143,10 @@ impl Pipeline {
         if service == Service::Mailbox {
             return Err(vec![Diagnostic::file(
                 &file.path,
-                format!("an agents file for the Mailbox Transport service is refused: {}", service.accepted_classes()),
+                format!(
+                    "an agents file for the Mailbox Transport service is refused: {}",
+                    service.accepted_classes()
+                ),
             )]);
         }
         let reusable: HashMap<&str, &Arc<Factory>> = previous
@@ -290,7 +297,17 @@ impl Pipeline {
                     .collect()
             })
             .collect();
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            file.text.hash(&mut h);
+            for a in &agents {
+                a.library.fingerprint.hash(&mut h);
+            }
+            h.finish()
+        };
         Ok(Pipeline {
+            digest,
             service,
             generation,
             time_limit: file.time_limit,

@@ -96,9 +96,15 @@ impl AgentHost {
         let started = Instant::now();
         let old = self.pipeline();
         let next = self.generation.load(Ordering::Relaxed) + 1;
-        let built = file::read(path)
-            .and_then(|parsed| Pipeline::build(&parsed, self.service, &self.libraries, Some(&old), next));
+        let built = file::read(path).and_then(|parsed| {
+            Pipeline::build(&parsed, self.service, &self.libraries, Some(&old), next)
+        });
         match built {
+            Ok(pipeline) if pipeline.digest == old.digest => {
+                tracing::debug!(message = "Agents file and libraries unchanged; nothing to swap.", service = %self.service);
+                *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                Ok(old.generation)
+            }
             Ok(pipeline) => {
                 log_warnings(&pipeline, Some(&old));
                 let agents = pipeline.agents.len();
@@ -140,15 +146,30 @@ impl AgentHost {
         if let Ok(parsed) = file::read(path) {
             files.extend(parsed.agents.iter().map(|e| e.assembly.clone()));
         } else {
-            files.extend(self.pipeline().agents.iter().map(|a| a.library.path.clone()));
+            files.extend(
+                self.pipeline()
+                    .agents
+                    .iter()
+                    .map(|a| a.library.path.clone()),
+            );
         }
         files
     }
 
-    fn write_status(&self) {
+    /// Writes the status file (also called every second by the controller, for the counters).
+    pub fn write_status(&self) {
         if let Some(path) = &self.status_path {
-            let error = self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            if let Err(e) = status::write(path, &self.pipeline(), error.as_deref(), self.libraries.loaded_count()) {
+            let error = self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Err(e) = status::write(
+                path,
+                &self.pipeline(),
+                error.as_deref(),
+                self.libraries.loaded_count(),
+            ) {
                 tracing::warn!(message = "Could not write the agents status file.", path = %path.display(), error = %e);
             }
         }
@@ -224,6 +245,9 @@ impl Drop for ReloadController {
     }
 }
 
+/// How often the status files are refreshed with the live counters.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
 struct Control {
     hosts: Vec<Arc<AgentHost>>,
     watcher: notify::RecommendedWatcher,
@@ -233,20 +257,30 @@ struct Control {
 impl Control {
     fn run(&mut self, receiver: mpsc::Receiver<Trigger>, debounce: Duration) {
         loop {
-            let Ok(first) = receiver.recv() else { return };
+            let first = match receiver.recv_timeout(STATUS_INTERVAL) {
+                Ok(trigger) => trigger,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    for host in &self.hosts {
+                        host.write_status();
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            };
             let mut pending: Vec<PathBuf> = Vec::new();
             let mut all = false;
-            let absorb = |trigger: Trigger, pending: &mut Vec<PathBuf>, all: &mut bool| match trigger {
-                Trigger::Paths(paths) => {
-                    pending.extend(paths);
-                    true
-                }
-                Trigger::All => {
-                    *all = true;
-                    true
-                }
-                Trigger::Stop => false,
-            };
+            let absorb =
+                |trigger: Trigger, pending: &mut Vec<PathBuf>, all: &mut bool| match trigger {
+                    Trigger::Paths(paths) => {
+                        pending.extend(paths);
+                        true
+                    }
+                    Trigger::All => {
+                        *all = true;
+                        true
+                    }
+                    Trigger::Stop => false,
+                };
             if !absorb(first, &mut pending, &mut all) {
                 return;
             }
@@ -264,7 +298,10 @@ impl Control {
             }
             for host in &self.hosts {
                 let watched = host.watched_files();
-                let relevant = all || pending.iter().any(|p| watched.iter().any(|w| same_file(p, w)));
+                let relevant = all
+                    || pending
+                        .iter()
+                        .any(|p| watched.iter().any(|w| same_file(p, w)));
                 if relevant {
                     let _ = host.reload();
                 }

@@ -1,5 +1,6 @@
 //! The status file a running host writes after every reload attempt, so that `mta agent list`
-//! (another process) can show what is loaded: `<data_dir>/run/agents-<service>.json`.
+//! (another process) can show what is loaded: `<data_dir>/run/agents-<service>.json`. It is also
+//! rewritten every second while the host runs, so its call, fault and too-slow counters are live.
 
 use crate::agents::pipeline::Pipeline;
 use serde::{Deserialize, Serialize};
@@ -79,7 +80,7 @@ pub fn write(
             .collect(),
     };
     let json = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
-    crate::fsutil::write_atomic(path, &json)
+    crate::fsutil::replace(path, &json)
 }
 
 /// Reads a status file; `None` when absent or unreadable.

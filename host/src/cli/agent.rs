@@ -88,24 +88,25 @@ pub fn run(config: &HostConfig, command: AgentCommand) -> anyhow::Result<ExitCod
             assembly,
             service,
         } => install(config, service, &name, &factory, &assembly),
-        AgentCommand::Uninstall { name, service } => edit_entry(config, service, &name, |f, e| {
-            Ok(edit::remove(f, e))
+        AgentCommand::Uninstall { name, service } => {
+            edit_entry(config, service, &name, |f, e| Ok(edit::remove(f, e)))
+                .map(|_| println!("Uninstalled agent {name:?} from the {service} service."))
+        }
+        AgentCommand::Enable { name, service } => edit_entry(config, service, &name, |f, e| {
+            Ok(edit::set_enabled(f, e, true))
         })
-        .map(|_| println!("Uninstalled agent {name:?} from the {service} service.")),
-        AgentCommand::Enable { name, service } => {
-            edit_entry(config, service, &name, |f, e| Ok(edit::set_enabled(f, e, true)))
-                .map(|_| println!("Enabled agent {name:?} in the {service} service."))
-        }
-        AgentCommand::Disable { name, service } => {
-            edit_entry(config, service, &name, |f, e| Ok(edit::set_enabled(f, e, false)))
-                .map(|_| println!("Disabled agent {name:?} in the {service} service."))
-        }
+        .map(|_| println!("Enabled agent {name:?} in the {service} service.")),
+        AgentCommand::Disable { name, service } => edit_entry(config, service, &name, |f, e| {
+            Ok(edit::set_enabled(f, e, false))
+        })
+        .map(|_| println!("Disabled agent {name:?} in the {service} service.")),
         AgentCommand::SetPriority {
             name,
             priority,
             service,
-        } => edit_entry(config, service, &name, |f, e| edit::move_to(f, e, priority))
-            .map(|_| println!("Agent {name:?} now has priority {priority} in the {service} service.")),
+        } => edit_entry(config, service, &name, |f, e| edit::move_to(f, e, priority)).map(|_| {
+            println!("Agent {name:?} now has priority {priority} in the {service} service.")
+        }),
         AgentCommand::List { service } => list(config, service),
         AgentCommand::Pipeline { service } => pipeline(config, service),
     }
@@ -157,27 +158,47 @@ fn install(
         return Err(EditError::NameTaken(name.to_string()).into());
     }
     let assembly = std::path::absolute(assembly).context("resolving --assembly")?;
-    let libraries = Libraries::new(config.run_dir().join("shadow"));
+    let libraries = Libraries::for_command();
     let library = libraries.load(&assembly)?;
     let Some(info) = library.factories.iter().find(|f| f.name == factory) else {
-        let names: Vec<_> = library.factories.iter().map(|f| format!("{:?} ({})", f.name, f.class)).collect();
+        let names: Vec<_> = library
+            .factories
+            .iter()
+            .map(|f| format!("{:?} ({})", f.name, f.class))
+            .collect();
         bail!(
             "library {} has no factory named {factory:?}; it exports: {}",
             assembly.display(),
-            if names.is_empty() { "nothing".into() } else { names.join(", ") }
+            if names.is_empty() {
+                "nothing".into()
+            } else {
+                names.join(", ")
+            }
         );
     };
     if !service.accepts(info.class) {
-        bail!("factory {factory:?} creates a {}: {}", info.class, service.accepted_classes());
+        bail!(
+            "factory {factory:?} creates a {}: {}",
+            info.class,
+            service.accepted_classes()
+        );
     }
     if info.class == AgentClass::Delivery {
         if info.delivery_protocol.trim().is_empty() {
             bail!("factory {factory:?} is a delivery agent without a delivery protocol");
         }
-        for other in parsed.agents.iter().filter(|e| e.class.value == AgentClass::Delivery) {
-            let Ok(lib) = libraries.load(&other.assembly) else { continue };
+        for other in parsed
+            .agents
+            .iter()
+            .filter(|e| e.class.value == AgentClass::Delivery)
+        {
+            let Ok(lib) = libraries.load(&other.assembly) else {
+                continue;
+            };
             if let Some(f) = lib.factories.iter().find(|f| f.name == other.factory.value) {
-                if f.delivery_protocol.eq_ignore_ascii_case(&info.delivery_protocol) {
+                if f.delivery_protocol
+                    .eq_ignore_ascii_case(&info.delivery_protocol)
+                {
                     bail!(
                         "delivery protocol {:?} is already claimed by agent {:?}",
                         info.delivery_protocol,
@@ -220,7 +241,8 @@ fn list(config: &HostConfig, only: Option<Service>) -> anyhow::Result<()> {
             continue;
         }
         let parsed = read_existing(&path)?;
-        let running = status::read(&config.agents_status_path(service)).filter(|s| pid_alive(s.pid));
+        let running =
+            status::read(&config.agents_status_path(service)).filter(|s| pid_alive(s.pid));
         println!(
             "{service}: {}{}",
             path.display(),
@@ -236,7 +258,11 @@ fn list(config: &HostConfig, only: Option<Service>) -> anyhow::Result<()> {
         for (i, entry) in parsed.agents.iter().enumerate() {
             let loaded = running
                 .as_ref()
-                .and_then(|s| s.agents.iter().find(|a| a.name.eq_ignore_ascii_case(&entry.name.value)))
+                .and_then(|s| {
+                    s.agents
+                        .iter()
+                        .find(|a| a.name.eq_ignore_ascii_case(&entry.name.value))
+                })
                 .map(|a| format!("gen {}", s_gen(running.as_ref(), a)))
                 .unwrap_or_else(|| "-".into());
             println!(
@@ -250,7 +276,10 @@ fn list(config: &HostConfig, only: Option<Service>) -> anyhow::Result<()> {
             );
         }
         if let Some(error) = running.as_ref().and_then(|s| s.last_error.as_ref()) {
-            println!("  last reload failed; still running generation {}:", running.as_ref().map_or(0, |s| s.generation));
+            println!(
+                "  last reload failed; still running generation {}:",
+                running.as_ref().map_or(0, |s| s.generation)
+            );
             for line in error.lines() {
                 println!("    {line}");
             }
@@ -272,12 +301,14 @@ fn pid_alive(pid: u32) -> bool {
 }
 
 fn pipeline(config: &HostConfig, only: Option<Service>) -> anyhow::Result<()> {
-    let libraries = Libraries::new(config.run_dir().join("shadow"));
+    let libraries = Libraries::for_command();
     for service in services(only) {
         refuse_mailbox(service)?;
-        let Some(path) = config.agents_file(service).map(Path::to_path_buf).or_else(|| {
-            Some(agents_file_for(config, service)).filter(|p| p.exists())
-        }) else {
+        let Some(path) = config
+            .agents_file(service)
+            .map(Path::to_path_buf)
+            .or_else(|| Some(agents_file_for(config, service)).filter(|p| p.exists()))
+        else {
             println!("{service}: no agents file");
             continue;
         };

@@ -6,7 +6,7 @@ use crate::service::Service;
 use std::process::ExitCode;
 
 pub fn run(config: &HostConfig) -> anyhow::Result<ExitCode> {
-    let libraries = Libraries::new(config.run_dir().join("shadow"));
+    let libraries = Libraries::for_command();
     let mut failed = false;
     match &config.source {
         Some(p) => println!("{}: ok", p.display()),
@@ -46,5 +46,9 @@ pub fn run(config: &HostConfig) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

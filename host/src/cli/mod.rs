@@ -113,7 +113,6 @@ fn agents_file_for(config: &HostConfig, service: Service) -> PathBuf {
 
 /// Parses `--service`.
 fn parse_service(value: &str) -> Result<Service, String> {
-    Service::parse(value).ok_or_else(|| {
-        format!("unknown service {value:?}: expected transport or frontend")
-    })
+    Service::parse(value)
+        .ok_or_else(|| format!("unknown service {value:?}: expected transport or frontend"))
 }

@@ -1,7 +1,7 @@
 //! `mta run`: start the services and the agent host, reload live, stop on SIGINT/SIGTERM.
 
-use crate::agents::{AgentHost, Libraries, ReloadController};
 use crate::agents::reload::Trigger;
+use crate::agents::{AgentHost, Libraries, ReloadController};
 use crate::config::HostConfig;
 use crate::service::Service;
 use anyhow::{bail, Context};
@@ -13,7 +13,11 @@ use std::time::Duration;
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The roles to run, comma-separated: frontend, transport, mailbox.
-    #[arg(long, value_delimiter = ',', default_value = "frontend,transport,mailbox")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "frontend,transport,mailbox"
+    )]
     roles: Vec<String>,
 }
 
@@ -64,7 +68,11 @@ pub fn run(config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     let trigger = controller.trigger();
     runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let names = roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(",");
+        let names = roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         let data_dir = config.data_dir.display().to_string();
         let services = tokio::spawn(crate::server::run(config, roles, by_service, stopped));
         tokio::select! {

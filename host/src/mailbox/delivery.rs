@@ -35,11 +35,24 @@ impl Sink for MailboxSink {
             })
             .await;
             match delivered {
-                Ok(Ok(n)) => Ok(SmtpResponse::new(250, "2.6.0", format!("Delivered to {n} mailbox(es)")).expect("valid")),
-                Ok(Err(e)) if e.raw_os_error() == Some(28) => {
-                    Err(SmtpResponse::new(452, "4.3.1", "Insufficient system storage").expect("valid"))
+                Ok(Ok(n)) => {
+                    Ok(
+                        SmtpResponse::new(250, "2.6.0", format!("Delivered to {n} mailbox(es)"))
+                            .expect("valid"),
+                    )
                 }
-                _ => Err(SmtpResponse::new(451, "4.3.0", "Mailbox delivery failed, try again later").expect("valid")),
+                Ok(Err(e)) if e.raw_os_error() == Some(28) => {
+                    Err(
+                        SmtpResponse::new(452, "4.3.1", "Insufficient system storage")
+                            .expect("valid"),
+                    )
+                }
+                _ => {
+                    Err(
+                        SmtpResponse::new(451, "4.3.0", "Mailbox delivery failed, try again later")
+                            .expect("valid"),
+                    )
+                }
             }
         })
     }

@@ -69,7 +69,9 @@ impl MailboxStore {
 
     /// A Maildir unique name: `seconds.MmicrosPpidQcounter.host`.
     fn unique_name(&self) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         format!(
             "{}.M{}P{}Q{}.{}",
             now.as_secs(),

@@ -95,7 +95,9 @@ impl Message {
                 }
             }
             match content.iter().position(|&b| b == b':') {
-                Some(colon) if colon > 0 && content[..colon].iter().all(|&b| (33..=126).contains(&b)) => {
+                Some(colon)
+                    if colon > 0 && content[..colon].iter().all(|&b| (33..=126).contains(&b)) =>
+                {
                     let mut raw_field = content.to_vec();
                     raw_field.extend_from_slice(b"\r\n");
                     fields.push(HeaderField {

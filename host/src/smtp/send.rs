@@ -156,15 +156,30 @@ impl Client {
                             format!("{class}.{subject}.{detail}")
                         };
                         let text = response.message.replace('\r', "");
-                        return SmtpResponse::new(response.code, enhanced, text.trim_end().to_string())
-                            .or_else(|_| SmtpResponse::new(response.code, default_enhanced(response.code), "(reply)"))
-                            .map_err(|e| SendError::Io(self.peer.clone(), format!("invalid reply: {e}")));
+                        return SmtpResponse::new(
+                            response.code,
+                            enhanced,
+                            text.trim_end().to_string(),
+                        )
+                        .or_else(|_| {
+                            SmtpResponse::new(
+                                response.code,
+                                default_enhanced(response.code),
+                                "(reply)",
+                            )
+                        })
+                        .map_err(|e| {
+                            SendError::Io(self.peer.clone(), format!("invalid reply: {e}"))
+                        });
                     }
                     Err(smtp_proto::Error::NeedsMoreData { .. }) => {
                         self.input.clear();
                     }
                     Err(e) => {
-                        return Err(SendError::Io(self.peer.clone(), format!("invalid reply: {e:?}")))
+                        return Err(SendError::Io(
+                            self.peer.clone(),
+                            format!("invalid reply: {e:?}"),
+                        ))
                     }
                 }
             }

@@ -58,12 +58,16 @@ impl SubmissionSink {
     /// Stores an item durably; the reply the client gets.
     pub async fn enqueue(&self, mut item: MailItem) -> Result<SmtpResponse, SmtpResponse> {
         let queues = Arc::clone(&self.queues);
-        let stored = tokio::task::spawn_blocking(move || queues.submission.store(&mut item, 0)).await;
+        let stored =
+            tokio::task::spawn_blocking(move || queues.submission.store(&mut item, 0)).await;
         match stored {
             Ok(Ok(id)) => {
                 tracing::info!(message = "Message queued.", queue_id = %id);
                 let _ = self.wake.send(id.clone());
-                Ok(SmtpResponse::new(250, "2.6.0", format!("<{id}> Queued mail for delivery")).expect("valid"))
+                Ok(
+                    SmtpResponse::new(250, "2.6.0", format!("<{id}> Queued mail for delivery"))
+                        .expect("valid"),
+                )
             }
             Ok(Err(e)) if e.raw_os_error() == Some(28) => {
                 tracing::error!(message = "Queue disk full.", error = %e);
@@ -71,11 +75,17 @@ impl SubmissionSink {
             }
             Ok(Err(e)) => {
                 tracing::error!(message = "Queue write failed.", error = %e);
-                Err(SmtpResponse::new(451, "4.3.0", "Queue write failed, try again later").expect("valid"))
+                Err(
+                    SmtpResponse::new(451, "4.3.0", "Queue write failed, try again later")
+                        .expect("valid"),
+                )
             }
             Err(e) => {
                 tracing::error!(message = "Queue write task failed.", error = %e);
-                Err(SmtpResponse::new(451, "4.3.0", "Queue write failed, try again later").expect("valid"))
+                Err(
+                    SmtpResponse::new(451, "4.3.0", "Queue write failed, try again later")
+                        .expect("valid"),
+                )
             }
         }
     }
@@ -102,7 +112,11 @@ pub struct Categorizer {
 impl Categorizer {
     /// Runs until the channel closes: first the items left from before a restart, then each
     /// new one as it is queued.
-    pub async fn run(self: Arc<Self>, mut wake: mpsc::UnboundedReceiver<String>, retry: mpsc::UnboundedSender<String>) {
+    pub async fn run(
+        self: Arc<Self>,
+        mut wake: mpsc::UnboundedReceiver<String>,
+        retry: mpsc::UnboundedSender<String>,
+    ) {
         let queues = Arc::clone(&self.queues);
         if let Ok(Ok(ids)) = tokio::task::spawn_blocking(move || queues.submission.ids()).await {
             if !ids.is_empty() {
@@ -134,7 +148,10 @@ impl Categorizer {
         if item.quarantine.is_some() {
             let queues = Arc::clone(&self.queues);
             let qid = id.clone();
-            let _ = tokio::task::spawn_blocking(move || queues.submission.move_to(&qid, &queues.quarantine)).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                queues.submission.move_to(&qid, &queues.quarantine)
+            })
+            .await;
             tracing::info!(message = "Message quarantined.", queue_id = %id, reason = item.quarantine.as_deref().unwrap_or(""));
             return;
         }
@@ -154,7 +171,11 @@ impl Categorizer {
                 }
             }
         }
-        let local_left: Vec<_> = pending.iter().filter(|r| !remote.contains(r)).cloned().collect();
+        let local_left: Vec<_> = pending
+            .iter()
+            .filter(|r| !remote.contains(r))
+            .cloned()
+            .collect();
         let queues = Arc::clone(&self.queues);
         if local_left.is_empty() {
             if remote.is_empty() {
@@ -172,7 +193,9 @@ impl Categorizer {
         // Keep the item with the recipients still to deliver, and retry later.
         item.envelope.recipients = pending;
         let delay = Duration::from_millis((500u64 << attempts.min(8)).min(60_000));
-        let stored = tokio::task::spawn_blocking(move || queues.submission.store(&mut item, attempts + 1)).await;
+        let stored =
+            tokio::task::spawn_blocking(move || queues.submission.store(&mut item, attempts + 1))
+                .await;
         if matches!(stored, Ok(Ok(_))) {
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
@@ -187,8 +210,16 @@ impl Categorizer {
         item: &MailItem,
         recipients: &[crate::message::EnvelopeRecipient],
     ) -> Result<Vec<crate::message::EnvelopeRecipient>, SendError> {
-        let mut client = Client::connect(&self.mailbox_address, &self.hostname, Duration::from_secs(60)).await?;
-        let rcpts: Vec<(String, String)> = recipients.iter().map(|r| (r.address.clone(), String::new())).collect();
+        let mut client = Client::connect(
+            &self.mailbox_address,
+            &self.hostname,
+            Duration::from_secs(60),
+        )
+        .await?;
+        let rcpts: Vec<(String, String)> = recipients
+            .iter()
+            .map(|r| (r.address.clone(), String::new()))
+            .collect();
         let sent = client
             .send_mail(&item.envelope.from, "", &rcpts, &item.message.to_bytes())
             .await?;

@@ -101,16 +101,28 @@ impl QueueDir {
     /// Reads a queued item and its attempt count. Blocking.
     pub fn load(&self, id: &str) -> std::io::Result<(MailItem, u32)> {
         let bytes = fs::read(self.path(id))?;
-        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("queue file {id}: {what}"));
-        let newline = bytes.iter().position(|&b| b == b'\n').ok_or_else(|| bad("no header line"))?;
+        let bad = |what: &str| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("queue file {id}: {what}"),
+            )
+        };
+        let newline = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| bad("no header line"))?;
         let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| bad("header not UTF-8"))?;
         let len: usize = header
             .strip_prefix("MTAQ1 ")
             .and_then(|n| n.parse().ok())
             .ok_or_else(|| bad("bad header line"))?;
         let json_end = newline + 1 + len;
-        let meta: Meta = serde_json::from_slice(bytes.get(newline + 1..json_end).ok_or_else(|| bad("truncated"))?)
-            .map_err(|e| bad(&e.to_string()))?;
+        let meta: Meta = serde_json::from_slice(
+            bytes
+                .get(newline + 1..json_end)
+                .ok_or_else(|| bad("truncated"))?,
+        )
+        .map_err(|e| bad(&e.to_string()))?;
         Ok((
             MailItem {
                 id: id.to_string(),
@@ -175,7 +187,7 @@ mod tests {
         };
         item.properties.insert("k".into(), "v".into());
         let id = q.store(&mut item, 2).unwrap();
-        assert_eq!(q.ids().unwrap(), [id.clone()]);
+        assert_eq!(q.ids().unwrap(), std::slice::from_ref(&id));
         let (back, attempts) = q.load(&id).unwrap();
         assert_eq!(attempts, 2);
         assert_eq!(back.envelope, item.envelope);

@@ -23,7 +23,9 @@ impl SmtpReceiveAgent for HeaderStamper {
     fn create(parameters: &Parameters) -> Result<Self, AgentError> {
         let header = parameters.get_or("header", "X-Mta-Stamp").to_string();
         if header.is_empty() || !header.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
-            return Err(AgentError::msg(format!("parameter \"header\": {header:?} is not a header field name")));
+            return Err(AgentError::msg(format!(
+                "parameter \"header\": {header:?} is not a header field name"
+            )));
         }
         Ok(Self {
             header,
@@ -77,7 +79,10 @@ mod tests {
         let mut host = TestHost::smtp("192.0.2.9:1234").with_message(message);
         testing::run(&mut agent, Event::OnEndOfData, &mut host).unwrap();
         let message = host.message().unwrap();
-        assert_eq!(message.header("X-Scanned"), Some("by mta from 192.0.2.9:1234"));
+        assert_eq!(
+            message.header("X-Scanned"),
+            Some("by mta from 192.0.2.9:1234")
+        );
         assert_eq!(message.body, b"hello\r\n-- sent through mta\r\n");
     }
 
@@ -88,7 +93,10 @@ mod tests {
         let mut host = TestHost::smtp("192.0.2.9:1").with_message(TestMessage::parse(raw));
         testing::run(&mut agent, Event::OnEndOfData, &mut host).unwrap();
         assert_eq!(host.message().unwrap().body, TestMessage::parse(raw).body);
-        assert_eq!(host.message().unwrap().header("X-Mta-Stamp"), Some("stamped"));
+        assert_eq!(
+            host.message().unwrap().header("X-Mta-Stamp"),
+            Some("stamped")
+        );
     }
 
     #[test]
@@ -98,6 +106,9 @@ mod tests {
 
     #[test]
     fn declares_only_end_of_data() {
-        assert_eq!(HeaderStamper::EVENTS.iter().collect::<Vec<_>>(), [Event::OnEndOfData]);
+        assert_eq!(
+            HeaderStamper::EVENTS.iter().collect::<Vec<_>>(),
+            [Event::OnEndOfData]
+        );
     }
 }

@@ -15,18 +15,25 @@ impl Session {
     /// Handles one command line (`None`: a line refused while framing, already answered).
     pub(super) async fn command(&mut self, line: Option<Vec<u8>>) {
         let Some(line) = line else {
-            self.raise_reject("", &reply(500, "5.5.2", "Syntax error")).await;
+            self.raise_reject("", &reply(500, "5.5.2", "Syntax error"))
+                .await;
             return;
         };
         let parsed = Request::parse(&mut line.iter());
         match parsed {
             Ok(request) => self.dispatch(request).await,
             Err(error) => {
-                let verb = String::from_utf8_lossy(line.split(|b| *b == b' ' || *b == b'\r').next().unwrap_or(&[]))
-                    .to_ascii_uppercase();
+                let verb = String::from_utf8_lossy(
+                    line.split(|b| *b == b' ' || *b == b'\r')
+                        .next()
+                        .unwrap_or(&[]),
+                )
+                .to_ascii_uppercase();
                 let response = match error {
                     ParseError::UnknownCommand => reply(500, "5.5.2", "Command unrecognized"),
-                    ParseError::InvalidSenderAddress => reply(501, "5.1.7", "Bad sender address syntax"),
+                    ParseError::InvalidSenderAddress => {
+                        reply(501, "5.1.7", "Bad sender address syntax")
+                    }
                     ParseError::InvalidRecipientAddress => {
                         reply(501, "5.1.3", "Bad recipient address syntax")
                     }
@@ -58,7 +65,11 @@ impl Session {
     /// fault) or the session is closing.
     async fn answered_by_agents(&mut self, command: &str, raised: &Raised) -> bool {
         if raised.abandoned {
-            self.reply(&reply(421, "4.3.0", "Temporary server error, closing connection"));
+            self.reply(&reply(
+                421,
+                "4.3.0",
+                "Temporary server error, closing connection",
+            ));
             self.close = Some(DisconnectReason::Dropped);
             return true;
         }
@@ -87,10 +98,20 @@ impl Session {
             Request::Mail { from } => self.mail(from.into_owned()).await,
             Request::Rcpt { to } => self.rcpt(to.into_owned()).await,
             Request::Data => self.data().await,
-            Request::Rset => self.simple(Event::OnRsetCommand, "RSET", reply(250, "2.0.0", "OK")).await,
-            Request::Noop { .. } => self.simple(Event::OnNoopCommand, "NOOP", reply(250, "2.0.0", "OK")).await,
+            Request::Rset => {
+                self.simple(Event::OnRsetCommand, "RSET", reply(250, "2.0.0", "OK"))
+                    .await
+            }
+            Request::Noop { .. } => {
+                self.simple(Event::OnNoopCommand, "NOOP", reply(250, "2.0.0", "OK"))
+                    .await
+            }
             Request::Help { .. } => {
-                let help = reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP HELP VRFY QUIT");
+                let help = reply(
+                    214,
+                    "2.0.0",
+                    "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP HELP VRFY QUIT",
+                );
                 self.simple(Event::OnHelpCommand, "HELP", help).await
             }
             Request::Quit => {
@@ -99,17 +120,32 @@ impl Session {
             }
             Request::Vrfy { .. } => {
                 if self.receiver.config.vrfy {
-                    self.reply(&reply(252, "2.5.0", "Cannot verify the user, but will accept the message"));
+                    self.reply(&reply(
+                        252,
+                        "2.5.0",
+                        "Cannot verify the user, but will accept the message",
+                    ));
                 } else {
-                    self.reply(&reply(252, "2.5.0", "VRFY is disabled; send some mail, I'll try my best"));
+                    self.reply(&reply(
+                        252,
+                        "2.5.0",
+                        "VRFY is disabled; send some mail, I'll try my best",
+                    ));
                 }
             }
             Request::StartTls => self.starttls().await,
             Request::Auth { mechanism, .. } => self.auth(mechanism).await,
-            Request::Bdat { .. } => self.refuse("BDAT", reply(502, "5.5.1", "CHUNKING is not offered")).await,
+            Request::Bdat { .. } => {
+                self.refuse("BDAT", reply(502, "5.5.1", "CHUNKING is not offered"))
+                    .await
+            }
             other => {
                 let verb = other.name();
-                self.refuse(verb, reply(502, "5.5.1", &format!("{verb} is not implemented"))).await
+                self.refuse(
+                    verb,
+                    reply(502, "5.5.1", &format!("{verb} is not implemented")),
+                )
+                .await
             }
         }
     }
@@ -133,7 +169,9 @@ impl Session {
         if esmtp {
             let max = self.receiver.config.max_message_size;
             let mut lines = vec![greeting, "PIPELINING".into(), format!("SIZE {max}")];
-            lines.extend(["8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN", "HELP"].map(String::from));
+            lines.extend(
+                ["8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN", "HELP"].map(String::from),
+            );
             self.reply_raw(250, &lines);
         } else {
             self.reply_raw(250, &[greeting]);
@@ -153,20 +191,36 @@ impl Session {
 
     async fn mail(&mut self, from: smtp_proto::MailFrom<String>) {
         if self.helo.is_none() {
-            return self.refuse("MAIL", reply(503, "5.5.1", "Send EHLO or HELO first")).await;
+            return self
+                .refuse("MAIL", reply(503, "5.5.1", "Send EHLO or HELO first"))
+                .await;
         }
         if self.txn.is_some() {
-            return self.refuse("MAIL", reply(503, "5.5.1", "Nested MAIL command")).await;
+            return self
+                .refuse("MAIL", reply(503, "5.5.1", "Nested MAIL command"))
+                .await;
         }
         let max = self.receiver.config.max_message_size;
         if from.size > max {
             return self
-                .refuse("MAIL", reply(552, "5.3.4", &format!("Message size exceeds fixed maximum message size of {max} bytes")))
+                .refuse(
+                    "MAIL",
+                    reply(
+                        552,
+                        "5.3.4",
+                        &format!("Message size exceeds fixed maximum message size of {max} bytes"),
+                    ),
+                )
                 .await;
         }
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
         if !smtputf8 && !from.address.is_ascii() {
-            return self.refuse("MAIL", reply(553, "5.6.7", "Non-ASCII sender address needs SMTPUTF8")).await;
+            return self
+                .refuse(
+                    "MAIL",
+                    reply(553, "5.6.7", "Non-ASCII sender address needs SMTPUTF8"),
+                )
+                .await;
         }
         let body = if from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0 {
             Some("8BITMIME")
@@ -184,7 +238,10 @@ impl Session {
         } else {
             None
         };
-        let mut args = vec![("from", from.address.clone()), ("smtputf8", smtputf8.to_string())];
+        let mut args = vec![
+            ("from", from.address.clone()),
+            ("smtputf8", smtputf8.to_string()),
+        ];
         if from.size > 0 {
             args.push(("size", from.size.to_string()));
         }
@@ -214,13 +271,22 @@ impl Session {
 
     async fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) {
         let Some(txn) = &self.txn else {
-            return self.refuse("RCPT", reply(503, "5.5.1", "Need MAIL before RCPT")).await;
+            return self
+                .refuse("RCPT", reply(503, "5.5.1", "Need MAIL before RCPT"))
+                .await;
         };
         if txn.item.envelope.recipients.len() >= self.receiver.config.max_recipients {
-            return self.refuse("RCPT", reply(452, "4.5.3", "Too many recipients")).await;
+            return self
+                .refuse("RCPT", reply(452, "4.5.3", "Too many recipients"))
+                .await;
         }
         if !txn.item.envelope.smtputf8 && !to.address.is_ascii() {
-            return self.refuse("RCPT", reply(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8")).await;
+            return self
+                .refuse(
+                    "RCPT",
+                    reply(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8"),
+                )
+                .await;
         }
         if let Err(response) = self.receiver.policy.check(&to.address, self.may_relay()) {
             return self.refuse("RCPT", response).await;
@@ -252,16 +318,22 @@ impl Session {
 
     async fn data(&mut self) {
         let Some(txn) = &self.txn else {
-            return self.refuse("DATA", reply(503, "5.5.1", "Need MAIL before DATA")).await;
+            return self
+                .refuse("DATA", reply(503, "5.5.1", "Need MAIL before DATA"))
+                .await;
         };
         if txn.item.envelope.recipients.is_empty() {
-            return self.refuse("DATA", reply(554, "5.5.1", "No valid recipients")).await;
+            return self
+                .refuse("DATA", reply(554, "5.5.1", "No valid recipients"))
+                .await;
         }
         let raised = self.raise(Event::OnDataCommand, Vec::new()).await;
         if self.answered_by_agents("DATA", &raised).await {
             return;
         }
-        self.reply(&SmtpResponse::new(354, "", "Start mail input; end with <CRLF>.<CRLF>").expect("valid"));
+        self.reply(
+            &SmtpResponse::new(354, "", "Start mail input; end with <CRLF>.<CRLF>").expect("valid"),
+        );
         if self.flush().await.is_err() {
             self.close = Some(DisconnectReason::SenderDisconnected);
             return;
@@ -273,7 +345,14 @@ impl Session {
         if size > max {
             self.txn = None;
             return self
-                .refuse("DATA", reply(552, "5.3.4", &format!("Message size exceeds fixed maximum message size of {max} bytes")))
+                .refuse(
+                    "DATA",
+                    reply(
+                        552,
+                        "5.3.4",
+                        &format!("Message size exceeds fixed maximum message size of {max} bytes"),
+                    ),
+                )
                 .await;
         }
         self.end_of_data(raw).await;
@@ -391,7 +470,8 @@ impl Session {
         if self.answered_by_agents("STARTTLS", &raised).await {
             return;
         }
-        self.refuse("STARTTLS", reply(454, "4.7.0", "TLS not available")).await;
+        self.refuse("STARTTLS", reply(454, "4.7.0", "TLS not available"))
+            .await;
     }
 
     async fn auth(&mut self, mechanism: u64) {
@@ -400,11 +480,21 @@ impl Session {
             smtp_proto::AUTH_LOGIN => "LOGIN",
             _ => "OTHER",
         };
-        let raised = self.raise(Event::OnAuthCommand, vec![("mechanism", name.to_string())]).await;
+        let raised = self
+            .raise(Event::OnAuthCommand, vec![("mechanism", name.to_string())])
+            .await;
         if self.answered_by_agents("AUTH", &raised).await {
             return;
         }
-        self.refuse("AUTH", reply(503, "5.5.1", "Authentication is not offered on this connection")).await;
+        self.refuse(
+            "AUTH",
+            reply(
+                503,
+                "5.5.1",
+                "Authentication is not offered on this connection",
+            ),
+        )
+        .await;
     }
 }
 

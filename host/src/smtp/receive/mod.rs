@@ -137,7 +137,11 @@ struct IpSlot {
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut map = self.receiver.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .receiver
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(n) = map.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -148,7 +152,11 @@ impl Drop for IpSlot {
 }
 
 /// Accepts connections until `shutdown` turns true, then waits for the sessions to end.
-pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    receiver: Arc<Receiver>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let permits = Arc::new(Semaphore::new(receiver.config.max_connections));
     let mut backoff = Duration::from_millis(10);
     let mut tasks = tokio::task::JoinSet::new();
@@ -183,14 +191,30 @@ pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, mut shutdown:
                 .as_ref()
                 .is_none_or(|ranges| ranges.iter().any(|r| r.contains(peer.ip())));
             if !allowed {
-                return refuse(stream, "554 5.7.1 This service does not accept connections from your address\r\n").await;
+                return refuse(
+                    stream,
+                    "554 5.7.1 This service does not accept connections from your address\r\n",
+                )
+                .await;
             }
             match (permit, slot) {
                 (Ok(_permit), Some(_slot)) => {
                     session::run(stream, peer, local, receiver, shutdown).await;
                 }
-                (Err(_), _) => refuse(stream, "421 4.3.2 Too many connections, try again later\r\n").await,
-                (_, None) => refuse(stream, "421 4.7.0 Too many connections from your address\r\n").await,
+                (Err(_), _) => {
+                    refuse(
+                        stream,
+                        "421 4.3.2 Too many connections, try again later\r\n",
+                    )
+                    .await
+                }
+                (_, None) => {
+                    refuse(
+                        stream,
+                        "421 4.7.0 Too many connections from your address\r\n",
+                    )
+                    .await
+                }
             }
         });
     }

@@ -128,7 +128,10 @@ pub(super) async fn run(
         let reason = session.close.unwrap_or(DisconnectReason::Dropped);
         if session.agents.is_some() {
             session
-                .raise(Event::OnDisconnect, vec![("reason", reason.as_str().to_string())])
+                .raise(
+                    Event::OnDisconnect,
+                    vec![("reason", reason.as_str().to_string())],
+                )
                 .await;
         }
         let _ = session.stream.shutdown().await;
@@ -142,7 +145,8 @@ impl Session {
     async fn converse(&mut self) {
         let raised = self.raise(Event::OnConnect, Vec::new()).await;
         if raised.abandoned || raised.fault.is_some() {
-            self.write_line("421 4.3.0 Temporary server error, try again later").await;
+            self.write_line("421 4.3.0 Temporary server error, try again later")
+                .await;
             self.close = Some(DisconnectReason::Dropped);
             return;
         }
@@ -160,12 +164,15 @@ impl Session {
         let mut banner = format!("{} ESMTP mta", self.receiver.config.hostname);
         for action in &raised.actions {
             match action {
-                Action::SetBanner(text) => banner = format!("{} {}", self.receiver.config.hostname, text),
+                Action::SetBanner(text) => {
+                    banner = format!("{} {}", self.receiver.config.hostname, text)
+                }
                 Action::DisableStartTls => self.starttls_disabled = true,
                 _ => {}
             }
         }
-        self.output.extend_from_slice(format!("220 {banner}\r\n").as_bytes());
+        self.output
+            .extend_from_slice(format!("220 {banner}\r\n").as_bytes());
         while self.close.is_none() {
             let line = match self.read_line().await {
                 Ok(line) => line,
@@ -173,7 +180,8 @@ impl Session {
                     self.close = Some(match closed {
                         Closed::Eof | Closed::Io => DisconnectReason::SenderDisconnected,
                         Closed::Timeout => {
-                            self.write_line("421 4.4.2 Timeout, closing connection").await;
+                            self.write_line("421 4.4.2 Timeout, closing connection")
+                                .await;
                             DisconnectReason::Timeout
                         }
                         Closed::Shutdown => {
@@ -186,7 +194,8 @@ impl Session {
             };
             self.command(line).await;
             if self.close.is_none() && self.errors >= self.receiver.config.max_errors {
-                self.write_line("421 4.7.0 Too many errors, closing connection").await;
+                self.write_line("421 4.7.0 Too many errors, closing connection")
+                    .await;
                 self.close = Some(DisconnectReason::TooManyErrors);
             }
         }
@@ -236,7 +245,9 @@ impl Session {
     /// Reads more bytes into the input buffer, honouring the timeouts and shutdown.
     pub(super) async fn fill(&mut self) -> Result<(), Closed> {
         let config = &self.receiver.config;
-        let remaining = config.session_timeout.saturating_sub(self.started.elapsed());
+        let remaining = config
+            .session_timeout
+            .saturating_sub(self.started.elapsed());
         let wait = config.idle_timeout.min(remaining);
         if wait.is_zero() {
             return Err(Closed::Timeout);
@@ -281,7 +292,8 @@ impl Session {
     pub(super) fn reply_raw(&mut self, code: u16, lines: &[String]) {
         for (i, line) in lines.iter().enumerate() {
             let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-            self.output.extend_from_slice(format!("{code}{sep}{line}\r\n").as_bytes());
+            self.output
+                .extend_from_slice(format!("{code}{sep}{line}\r\n").as_bytes());
         }
     }
 
@@ -325,12 +337,22 @@ impl Session {
 
     /// Whether the client may send to domains that are not ours.
     pub(super) fn may_relay(&self) -> bool {
-        self.authenticated.is_some() || self.receiver.config.trusted.iter().any(|r| r.contains(self.peer.ip()))
+        self.authenticated.is_some()
+            || self
+                .receiver
+                .config
+                .trusted
+                .iter()
+                .any(|r| r.contains(self.peer.ip()))
     }
 
     /// Raises an event to the session's agents; they see (and may edit) the transaction's mail
     /// item when the event carries one.
-    pub(super) async fn raise(&mut self, event: Event, args: Vec<(&'static str, String)>) -> Raised {
+    pub(super) async fn raise(
+        &mut self,
+        event: Event,
+        args: Vec<(&'static str, String)>,
+    ) -> Raised {
         let Some(set) = self.agents.take() else {
             return Raised::default();
         };
@@ -340,7 +362,10 @@ impl Session {
         }
         let carries_item = matches!(
             event,
-            Event::OnRcptCommand | Event::OnDataCommand | Event::OnEndOfHeaders | Event::OnEndOfData
+            Event::OnRcptCommand
+                | Event::OnDataCommand
+                | Event::OnEndOfHeaders
+                | Event::OnEndOfData
         );
         let mut cx = CallContext::new(event, self.receiver.config.service);
         cx.session = Some(self.ffi_session());
@@ -383,7 +408,12 @@ impl Session {
     /// Messages agents submitted go to the service's sink.
     async fn submit_agent_messages(&mut self, raised: &mut Raised) {
         for action in &raised.actions {
-            if let Action::SubmitMessage { from, recipients, mime } = action {
+            if let Action::SubmitMessage {
+                from,
+                recipients,
+                mime,
+            } = action
+            {
                 let item = MailItem {
                     envelope: crate::message::Envelope {
                         from: from.clone(),
@@ -397,7 +427,9 @@ impl Session {
                     ..Default::default()
                 };
                 match self.receiver.sink.submit(item).await {
-                    Ok(reply) => tracing::info!(message = "Agent submitted a message.", reply = %reply),
+                    Ok(reply) => {
+                        tracing::info!(message = "Agent submitted a message.", reply = %reply)
+                    }
                     Err(e) => tracing::warn!(message = "Agent submission refused.", reply = %e),
                 }
             }
@@ -406,10 +438,17 @@ impl Session {
 
     /// Raises OnReject after a 4xx/5xx reply.
     pub(super) async fn raise_reject(&mut self, command: &str, response: &SmtpResponse) {
-        if self.agents.as_ref().is_some_and(|a| a.handles(Event::OnReject)) {
+        if self
+            .agents
+            .as_ref()
+            .is_some_and(|a| a.handles(Event::OnReject))
+        {
             self.raise(
                 Event::OnReject,
-                vec![("command", command.to_string()), ("response", response.to_string())],
+                vec![
+                    ("command", command.to_string()),
+                    ("response", response.to_string()),
+                ],
             )
             .await;
         }

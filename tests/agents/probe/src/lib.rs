@@ -28,8 +28,13 @@ impl Probe {
     /// Records the event and performs the configured actions; returns whether to reject.
     fn visit(&self, event: Event, detail: &str) -> AgentResult<bool> {
         if let Some(path) = &self.log {
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-            file.write_all(format!("{} {} {} {}\n", self.name, VERSION, event.name(), detail).as_bytes())?;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            file.write_all(
+                format!("{} {} {} {}\n", self.name, VERSION, event.name(), detail).as_bytes(),
+            )?;
         }
         if self.wants("sleep", event) {
             let ms = self.params.parse::<u64>("sleep_ms")?.unwrap_or(1000);
@@ -39,28 +44,39 @@ impl Probe {
             panic!("probe {} panics in {}", self.name, event.name());
         }
         if self.wants("fail", event) {
-            return Err(AgentError::msg(format!("probe {} fails in {}", self.name, event.name())));
+            return Err(AgentError::msg(format!(
+                "probe {} fails in {}",
+                self.name,
+                event.name()
+            )));
         }
         Ok(self.wants("reject", event))
     }
 
     fn rejection(&self) -> AgentResult<SmtpResponse> {
-        Ok(SmtpResponse::new(550, "5.7.1", format!("probe {} rejects", self.name))?)
+        Ok(SmtpResponse::new(
+            550,
+            "5.7.1",
+            format!("probe {} rejects", self.name),
+        )?)
     }
 }
 
-macro_rules! simple {
-    ($method:ident, $ty:ident, $event:ident) => {
-        fn $method(&mut self, event: &mut $ty<'_>) -> AgentResult {
-            if self.visit(Event::$event, "")? {
-                event.reject(&self.rejection()?)?;
-            }
-            if self.wants("disconnect", Event::$event) {
-                event.disconnect()?;
-            }
-            Ok(())
+impl Probe {
+    /// The handler of events whose only argument is the session.
+    fn simple<K: mta_agent_sdk::smtp_receive::Rejectable>(
+        &self,
+        event: Event,
+        source: &mut mta_agent_sdk::smtp_receive::SmtpEvent<'_, K>,
+    ) -> AgentResult {
+        if self.visit(event, "")? {
+            source.reject(&self.rejection()?)?;
         }
-    };
+        if self.wants("disconnect", event) {
+            source.disconnect()?;
+        }
+        Ok(())
+    }
 }
 
 #[agent]
@@ -76,7 +92,10 @@ impl SmtpReceiveAgent for Probe {
 
     fn on_connect(&mut self, event: &mut ConnectEvent<'_>) -> AgentResult {
         let session = event.session();
-        let detail = format!("remote={} service={}", session.remote_endpoint, session.service);
+        let detail = format!(
+            "remote={} service={}",
+            session.remote_endpoint, session.service
+        );
         if self.visit(Event::OnConnect, &detail)? {
             event.reject(&self.rejection()?)?;
         }
@@ -100,17 +119,28 @@ impl SmtpReceiveAgent for Probe {
         Ok(())
     }
 
-    simple!(on_start_tls_command, StartTlsCommandEvent, OnStartTlsCommand);
+    fn on_start_tls_command(&mut self, event: &mut StartTlsCommandEvent<'_>) -> AgentResult {
+        self.simple(Event::OnStartTlsCommand, event)
+    }
 
     fn on_auth_command(&mut self, event: &mut AuthCommandEvent<'_>) -> AgentResult {
-        if self.visit(Event::OnAuthCommand, &format!("mechanism={}", event.mechanism()))? {
+        if self.visit(
+            Event::OnAuthCommand,
+            &format!("mechanism={}", event.mechanism()),
+        )? {
             event.reject(&self.rejection()?)?;
         }
         Ok(())
     }
 
-    fn on_end_of_authentication(&mut self, event: &mut EndOfAuthenticationEvent<'_>) -> AgentResult {
-        if self.visit(Event::OnEndOfAuthentication, &format!("identity={}", event.identity()))? {
+    fn on_end_of_authentication(
+        &mut self,
+        event: &mut EndOfAuthenticationEvent<'_>,
+    ) -> AgentResult {
+        if self.visit(
+            Event::OnEndOfAuthentication,
+            &format!("identity={}", event.identity()),
+        )? {
             event.reject(&self.rejection()?)?;
         }
         Ok(())
@@ -144,7 +174,9 @@ impl SmtpReceiveAgent for Probe {
         Ok(())
     }
 
-    simple!(on_data_command, DataCommandEvent, OnDataCommand);
+    fn on_data_command(&mut self, event: &mut DataCommandEvent<'_>) -> AgentResult {
+        self.simple(Event::OnDataCommand, event)
+    }
 
     fn on_end_of_headers(&mut self, event: &mut EndOfHeadersEvent<'_>) -> AgentResult {
         let subject = event.mail_item().subject().unwrap_or_default();
@@ -183,17 +215,29 @@ impl SmtpReceiveAgent for Probe {
         Ok(())
     }
 
-    simple!(on_help_command, HelpCommandEvent, OnHelpCommand);
-    simple!(on_noop_command, NoopCommandEvent, OnNoopCommand);
-    simple!(on_rset_command, RsetCommandEvent, OnRsetCommand);
+    fn on_help_command(&mut self, event: &mut HelpCommandEvent<'_>) -> AgentResult {
+        self.simple(Event::OnHelpCommand, event)
+    }
+    fn on_noop_command(&mut self, event: &mut NoopCommandEvent<'_>) -> AgentResult {
+        self.simple(Event::OnNoopCommand, event)
+    }
+    fn on_rset_command(&mut self, event: &mut RsetCommandEvent<'_>) -> AgentResult {
+        self.simple(Event::OnRsetCommand, event)
+    }
 
     fn on_reject(&mut self, event: &mut RejectEvent<'_>) -> AgentResult {
-        self.visit(Event::OnReject, &format!("command={} response={}", event.command(), event.response()))?;
+        self.visit(
+            Event::OnReject,
+            &format!("command={} response={}", event.command(), event.response()),
+        )?;
         Ok(())
     }
 
     fn on_disconnect(&mut self, event: &mut DisconnectEvent<'_>) -> AgentResult {
-        self.visit(Event::OnDisconnect, &format!("reason={}", event.reason().as_str()))?;
+        self.visit(
+            Event::OnDisconnect,
+            &format!("reason={}", event.reason().as_str()),
+        )?;
         Ok(())
     }
 }

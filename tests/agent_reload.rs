@@ -1,0 +1,455 @@
+//! The agent pipeline of a running host, over real SMTP sessions: priority order, live reload of
+//! config edits and of rebuilt libraries while sessions are in flight, bad edits, faults and
+//! time limits.
+
+mod support;
+
+use std::time::{Duration, Instant};
+use support::*;
+
+const MESSAGE: &str =
+    "From: a@elsewhere.test\nTo: alice@example.test\nSubject: reload test\n\nbody\n";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn start(dir: &TestDir, entries: &[Entry<'_>], time_limit_ms: u64) -> Mta {
+    dir.write("agents.config", &agents_xml(time_limit_ms, entries));
+    Mta::start(
+        dir,
+        "[agents]\ntransport = \"agents.config\"\nreload_debounce_ms = 50\n",
+        &[],
+    )
+}
+
+fn rewrite(dir: &TestDir, entries: &[Entry<'_>], time_limit_ms: u64) {
+    dir.replace(
+        "agents.config",
+        agents_xml(time_limit_ms, entries).as_bytes(),
+    );
+}
+
+/// Sends a message through Transport and returns it as delivered to alice.
+fn deliver(mta: &Mta, smtp: &mut Smtp) -> String {
+    let before = mta.maildir("alice").len();
+    let r = smtp.send_mail("a@elsewhere.test", &["alice@example.test"], MESSAGE);
+    assert_eq!(r.code, 250, "{r:?}\n{}", mta.log());
+    assert!(
+        wait_until(WAIT, || mta.maildir("alice").len() > before),
+        "not delivered:\n{}",
+        mta.log()
+    );
+    mta.maildir("alice").pop().unwrap()
+}
+
+fn stamps(message: &str) -> Vec<String> {
+    message
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .filter(|l| l.starts_with("X-Probe-"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn agents_run_in_priority_order_and_a_reject_stops_the_rest() {
+    let dir = TestDir::new("priority");
+    let log = dir.path("probe.log");
+    let mta = start(
+        &dir,
+        &[
+            Entry::probe("A", &log).param("reject", "OnMailCommand"),
+            Entry::probe("B", &log),
+        ],
+        5000,
+    );
+    let _ = std::fs::remove_file(&log); // forget the start-up probe connection
+    let mut smtp = Smtp::ehlo(mta.transport);
+    let r = smtp.cmd("MAIL FROM:<x@elsewhere.test>");
+    assert_eq!(
+        (r.code, r.text()),
+        (550, "5.7.1 probe A rejects".to_string())
+    );
+    smtp.quit();
+    assert!(wait_until(WAIT, || probe_events(&log, "B")
+        .contains(&"OnDisconnect".to_string())));
+    let order: Vec<String> = probe_log(&log)
+        .iter()
+        .filter(|l| l.contains(" OnConnect ") || l.contains(" OnMailCommand "))
+        .map(|l| {
+            format!(
+                "{} {}",
+                l.split(' ').next().unwrap(),
+                l.split(' ').nth(2).unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        ["A OnConnect", "B OnConnect", "A OnMailCommand"],
+        "B never sees the rejected MAIL"
+    );
+
+    // The same agents with B first (a live edit): B sees MAIL, then A rejects it.
+    std::fs::remove_file(&log).unwrap();
+    let (code, out, err) = support::mta(
+        &dir.0,
+        &[
+            "--config",
+            mta.config.to_str().unwrap(),
+            "agent",
+            "set-priority",
+            "B",
+            "1",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        wait_until(WAIT, || mta.generation("transport") == 2),
+        "{}",
+        mta.log()
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    assert_eq!(smtp.cmd("MAIL FROM:<x@elsewhere.test>").code, 550);
+    smtp.quit();
+    let mails: Vec<String> = probe_log(&log)
+        .iter()
+        .filter(|l| l.contains(" OnMailCommand "))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(mails, ["B", "A"]);
+}
+
+#[test]
+fn config_edits_reload_live_and_running_sessions_keep_their_agents() {
+    let dir = TestDir::new("edits");
+    let log = dir.path("probe.log");
+    let a = || Entry::probe("A", &log).param("stamp", "true");
+    let b = || Entry::probe("B", &log).param("stamp", "true");
+    let c = || Entry::probe("C", &log).param("stamp", "true");
+    let mut mta = start(&dir, &[a(), b().disabled()], 5000);
+    assert_eq!(mta.generation("transport"), 1);
+
+    let mut old_session = Smtp::ehlo(mta.transport);
+    assert_eq!(
+        stamps(&deliver(&mta, &mut Smtp::ehlo(mta.transport))),
+        ["X-Probe-A: 1.0.0"]
+    );
+
+    // enable B
+    rewrite(&dir, &[a(), b()], 5000);
+    assert!(
+        wait_until(WAIT, || mta.generation("transport") == 2),
+        "{}",
+        mta.log()
+    );
+    assert_eq!(
+        stamps(&deliver(&mta, &mut Smtp::ehlo(mta.transport))),
+        ["X-Probe-A: 1.0.0", "X-Probe-B: 1.0.0"]
+    );
+    // the session opened before the reload still runs the old pipeline
+    assert_eq!(
+        stamps(&deliver(&mta, &mut old_session)),
+        ["X-Probe-A: 1.0.0"]
+    );
+
+    // reorder
+    rewrite(&dir, &[b(), a()], 5000);
+    assert!(wait_until(WAIT, || mta.generation("transport") == 3));
+    assert_eq!(
+        stamps(&deliver(&mta, &mut Smtp::ehlo(mta.transport))),
+        ["X-Probe-B: 1.0.0", "X-Probe-A: 1.0.0"]
+    );
+
+    // add C, remove A, disable B
+    rewrite(&dir, &[b().disabled(), c()], 5000);
+    assert!(wait_until(WAIT, || mta.generation("transport") == 4));
+    assert_eq!(
+        stamps(&deliver(&mta, &mut Smtp::ehlo(mta.transport))),
+        ["X-Probe-C: 1.0.0"]
+    );
+    let status = mta.status("transport");
+    let names: Vec<&str> = status["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["C"]);
+
+    // the old session is still served by the first pipeline, and no session failed
+    assert_eq!(
+        stamps(&deliver(&mta, &mut old_session)),
+        ["X-Probe-A: 1.0.0"]
+    );
+    old_session.quit();
+    assert!(mta.alive());
+    assert!(mta.log().matches("Agent pipeline swapped.").count() >= 3);
+    mta.stop();
+}
+
+#[test]
+fn a_rebuilt_library_replaces_the_agent_for_new_sessions_only() {
+    let dir = TestDir::new("rebuild");
+    let log = dir.path("probe.log");
+    let library = dir.path("agents/libprobe.so");
+    std::fs::create_dir_all(library.parent().unwrap()).unwrap();
+    std::fs::copy(lib("probe"), &library).unwrap();
+    let entry = || {
+        Entry::probe("P", &log)
+            .param("stamp", "true")
+            .assembly(&library)
+    };
+    let mta = start(&dir, &[entry()], 5000);
+    let first_library = mta.status("transport")["agents"][0]["library_generation"]
+        .as_u64()
+        .unwrap();
+
+    let mut in_flight = Smtp::ehlo(mta.transport);
+    assert_eq!(in_flight.cmd("MAIL FROM:<a@elsewhere.test>").code, 250);
+
+    // "rebuild": a new file at the same path
+    dir.replace(
+        "agents/libprobe.so",
+        &std::fs::read(lib("probe-v2")).unwrap(),
+    );
+    assert!(
+        wait_until(WAIT, || mta.generation("transport") == 2),
+        "{}",
+        mta.log()
+    );
+    let second_library = mta.status("transport")["agents"][0]["library_generation"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        second_library > first_library,
+        "the new library was loaded as a new image"
+    );
+
+    // the session in flight finishes on the old agent
+    assert_eq!(in_flight.cmd("RCPT TO:<alice@example.test>").code, 250);
+    assert_eq!(in_flight.cmd("DATA").code, 354);
+    in_flight.send(b"Subject: in flight\r\n\r\nx\r\n.\r\n");
+    assert_eq!(in_flight.read_reply().code, 250);
+    assert!(wait_until(WAIT, || mta.maildir("alice").len() == 1));
+    assert_eq!(stamps(&mta.maildir("alice")[0]), ["X-Probe-P: 1.0.0"]);
+    in_flight.quit();
+
+    // a new session gets the rebuilt agent
+    assert_eq!(
+        stamps(&deliver(&mta, &mut Smtp::ehlo(mta.transport))),
+        ["X-Probe-P: 2.0.0"]
+    );
+    let versions: Vec<String> = probe_log(&log)
+        .iter()
+        .map(|l| l.split(' ').nth(1).unwrap().to_string())
+        .collect();
+    assert!(versions.contains(&"1.0.0".to_string()) && versions.contains(&"2.0.0".to_string()));
+}
+
+#[test]
+fn a_bad_edit_changes_nothing_and_the_old_pipeline_keeps_serving() {
+    let dir = TestDir::new("badedit");
+    let log = dir.path("probe.log");
+    let mta = start(
+        &dir,
+        &[Entry::probe("A", &log).param("stamp", "true")],
+        5000,
+    );
+
+    let broken =
+        agents_xml(5000, &[Entry::probe("A", &log)]).replace("<agentList>", "<agentList><bogus/>");
+    dir.replace("agents.config", broken.as_bytes());
+    assert!(
+        mta.wait_log("Agent pipeline reload failed", 1, WAIT),
+        "{}",
+        mta.log()
+    );
+    let status = mta.status("transport");
+    assert_eq!(status["generation"].as_u64(), Some(1));
+    let error = status["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("agents.config:7:")
+            && error.contains("unknown element <bogus> in <agentList>"),
+        "{error}"
+    );
+    assert!(mta.log().contains("unknown element <bogus>"));
+    assert_eq!(
+        stamps(&deliver(&mta, &mut Smtp::ehlo(mta.transport))),
+        ["X-Probe-A: 1.0.0"]
+    );
+
+    // a library that cannot load is a bad edit too
+    let missing = Entry::probe("A", &log).assembly(&dir.path("nowhere/libprobe.so"));
+    rewrite(&dir, &[missing], 5000);
+    assert!(mta.wait_log("Agent pipeline reload failed", 2, WAIT));
+    assert_eq!(mta.generation("transport"), 1);
+
+    // the fix is picked up
+    rewrite(
+        &dir,
+        &[
+            Entry::probe("A", &log).param("stamp", "true"),
+            Entry::probe("B", &log).param("stamp", "true"),
+        ],
+        5000,
+    );
+    assert!(wait_until(WAIT, || mta.generation("transport") == 2));
+    assert!(mta.status("transport")["last_error"].is_null());
+    assert_eq!(
+        stamps(&deliver(&mta, &mut Smtp::ehlo(mta.transport))).len(),
+        2
+    );
+}
+
+#[test]
+fn an_agent_that_panics_or_fails_leaves_the_host_serving() {
+    let dir = TestDir::new("panic");
+    let log = dir.path("probe.log");
+    let mut mta = start(
+        &dir,
+        &[
+            Entry::probe("Boom", &log)
+                .param("panic", "OnMailCommand")
+                .param("fail", "OnRcptCommand"),
+            Entry::probe("After", &log),
+        ],
+        5000,
+    );
+    for _ in 0..3 {
+        let mut smtp = Smtp::ehlo(mta.transport);
+        let r = smtp.cmd("MAIL FROM:<a@elsewhere.test>");
+        assert_eq!((r.code, r.enhanced()), (451, "4.3.0".to_string()), "{r:?}");
+        // the session goes on
+        assert_eq!(smtp.cmd("NOOP").code, 250);
+        smtp.quit();
+    }
+    assert!(mta.alive());
+    assert!(
+        mta.log()
+            .contains("agent panicked: probe Boom panics in OnMailCommand"),
+        "{}",
+        mta.log()
+    );
+    assert!(wait_until(WAIT, || mta.status("transport")["agents"][0]
+        ["faults"]
+        .as_u64()
+        >= Some(3)));
+    // a lower-priority agent never ran for the faulted event
+    assert!(!probe_events(&log, "After").contains(&"OnMailCommand".to_string()));
+
+    // an error return is a fault too
+    rewrite(
+        &dir,
+        &[Entry::probe("Fail", &log).param("fail", "OnRcptCommand")],
+        5000,
+    );
+    assert!(wait_until(WAIT, || mta.generation("transport") == 2));
+    let mut smtp = Smtp::ehlo(mta.transport);
+    assert_eq!(smtp.cmd("MAIL FROM:<a@elsewhere.test>").code, 250);
+    let r = smtp.cmd("RCPT TO:<alice@example.test>");
+    assert_eq!((r.code, r.enhanced()), (451, "4.3.0".to_string()));
+    smtp.quit();
+    assert!(mta.alive());
+    mta.stop();
+}
+
+#[test]
+fn the_time_limit_is_enforced_and_a_hung_agent_stalls_no_other_session() {
+    let dir = TestDir::new("timelimit");
+    let log = dir.path("probe.log");
+    let mta = start(
+        &dir,
+        &[Entry::probe("Slow", &log)
+            .param("sleep", "OnMailCommand")
+            .param("sleep_ms", "30000")
+            .param("sleep", "OnHelpCommand")],
+        400,
+    );
+    let mut hung = Smtp::ehlo(mta.transport);
+    let started = Instant::now();
+    hung.send(b"MAIL FROM:<a@elsewhere.test>\r\n");
+
+    // meanwhile another session is served at once
+    let mut other = Smtp::ehlo(mta.transport);
+    let quick = Instant::now();
+    assert_eq!(other.cmd("NOOP").code, 250);
+    assert!(quick.elapsed() < Duration::from_secs(2));
+
+    let r = hung.read_reply();
+    assert_eq!((r.code, r.enhanced()), (421, "4.3.0".to_string()), "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "abandoned after {:?}",
+        started.elapsed()
+    );
+    assert!(hung.closed());
+    assert!(
+        mta.log()
+            .contains("Agent did not return within its time limit"),
+        "{}",
+        mta.log()
+    );
+    assert!(mta.wait_log("agent=Slow", 1, WAIT));
+    other.quit();
+}
+
+#[test]
+fn a_slow_call_that_returns_is_reported_as_too_slow() {
+    let dir = TestDir::new("tooslow");
+    let log = dir.path("probe.log");
+    let mta = start(
+        &dir,
+        &[Entry::probe("Sluggish", &log)
+            .param("sleep", "OnNoopCommand")
+            .param("sleep_ms", "450")],
+        300,
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    assert_eq!(smtp.cmd("NOOP").code, 250);
+    smtp.quit();
+    assert!(mta.wait_log("Agent too slow.", 1, WAIT), "{}", mta.log());
+    assert!(wait_until(WAIT, || mta.status("transport")["agents"][0]
+        ["too_slow"]
+        .as_u64()
+        >= Some(1)));
+}
+
+#[test]
+fn front_end_agents_never_see_end_of_data_and_the_warning_is_logged_once() {
+    let dir = TestDir::new("fet");
+    let log = dir.path("probe.log");
+    dir.write(
+        "fetagents.config",
+        &agents_xml(5000, &[Entry::probe("Edge", &log).param("stamp", "true")]),
+    );
+    let mut mta = Mta::start(
+        &dir,
+        "[agents]\nfrontend = \"fetagents.config\"\nreload_debounce_ms = 50\n",
+        &[],
+    );
+    let warning = "agent \"Edge\" handles OnEndOfData, which the Front End service never raises";
+    assert_eq!(mta.log().matches(warning).count(), 1, "{}", mta.log());
+
+    let mut smtp = Smtp::ehlo(mta.frontend);
+    let r = smtp.send_mail("a@elsewhere.test", &["alice@example.test"], MESSAGE);
+    assert_eq!(r.code, 250, "{r:?}");
+    smtp.quit();
+    assert!(wait_until(WAIT, || mta.maildir("alice").len() == 1));
+    assert_eq!(stamps(&mta.maildir("alice")[0]), ["X-Probe-Edge: 1.0.0"]);
+    assert!(wait_until(WAIT, || probe_events(&log, "Edge")
+        .contains(&"OnDisconnect".to_string())));
+    let events = probe_events(&log, "Edge");
+    assert!(events.contains(&"OnEndOfHeaders".to_string()));
+    assert!(!events.contains(&"OnEndOfData".to_string()), "{events:?}");
+
+    // a reload with the same agent does not repeat the warning
+    dir.replace(
+        "fetagents.config",
+        agents_xml(6000, &[Entry::probe("Edge", &log).param("stamp", "true")]).as_bytes(),
+    );
+    assert!(wait_until(WAIT, || mta.generation("frontend") == 2));
+    assert_eq!(mta.log().matches(warning).count(), 1);
+    mta.stop();
+}
