@@ -1,1 +1,473 @@
+//! SMTP receive over real sockets against the real binary: the protocol, its limits, the agent
+//! events in order and the agents' actions, smuggling attempts.
+
 mod support;
+
+use std::time::{Duration, Instant};
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn transport_with(dir: &TestDir, entries: &[Entry<'_>], listener: &str) -> Mta {
+    dir.write("agents.config", &agents_xml(5000, entries));
+    Mta::start(
+        dir,
+        &format!("[agents]\ntransport = \"agents.config\"\n{listener}"),
+        &[],
+    )
+}
+
+#[test]
+fn a_full_conversation_raises_every_receive_event_in_protocol_order() {
+    let dir = TestDir::new("events");
+    let log = dir.path("probe.log");
+    let mta = transport_with(&dir, &[Entry::probe("P", &log)], "");
+    let (mut smtp, greeting) = Smtp::connect(mta.transport);
+    assert_eq!(greeting.code, 220);
+    assert_eq!(smtp.cmd("HELO old.client.test").code, 250);
+    let ehlo = smtp.cmd("EHLO client.test");
+    assert_eq!(ehlo.code, 250);
+    for keyword in [
+        "PIPELINING",
+        "SIZE 37748736",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+        "DSN",
+    ] {
+        assert!(
+            ehlo.lines.iter().any(|l| l == keyword),
+            "{keyword} missing: {ehlo:?}"
+        );
+    }
+    assert_eq!(smtp.cmd("STARTTLS").code, 454);
+    assert_eq!(smtp.cmd("AUTH PLAIN AHVzZXIAcGFzcw==").code, 503);
+    assert_eq!(
+        smtp.cmd("MAIL FROM:<a@elsewhere.test> SIZE=100 BODY=8BITMIME RET=HDRS ENVID=env1")
+            .code,
+        250
+    );
+    assert_eq!(
+        smtp.cmd(
+            "RCPT TO:<alice@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;alice@example.test"
+        )
+        .code,
+        250
+    );
+    assert_eq!(smtp.cmd("DATA").code, 354);
+    smtp.send(b"Subject: events\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(smtp.read_reply().code, 250);
+    assert_eq!(smtp.cmd("HELP").code, 214);
+    assert_eq!(smtp.cmd("NOOP").code, 250);
+    assert_eq!(smtp.cmd("RSET").code, 250);
+    assert_eq!(smtp.cmd("RCPT TO:<alice@example.test>").code, 503);
+    smtp.quit();
+    assert!(wait_until(WAIT, || probe_events(&log, "P")
+        .last()
+        .map(String::as_str)
+        == Some("OnDisconnect")));
+    assert_eq!(
+        probe_events(&log, "P"),
+        [
+            "OnConnect",
+            "OnHeloCommand",
+            "OnEhloCommand",
+            "OnStartTlsCommand",
+            "OnReject",
+            "OnAuthCommand",
+            "OnReject",
+            "OnMailCommand",
+            "OnRcptCommand",
+            "OnDataCommand",
+            "OnEndOfHeaders",
+            "OnEndOfData",
+            "OnHelpCommand",
+            "OnNoopCommand",
+            "OnRsetCommand",
+            "OnReject",
+            "OnDisconnect",
+        ]
+    );
+    let lines = probe_log(&log);
+    let find = |event: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(&format!(" {event} ")))
+            .cloned()
+            .unwrap()
+    };
+    assert!(find("OnConnect").contains("service=transport"));
+    assert!(find("OnEhloCommand").ends_with("domain=client.test"));
+    assert!(
+        find("OnMailCommand")
+            .ends_with("from=a@elsewhere.test size=100 body=8BITMIME envid=env1 ret=HDRS"),
+        "{}",
+        find("OnMailCommand")
+    );
+    assert!(
+        find("OnRcptCommand").contains(
+            "recipient=alice@example.test notify=SUCCESS,FAILURE orcpt=rfc822;alice@example.test"
+        ),
+        "{}",
+        find("OnRcptCommand")
+    );
+    assert!(find("OnEndOfHeaders").ends_with("subject=events"));
+    assert!(find("OnReject").contains("command=STARTTLS response=454 4.7.0"));
+    assert!(find("OnDisconnect").ends_with("reason=quit"));
+}
+
+#[test]
+fn agent_rejects_at_each_command_send_the_agents_response() {
+    let dir = TestDir::new("rejects");
+    let log = dir.path("probe.log");
+    for (event, at) in [
+        ("OnConnect", 0),
+        ("OnEhloCommand", 1),
+        ("OnMailCommand", 2),
+        ("OnRcptCommand", 3),
+        ("OnDataCommand", 4),
+        ("OnEndOfHeaders", 5),
+        ("OnEndOfData", 5),
+    ] {
+        let dir = TestDir::new("reject-one");
+        let mta = transport_with(&dir, &[Entry::probe("R", &log).param("reject", event)], "");
+        let (mut smtp, greeting) = Smtp::connect(mta.transport);
+        let steps: [&dyn Fn(&mut Smtp) -> Reply; 5] = [
+            &|s| s.cmd("EHLO client.test"),
+            &|s| s.cmd("MAIL FROM:<a@elsewhere.test>"),
+            &|s| s.cmd("RCPT TO:<alice@example.test>"),
+            &|s| s.cmd("DATA"),
+            &|s| {
+                s.send(b"Subject: x\r\n\r\nbody\r\n.\r\n");
+                s.read_reply()
+            },
+        ];
+        let mut replies = vec![greeting];
+        for step in steps.iter().take(at) {
+            replies.push(step(&mut smtp));
+        }
+        let last = replies.last().unwrap();
+        assert_eq!(
+            (last.code, last.text()),
+            (550, "5.7.1 probe R rejects".to_string()),
+            "{event}: {replies:?}"
+        );
+        for earlier in &replies[..replies.len() - 1] {
+            assert!(earlier.code < 400, "{event}: {replies:?}");
+        }
+        assert!(mta.maildir("alice").is_empty());
+    }
+}
+
+#[test]
+fn discard_quarantine_disconnect_and_edits_take_effect() {
+    let dir = TestDir::new("actions");
+    let log = dir.path("probe.log");
+    let mta = transport_with(
+        &dir,
+        &[Entry::probe("Q", &log).param("discard", "OnEndOfData")],
+        "",
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    let r = smtp.send_mail(
+        "a@elsewhere.test",
+        &["alice@example.test"],
+        "Subject: dropped\n\nx\n",
+    );
+    assert_eq!(r.code, 250, "discard accepts");
+    smtp.quit();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        mta.maildir("alice").is_empty(),
+        "discarded messages are not delivered"
+    );
+    drop(mta);
+
+    let dir = TestDir::new("quarantine");
+    let mta = transport_with(
+        &dir,
+        &[Entry::probe("Q", &log).param("quarantine", "OnEndOfHeaders")],
+        "",
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    assert_eq!(
+        smtp.send_mail(
+            "a@elsewhere.test",
+            &["alice@example.test"],
+            "Subject: held\n\nx\n"
+        )
+        .code,
+        250
+    );
+    smtp.quit();
+    let quarantine = dir.path("mta-data/queue/quarantine");
+    assert!(
+        wait_until(WAIT, || std::fs::read_dir(&quarantine)
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 1),
+        "{}",
+        mta.log()
+    );
+    let held = std::fs::read_dir(&quarantine)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let text = std::fs::read_to_string(held).unwrap();
+    assert!(text.contains("probe says so") && text.contains("Subject: held"));
+    assert!(mta.maildir("alice").is_empty());
+    drop(mta);
+
+    let dir = TestDir::new("disconnect");
+    let mta = transport_with(
+        &dir,
+        &[Entry::probe("D", &log).param("disconnect", "OnNoopCommand")],
+        "",
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    smtp.send(b"NOOP\r\n");
+    assert_eq!(
+        smtp.read_reply().code,
+        0,
+        "the connection is closed without a reply"
+    );
+    drop(mta);
+
+    // Header and body edits by the header stamper sample are in the delivered message.
+    let dir = TestDir::new("edits");
+    let stamper = Entry {
+        name: "Stamper",
+        base_type: "SmtpReceiveAgent",
+        factory: "Mta.Samples.HeaderStamperFactory",
+        assembly: lib("header-stamper").display().to_string(),
+        enabled: true,
+        params: vec![
+            ("header", "X-Stamped".into()),
+            ("value", "yes".into()),
+            ("disclaimer", "-- scanned".into()),
+        ],
+    };
+    let mta = transport_with(&dir, &[stamper], "");
+    let mut smtp = Smtp::ehlo(mta.transport);
+    assert_eq!(
+        smtp.send_mail(
+            "a@elsewhere.test",
+            &["alice@example.test"],
+            "Subject: s\n\nhello\n"
+        )
+        .code,
+        250
+    );
+    assert!(wait_until(WAIT, || mta.maildir("alice").len() == 1));
+    let message = &mta.maildir("alice")[0];
+    assert!(message.contains("X-Stamped: yes\r\n"), "{message}");
+    assert!(message.ends_with("hello\r\n-- scanned\r\n"), "{message:?}");
+}
+
+#[test]
+fn pipelined_commands_are_answered_in_order() {
+    let dir = TestDir::new("pipelining");
+    let mta = Mta::start(&dir, "", &[]);
+    let (mut smtp, _) = Smtp::connect(mta.transport);
+    smtp.send(b"EHLO c.test\r\nMAIL FROM:<a@elsewhere.test>\r\nRCPT TO:<alice@example.test>\r\nRCPT TO:<nobody@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n");
+    let codes: Vec<u16> = (0..6).map(|_| smtp.read_reply().code).collect();
+    assert_eq!(codes, [250, 250, 250, 550, 250, 354]);
+    smtp.send(b"Subject: p\r\n\r\nx\r\n.\r\nNOOP\r\nQUIT\r\n");
+    assert_eq!(smtp.read_reply().code, 250);
+    assert_eq!(smtp.read_reply().code, 250);
+    assert_eq!(smtp.read_reply().code, 221);
+    assert!(wait_until(WAIT, || mta.maildir("alice").len() == 1
+        && mta.maildir("bob").len() == 1));
+}
+
+#[test]
+fn size_limits_are_enforced_with_552() {
+    let dir = TestDir::new("size");
+    let mta = Mta::start_with(&dir, &[("transport", "max_message_size = 2000")], "", &[]);
+    let mut smtp = Smtp::ehlo(mta.transport);
+    let r = smtp.cmd("MAIL FROM:<a@elsewhere.test> SIZE=5000");
+    assert_eq!((r.code, r.enhanced()), (552, "5.3.4".to_string()), "{r:?}");
+    assert_eq!(smtp.cmd("MAIL FROM:<a@elsewhere.test>").code, 250);
+    assert_eq!(smtp.cmd("RCPT TO:<alice@example.test>").code, 250);
+    assert_eq!(smtp.cmd("DATA").code, 354);
+    smtp.send(format!("Subject: big\r\n\r\n{}\r\n.\r\n", "x".repeat(5000)).as_bytes());
+    let r = smtp.read_reply();
+    assert_eq!((r.code, r.enhanced()), (552, "5.3.4".to_string()), "{r:?}");
+    // the session goes on and a small message still passes
+    let r = smtp.send_mail(
+        "a@elsewhere.test",
+        &["alice@example.test"],
+        "Subject: small\n\nok\n",
+    );
+    assert_eq!(r.code, 250);
+    assert!(wait_until(WAIT, || mta.maildir("alice").len() == 1));
+    assert!(mta.maildir("alice")[0].contains("Subject: small"));
+}
+
+#[test]
+fn anonymous_clients_cannot_relay_but_trusted_and_local_recipients_work() {
+    let dir = TestDir::new("relay");
+    let mta = Mta::start(&dir, "", &[]);
+    let mut smtp = Smtp::ehlo(mta.frontend);
+    assert_eq!(smtp.cmd("MAIL FROM:<a@elsewhere.test>").code, 250);
+    for (rcpt, code, enhanced) in [
+        ("bob@other.test", 550, "5.7.1"),
+        ("bob%other.test@example.test", 550, "5.1.1"),
+        ("nobody@example.test", 550, "5.1.1"),
+        ("ALICE@EXAMPLE.TEST", 250, "2.1.5"),
+    ] {
+        let r = smtp.cmd(&format!("RCPT TO:<{rcpt}>"));
+        assert_eq!(
+            (r.code, r.enhanced()),
+            (code, enhanced.to_string()),
+            "{rcpt}: {r:?}"
+        );
+    }
+    smtp.quit();
+    drop(mta);
+
+    let dir = TestDir::new("trusted");
+    let mta = Mta::start_with(
+        &dir,
+        &[("frontend", "trusted = [\"127.0.0.0/8\"]")],
+        "",
+        &[],
+    );
+    let mut smtp = Smtp::ehlo(mta.frontend);
+    assert_eq!(smtp.cmd("MAIL FROM:<a@example.test>").code, 250);
+    assert_eq!(
+        smtp.cmd("RCPT TO:<bob@other.test>").code,
+        250,
+        "trusted networks may relay"
+    );
+}
+
+#[test]
+fn smuggling_attempts_never_split_a_message() {
+    let dir = TestDir::new("smuggling");
+    let mta = Mta::start(&dir, "", &[]);
+    for (i, separator) in ["\n.\n", "\r.\n", "\n.\r\n", "\r\n.\n", "\r.\r\n"]
+        .iter()
+        .enumerate()
+    {
+        let mut smtp = Smtp::ehlo(mta.transport);
+        assert_eq!(smtp.cmd("MAIL FROM:<a@elsewhere.test>").code, 250);
+        assert_eq!(smtp.cmd("RCPT TO:<alice@example.test>").code, 250);
+        assert_eq!(smtp.cmd("DATA").code, 354);
+        let payload = format!(
+            "Subject: smuggle {i}\r\n\r\nbefore{separator}MAIL FROM:<evil@elsewhere.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n"
+        );
+        smtp.send(payload.as_bytes());
+        let r = smtp.read_reply();
+        assert_eq!(r.code, 250, "{separator:?}: {r:?}");
+        // nothing else was answered: the next reply is for our NOOP
+        assert_eq!(smtp.cmd("NOOP").code, 250, "{separator:?}");
+        smtp.quit();
+    }
+    assert!(wait_until(WAIT, || mta.maildir("alice").len() == 5));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        mta.maildir("bob").is_empty(),
+        "no smuggled message reached bob"
+    );
+    for message in mta.maildir("alice") {
+        assert!(
+            message.contains("MAIL FROM:<evil@elsewhere.test>"),
+            "the smuggled text stays inside: {message:?}"
+        );
+    }
+}
+
+#[test]
+fn protocol_errors_get_the_right_codes_and_too_many_close_the_session() {
+    let dir = TestDir::new("errors");
+    let mta = Mta::start(&dir, "", &[]);
+    let (mut smtp, _) = Smtp::connect(mta.transport);
+    let table: &[(&str, u16, &str)] = &[
+        ("MAIL FROM:<a@elsewhere.test>", 503, "5.5.1"),
+        ("EHLO c.test", 250, ""),
+        ("RCPT TO:<alice@example.test>", 503, "5.5.1"),
+        ("DATA", 503, "5.5.1"),
+        ("FOO bar", 500, "5.5.2"),
+        ("MAIL FROM:<not an address>", 501, "5.1.7"),
+        ("VRFY alice", 252, "2.5.0"),
+        ("MAIL FROM:<a@elsewhere.test>", 250, "2.1.0"),
+        ("MAIL FROM:<a@elsewhere.test>", 503, "5.5.1"),
+        ("DATA", 554, "5.5.1"),
+        ("BDAT 10 LAST", 502, "5.5.1"),
+    ];
+    for (line, code, enhanced) in table {
+        let r = smtp.cmd(line);
+        assert_eq!(r.code, *code, "{line}: {r:?}");
+        if !enhanced.is_empty() {
+            assert_eq!(r.enhanced(), *enhanced, "{line}: {r:?}");
+        }
+    }
+    smtp.send(b"NOOP\n");
+    let r = smtp.read_reply();
+    assert_eq!(
+        (r.code, r.enhanced()),
+        (500, "5.5.2".to_string()),
+        "bare LF: {r:?}"
+    );
+    smtp.send(format!("NOOP {}\r\n", "x".repeat(5000)).as_bytes());
+    let r = smtp.read_reply();
+    assert_eq!(
+        (r.code, r.enhanced()),
+        (500, "5.5.6".to_string()),
+        "long line: {r:?}"
+    );
+    // keep erring until the server gives up
+    let mut last = Reply {
+        code: 0,
+        lines: vec![],
+    };
+    for _ in 0..30 {
+        last = smtp.cmd("FOO");
+        if last.code == 421 {
+            break;
+        }
+    }
+    assert_eq!(
+        (last.code, last.enhanced()),
+        (421, "4.7.0".to_string()),
+        "{last:?}"
+    );
+    assert!(smtp.closed());
+}
+
+#[test]
+fn idle_sessions_time_out_and_connections_per_ip_are_capped() {
+    let dir = TestDir::new("limits");
+    let log = dir.path("probe.log");
+    dir.write(
+        "agents.config",
+        &agents_xml(5000, &[Entry::probe("T", &log)]),
+    );
+    let mta = Mta::start_with(
+        &dir,
+        &[(
+            "transport",
+            "idle_timeout_secs = 1\nmax_connections_per_ip = 2",
+        )],
+        "[agents]\ntransport = \"agents.config\"",
+        &[],
+    );
+    let started = Instant::now();
+    let mut idle = Smtp::ehlo(mta.transport);
+    let r = idle.read_reply();
+    assert_eq!((r.code, r.enhanced()), (421, "4.4.2".to_string()), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(wait_until(WAIT, || probe_log(&log)
+        .iter()
+        .any(|l| l.ends_with("OnDisconnect reason=timeout"))));
+
+    let (_a, ga) = Smtp::connect(mta.transport);
+    let (_b, gb) = Smtp::connect(mta.transport);
+    let (_c, gc) = Smtp::connect(mta.transport);
+    assert_eq!((ga.code, gb.code), (220, 220));
+    assert_eq!(gc.code, 421, "{gc:?}");
+    assert!(gc.text().starts_with("4.7.0"));
+}

@@ -212,11 +212,32 @@ impl Mta {
     /// Writes `mta.toml` in `dir` (free ports, data under `dir/mta-data`, plus `extra`), and
     /// starts `mta run` with `args`; waits until every listener answers.
     pub fn start(dir: &TestDir, extra: &str, args: &[&str]) -> Mta {
+        Self::start_with(dir, &[], extra, args)
+    }
+
+    /// Like [`start`](Self::start), with extra keys for the listener tables
+    /// (`("transport", "max_message_size = 1000")`).
+    pub fn start_with(
+        dir: &TestDir,
+        listeners: &[(&str, &str)],
+        extra: &str,
+        args: &[&str],
+    ) -> Mta {
         let (frontend, transport, mailbox) = (free_port(), free_port(), free_port());
+        let keys = |table: &str| {
+            listeners
+                .iter()
+                .filter(|(t, _)| *t == table)
+                .map(|(_, k)| format!("{k}\n"))
+                .collect::<String>()
+        };
         let config = dir.write(
             "mta.toml",
             &format!(
-                "data_dir = \"mta-data\"\n[frontend]\nlisten = \"127.0.0.1:{frontend}\"\n[transport]\nlisten = \"127.0.0.1:{transport}\"\n[mailbox]\nlisten = \"127.0.0.1:{mailbox}\"\n{extra}\n"
+                "data_dir = \"mta-data\"\n{extra}\n[frontend]\nlisten = \"127.0.0.1:{frontend}\"\n{}[transport]\nlisten = \"127.0.0.1:{transport}\"\n{}[mailbox]\nlisten = \"127.0.0.1:{mailbox}\"\n{}",
+                keys("frontend"),
+                keys("transport"),
+                keys("mailbox")
             ),
         );
         let mut mta = Mta {

@@ -292,8 +292,10 @@ impl Session {
             return self.refuse("RCPT", response).await;
         }
         let notify = notify_string(to.flags);
+        // smtp-proto keeps ORCPT's address and drops its type, which can only be rfc822 there.
+        let orcpt = to.orcpt.map(|o| format!("rfc822;{o}"));
         let mut args = vec![("recipient", to.address.clone())];
-        if let Some(o) = &to.orcpt {
+        if let Some(o) = &orcpt {
             args.push(("orcpt", o.clone()));
         }
         if let Some(n) = &notify {
@@ -307,7 +309,7 @@ impl Session {
             if !txn.item.has_recipient(&to.address) {
                 txn.item.envelope.recipients.push(EnvelopeRecipient {
                     address: to.address,
-                    orcpt: to.orcpt,
+                    orcpt,
                     notify,
                     routing_override: None,
                 });
