@@ -471,3 +471,116 @@ fn idle_sessions_time_out_and_connections_per_ip_are_capped() {
     assert_eq!(gc.code, 421, "{gc:?}");
     assert!(gc.text().starts_with("4.7.0"));
 }
+
+#[test]
+fn starttls_then_auth_lets_a_user_relay_and_auth_needs_tls() {
+    let dir = TestDir::new("tls");
+    let log = dir.path("probe.log");
+    dir.write(
+        "fetagents.config",
+        &agents_xml(5000, &[Entry::probe("T", &log)]),
+    );
+    let mta = Mta::start(
+        &dir,
+        "[agents]\nfrontend = \"fetagents.config\"\n[[auth.users]]\nname = \"carol@example.test\"\npassword = \"s3cret\"\n",
+        &[],
+    );
+    assert!(
+        dir.path("mta-data/tls/cert.pem").exists(),
+        "a self-signed certificate was generated"
+    );
+
+    // In clear: STARTTLS is offered, AUTH is not, and asking for it needs encryption.
+    let mut smtp = Smtp::ehlo(mta.frontend);
+    let ehlo = smtp.cmd("EHLO c.test");
+    assert!(ehlo.lines.iter().any(|l| l == "STARTTLS"), "{ehlo:?}");
+    assert!(
+        !ehlo.lines.iter().any(|l| l.starts_with("AUTH")),
+        "{ehlo:?}"
+    );
+    let r = smtp.cmd("AUTH PLAIN AGNhcm9sQGV4YW1wbGUudGVzdABzM2NyZXQ=");
+    assert_eq!((r.code, r.enhanced()), (538, "5.7.11".to_string()), "{r:?}");
+    smtp.quit();
+
+    let script = format!(
+        r#"
+import smtplib, ssl
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP('127.0.0.1', {port})
+s.ehlo('py.test')
+s.starttls(context=ctx)
+s.ehlo('py.test')
+assert s.has_extn('auth'), s.esmtp_features
+try:
+    s.login('carol@example.test', 'wrong')
+    raise SystemExit('wrong password accepted')
+except smtplib.SMTPAuthenticationError as e:
+    assert e.smtp_code == 535, e
+s.login('carol@example.test', 's3cret')
+refused = s.sendmail('carol@example.test', ['someone@far.test', 'alice@example.test'], 'Subject: tls\r\n\r\nover tls\r\n')
+assert refused == {{}}, refused
+s.quit()
+s = smtplib.SMTP('127.0.0.1', {port})
+s.ehlo('py.test')
+s.starttls(context=ctx)
+s.ehlo('py.test')
+s.esmtp_features['auth'] = 'LOGIN'
+s.login('carol@example.test', 's3cret')
+s.quit()
+"#,
+        port = mta.frontend
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wait_until(WAIT, || mta.maildir("alice").len() == 1));
+    assert!(
+        mta.maildir("alice")[0].contains("with ESMTPSA"),
+        "{}",
+        mta.maildir("alice")[0]
+    );
+    // the relayed recipient was accepted and parked (no Send connector yet)
+    assert!(wait_until(WAIT, || std::fs::read_dir(
+        dir.path("mta-data/queue/unreachable")
+    )
+    .map(|d| d.count())
+    .unwrap_or(0)
+        == 1));
+    assert!(wait_until(WAIT, || probe_log(&log).iter().any(
+        |l| l.contains("OnEndOfAuthentication identity=carol@example.test")
+    )));
+    let events = probe_events(&log, "T");
+    assert!(
+        events.contains(&"OnStartTlsCommand".to_string())
+            && events.contains(&"OnAuthCommand".to_string())
+    );
+}
+
+#[test]
+fn commands_pipelined_behind_starttls_are_discarded() {
+    let dir = TestDir::new("tls-inject");
+    let mta = Mta::start(&dir, "", &[]);
+    let (mut smtp, _) = Smtp::connect(mta.frontend);
+    assert_eq!(smtp.cmd("EHLO c.test").code, 250);
+    // An attacker appends a command after STARTTLS in clear text.
+    smtp.send(b"STARTTLS\r\nMAIL FROM:<injected@elsewhere.test>\r\n");
+    let r = smtp.read_reply();
+    assert_eq!(r.code, 220, "{r:?}");
+    // We do not handshake: the server must not have answered the injected command in clear.
+    smtp.send(b"\x16\x03\x01\x00\x05hello");
+    let r = smtp.read_reply();
+    assert_ne!(
+        r.code, 250,
+        "the injected MAIL must not be processed: {r:?}"
+    );
+}

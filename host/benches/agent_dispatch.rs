@@ -6,11 +6,11 @@
 //! cost a session pays per event that has agents). The figures are only comparable within one
 //! run: the baseline (N = 0) is measured in the same run.
 
+use mta_agent_sdk::{AgentClass, Event};
 use mta_host::agents::context::CallContext;
 use mta_host::agents::dispatch::{dispatch_blocking, Blocking};
 use mta_host::agents::{file, AgentSet, Libraries, Pipeline};
 use mta_host::service::Service;
-use mta_agent_sdk::{AgentClass, Event};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -64,15 +64,24 @@ fn measure(rounds: usize, iters: u32, mut f: impl FnMut(u32)) -> f64 {
 }
 
 fn main() {
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let library = build_noop_agent(&workspace);
     let dir = std::env::temp_dir().join(format!("mta-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let libraries = Libraries::new(dir.join("shadow"));
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
 
     println!("agent dispatch: one OnNoopCommand event through N no-op agents across the ABI");
-    println!("{:>4} {:>14} {:>16} {:>20}", "N", "sync ns/event", "sync ns/agent", "blocking ns/event");
+    println!(
+        "{:>4} {:>14} {:>16} {:>20}",
+        "N", "sync ns/event", "sync ns/agent", "blocking ns/event"
+    );
     for n in [0usize, 1, 10, 50] {
         let pipeline = pipeline(&dir, &library, n, &libraries);
         let mut set = AgentSet::new(Arc::clone(&pipeline), AgentClass::SmtpReceive);
@@ -102,7 +111,11 @@ fn main() {
             }
             started.elapsed().as_nanos() as f64 / f64::from(k)
         });
-        let per_agent = if n == 0 { "-".to_string() } else { format!("{:.1}", sync / n as f64) };
+        let per_agent = if n == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1}", sync / n as f64)
+        };
         println!("{n:>4} {sync:>14.1} {per_agent:>16} {blocking:>20.1}");
     }
     std::thread::sleep(Duration::from_millis(10));

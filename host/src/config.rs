@@ -24,6 +24,10 @@ pub struct HostConfig {
     pub mailbox: ListenerConfig,
     /// The directory: accepted domains and mailboxes.
     pub organization: OrganizationConfig,
+    /// STARTTLS certificate.
+    pub tls: TlsConfig,
+    /// SMTP AUTH.
+    pub auth: AuthConfig,
     /// Where the configuration was read from (`None`: embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -98,6 +102,46 @@ impl ListenerConfig {
     }
 }
 
+/// `[tls]`: the certificate offered with STARTTLS. Without both keys, a self-signed
+/// certificate for `hostname` is generated under `<data_dir>/tls/` on first run.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub certificate: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+}
+
+/// `[auth]`: users who may authenticate (AUTH PLAIN and LOGIN) and then relay.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Offer AUTH only over TLS (default true).
+    pub require_tls: bool,
+    /// The users.
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            require_tls: true,
+            users: Vec::new(),
+        }
+    }
+}
+
+/// One `[[auth.users]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Login name (usually an address).
+    pub name: String,
+    /// Password.
+    pub password: String,
+}
+
 /// `[organization]`: the example organisation by default.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -127,6 +171,8 @@ impl Default for HostConfig {
             transport: ListenerConfig::at("127.0.0.1:2526"),
             mailbox: ListenerConfig::at("127.0.0.1:2527"),
             organization: OrganizationConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
             source: None,
         }
     }
@@ -181,6 +227,8 @@ impl HostConfig {
             .map(resolve)
             .or_else(|| beside("fetagents.config"));
         self.agents.mailbox = self.agents.mailbox.as_deref().map(resolve);
+        self.tls.certificate = self.tls.certificate.as_deref().map(resolve);
+        self.tls.key = self.tls.key.as_deref().map(resolve);
         self
     }
 

@@ -14,4 +14,5 @@ pub mod organization;
 pub mod server;
 pub mod service;
 pub mod smtp;
+pub mod tls;
 pub mod transport;

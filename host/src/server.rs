@@ -68,6 +68,8 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let organization = Arc::new(Organization::new(&config.organization));
+    let tls = Some(crate::tls::acceptor(&config).context("setting up TLS")?);
+    let auth = Arc::new(config.auth.clone());
     let mut tasks = tokio::task::JoinSet::new();
 
     if roles.contains(&Service::Mailbox) {
@@ -106,11 +108,13 @@ pub async fn run(
         });
         let retry = wake_tx.clone();
         tokio::spawn(categorizer.run(wake_rx, retry));
-        let receiver = Receiver::new(
+        let receiver = Receiver::with_security(
             receive_config(Service::Transport, &config, &config.transport),
             agents.get(&Service::Transport).cloned(),
             Arc::new(SubmissionSink::new(queues, wake_tx)),
             Arc::new(OrganizationPolicy(Arc::clone(&organization))),
+            tls.clone(),
+            Arc::clone(&auth),
         );
         tracing::info!(message = "Transport listening.", address = %config.transport.listen);
         tasks.spawn(receive::serve(listener, receiver, shutdown.clone()));
@@ -123,11 +127,13 @@ pub async fn run(
             .transport_nodes
             .clone()
             .unwrap_or_else(|| vec![config.transport.listen.clone()]);
-        let receiver = Receiver::new(
+        let receiver = Receiver::with_security(
             receive_config(Service::FrontEnd, &config, &config.frontend),
             agents.get(&Service::FrontEnd).cloned(),
             Arc::new(ProxySink::new(nodes, &config.hostname)),
             Arc::new(OrganizationPolicy(Arc::clone(&organization))),
+            tls.clone(),
+            Arc::clone(&auth),
         );
         tracing::info!(message = "Front End Transport listening.", address = %config.frontend.listen);
         tasks.spawn(receive::serve(listener, receiver, shutdown.clone()));

@@ -67,13 +67,14 @@ impl MailboxStore {
         Ok(new)
     }
 
-    /// A Maildir unique name: `seconds.MmicrosPpidQcounter.host`.
+    /// A Maildir unique name: `seconds.MmicrosPpidQcounter.host`, zero-padded so that names
+    /// sort in delivery order.
     fn unique_name(&self) -> String {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         format!(
-            "{}.M{}P{}Q{}.{}",
+            "{}.M{:06}P{}Q{:09}.{}",
             now.as_secs(),
             now.subsec_micros(),
             std::process::id(),

@@ -2,3 +2,4 @@
 
 pub mod receive;
 pub mod send;
+pub mod stream;

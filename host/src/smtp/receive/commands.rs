@@ -63,7 +63,7 @@ impl Session {
 
     /// Applies what agents said about a command. `true` when they answered it (a reject, a
     /// fault) or the session is closing.
-    async fn answered_by_agents(&mut self, command: &str, raised: &Raised) -> bool {
+    pub(super) async fn answered_by_agents(&mut self, command: &str, raised: &Raised) -> bool {
         if raised.abandoned {
             self.reply(&reply(
                 421,
@@ -134,7 +134,10 @@ impl Session {
                 }
             }
             Request::StartTls => self.starttls().await,
-            Request::Auth { mechanism, .. } => self.auth(mechanism).await,
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response.into_owned()).await,
             Request::Bdat { .. } => {
                 self.refuse("BDAT", reply(502, "5.5.1", "CHUNKING is not offered"))
                     .await
@@ -172,6 +175,12 @@ impl Session {
             lines.extend(
                 ["8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8", "DSN", "HELP"].map(String::from),
             );
+            if self.offers_starttls() {
+                lines.push("STARTTLS".into());
+            }
+            if self.offers_auth() {
+                lines.push("AUTH PLAIN LOGIN".into());
+            }
             self.reply_raw(250, &lines);
         } else {
             self.reply_raw(250, &[greeting]);
@@ -465,38 +474,6 @@ impl Session {
             self.id,
             crate::message::date::rfc2822_now()
         )
-    }
-
-    async fn starttls(&mut self) {
-        let raised = self.raise(Event::OnStartTlsCommand, Vec::new()).await;
-        if self.answered_by_agents("STARTTLS", &raised).await {
-            return;
-        }
-        self.refuse("STARTTLS", reply(454, "4.7.0", "TLS not available"))
-            .await;
-    }
-
-    async fn auth(&mut self, mechanism: u64) {
-        let name = match mechanism {
-            smtp_proto::AUTH_PLAIN => "PLAIN",
-            smtp_proto::AUTH_LOGIN => "LOGIN",
-            _ => "OTHER",
-        };
-        let raised = self
-            .raise(Event::OnAuthCommand, vec![("mechanism", name.to_string())])
-            .await;
-        if self.answered_by_agents("AUTH", &raised).await {
-            return;
-        }
-        self.refuse(
-            "AUTH",
-            reply(
-                503,
-                "5.5.1",
-                "Authentication is not offered on this connection",
-            ),
-        )
-        .await;
     }
 }
 

@@ -5,6 +5,7 @@
 //! runs one [`session`] per connection. What a service does with an accepted message is its
 //! [`Sink`]; which recipients it takes is its [`RecipientPolicy`].
 
+mod auth;
 mod commands;
 mod session;
 
@@ -102,6 +103,10 @@ pub struct Receiver {
     pub sink: Arc<dyn Sink>,
     /// Which recipients are taken.
     pub policy: Arc<dyn RecipientPolicy>,
+    /// STARTTLS, when offered.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Users for AUTH.
+    pub auth: Arc<crate::config::AuthConfig>,
     sessions: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -114,11 +119,25 @@ impl Receiver {
         sink: Arc<dyn Sink>,
         policy: Arc<dyn RecipientPolicy>,
     ) -> Arc<Self> {
+        Self::with_security(config, agents, sink, policy, None, Arc::default())
+    }
+
+    /// A receiver offering STARTTLS and AUTH.
+    pub fn with_security(
+        config: ReceiveConfig,
+        agents: Option<Arc<AgentHost>>,
+        sink: Arc<dyn Sink>,
+        policy: Arc<dyn RecipientPolicy>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        auth: Arc<crate::config::AuthConfig>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             config,
             agents,
             sink,
             policy,
+            tls,
+            auth,
             sessions: AtomicU64::new(0),
             per_ip: Mutex::new(HashMap::new()),
         })

@@ -11,6 +11,7 @@ use crate::agents::context::CallContext;
 use crate::agents::dispatch::{dispatch_blocking, Blocking};
 use crate::agents::{AgentSet, Fault};
 use crate::message::MailItem;
+use crate::smtp::stream::Stream;
 use mta_agent_sdk::abi::FfiSession;
 use mta_agent_sdk::{Action, AgentClass, DisconnectReason, Event, SmtpResponse};
 use std::collections::BTreeMap;
@@ -66,7 +67,7 @@ impl Raised {
 pub(super) struct Session {
     pub(super) id: u64,
     pub(super) receiver: Arc<Receiver>,
-    stream: TcpStream,
+    pub(super) stream: Stream,
     input: Vec<u8>,
     output: Vec<u8>,
     pub(super) peer: SocketAddr,
@@ -100,7 +101,7 @@ pub(super) async fn run(
     let mut session = Session {
         id: receiver.next_session_id(),
         receiver,
-        stream,
+        stream: Stream::Plain(stream),
         input: Vec::with_capacity(8192),
         output: Vec::with_capacity(1024),
         peer,
@@ -231,6 +232,26 @@ impl Session {
         }
     }
 
+    /// Reads the next line for a multi-step command (AUTH); `None` when the session ends.
+    pub(super) async fn next_line(&mut self) -> Option<Vec<u8>> {
+        match self.read_line().await {
+            Ok(Some(line)) => Some(line),
+            Ok(None) => None,
+            Err(Closed::Eof | Closed::Io) => {
+                self.close = Some(DisconnectReason::SenderDisconnected);
+                None
+            }
+            Err(Closed::Timeout) => {
+                self.close = Some(DisconnectReason::Timeout);
+                None
+            }
+            Err(Closed::Shutdown) => {
+                self.close = Some(DisconnectReason::Local);
+                None
+            }
+        }
+    }
+
     async fn skip_to_newline(&mut self) -> Result<(), Closed> {
         loop {
             self.fill().await?;
@@ -266,6 +287,11 @@ impl Session {
             },
             _ = shutdown.wait_for(|stop| *stop) => Err(Closed::Shutdown),
         }
+    }
+
+    /// Drops whatever the client sent ahead (after STARTTLS nothing sent in clear may be used).
+    pub(super) fn discard_input(&mut self) {
+        self.input.clear();
     }
 
     /// Takes everything buffered so far (for the DATA receiver).
