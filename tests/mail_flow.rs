@@ -247,3 +247,87 @@ fn every_message_answered_250_survives_kill_9() {
         accepted.len()
     );
 }
+
+#[test]
+fn pickup_and_replay_directories_submit_into_the_queue() {
+    let dir = TestDir::new("directories");
+    let mta = Mta::start(&dir, "[directories]\npoll_interval_ms = 50", &[]);
+    dir.write(
+        "mta-data/pickup/one.eml",
+        "From: Ann <ann@example.test>\r\nTo: alice@example.test\r\nBcc: bob@example.test\r\nSubject: picked up\r\n\r\nhello\r\n",
+    );
+    dir.write("mta-data/pickup/broken.eml", "no header block here\r\n");
+    dir.write(
+        "mta-data/replay/two.eml",
+        "X-Sender: <someone@elsewhere.test> ENVID=r1\r\nX-Receiver: <bob@example.test> NOTIFY=FAILURE\r\nSubject: replayed\r\n\r\nagain\r\n",
+    );
+    assert!(
+        wait_until(WAIT, || mta.maildir("alice").len() == 1
+            && mta.maildir("bob").len() == 2),
+        "{}",
+        mta.log()
+    );
+    let alice = &mta.maildir("alice")[0];
+    assert!(
+        alice.contains("Subject: picked up") && !alice.contains("Bcc:"),
+        "{alice}"
+    );
+    assert!(
+        alice.contains("Message-ID: <") && alice.contains("Date: "),
+        "{alice}"
+    );
+    let bob = mta.maildir("bob");
+    let replayed = bob
+        .iter()
+        .find(|m| m.contains("Subject: replayed"))
+        .expect("replayed message");
+    assert!(
+        !replayed.contains("X-Sender") && !replayed.contains("X-Receiver"),
+        "{replayed}"
+    );
+    assert!(
+        bob.iter().any(|m| m.contains("Subject: picked up")),
+        "the Bcc recipient got it"
+    );
+    assert!(wait_until(WAIT, || dir
+        .path("mta-data/pickup/broken.bad")
+        .exists()));
+    assert!(
+        !dir.path("mta-data/pickup/one.eml").exists()
+            && !dir.path("mta-data/pickup/one.tmp").exists()
+    );
+    assert!(!dir.path("mta-data/replay/two.eml").exists());
+}
+
+#[test]
+fn the_outbox_is_submitted_to_transport_and_moved_to_sent() {
+    let dir = TestDir::new("outbox");
+    let mut mta = Mta::start(
+        &dir,
+        "[directories]\npoll_interval_ms = 50",
+        &["--roles", "mailbox"],
+    );
+    // Transport is not running: the message waits in the outbox.
+    dir.write(
+        "mta-data/mailboxes/alice/.Outbox/new/1.M1P1Q1.client",
+        "From: alice@example.test\r\nTo: bob@example.test\r\nSubject: from the outbox\r\n\r\nhi bob\r\n",
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(dir
+        .path("mta-data/mailboxes/alice/.Outbox/new/1.M1P1Q1.client")
+        .exists());
+    // With Transport up, it goes out and into Sent.
+    mta.stop();
+    mta.spawn(&[]);
+    assert!(
+        wait_until(WAIT, || mta.maildir("bob").len() == 1),
+        "{}",
+        mta.log()
+    );
+    assert!(mta.maildir("bob")[0].contains("Subject: from the outbox"));
+    let sent = dir.path("mta-data/mailboxes/alice/.Sent/cur/1.M1P1Q1.client:2,S");
+    assert!(wait_until(WAIT, || sent.exists()), "moved to Sent");
+    assert!(!dir
+        .path("mta-data/mailboxes/alice/.Outbox/new/1.M1P1Q1.client")
+        .exists());
+}

@@ -26,6 +26,8 @@ pub struct HostConfig {
     pub organization: OrganizationConfig,
     /// STARTTLS certificate.
     pub tls: TlsConfig,
+    /// Pickup and replay directories, and outbox polling.
+    pub directories: DirectoriesConfig,
     /// SMTP AUTH.
     pub auth: AuthConfig,
     /// Where the configuration was read from (`None`: embedded defaults).
@@ -107,10 +109,37 @@ impl ListenerConfig {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
+    /// Offer STARTTLS (default true).
+    pub starttls: Option<bool>,
     /// PEM certificate chain.
     pub certificate: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+}
+
+/// `[directories]`: where the pickup and replay directories are and how they are polled.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectoriesConfig {
+    /// Pickup directory (default `<data_dir>/pickup`).
+    pub pickup: Option<PathBuf>,
+    /// Replay directory (default `<data_dir>/replay`).
+    pub replay: Option<PathBuf>,
+    /// Poll interval of the pickup and replay directories and of mailbox outboxes, in ms.
+    pub poll_interval_ms: u64,
+    /// Most files taken from a directory per poll (a rate limit).
+    pub max_per_poll: usize,
+}
+
+impl Default for DirectoriesConfig {
+    fn default() -> Self {
+        Self {
+            pickup: None,
+            replay: None,
+            poll_interval_ms: 500,
+            max_per_poll: 100,
+        }
+    }
 }
 
 /// `[auth]`: users who may authenticate (AUTH PLAIN and LOGIN) and then relay.
@@ -172,6 +201,7 @@ impl Default for HostConfig {
             mailbox: ListenerConfig::at("127.0.0.1:2527"),
             organization: OrganizationConfig::default(),
             tls: TlsConfig::default(),
+            directories: DirectoriesConfig::default(),
             auth: AuthConfig::default(),
             source: None,
         }
@@ -229,6 +259,21 @@ impl HostConfig {
         self.agents.mailbox = self.agents.mailbox.as_deref().map(resolve);
         self.tls.certificate = self.tls.certificate.as_deref().map(resolve);
         self.tls.key = self.tls.key.as_deref().map(resolve);
+        let data_dir = self.data_dir.clone();
+        self.directories.pickup = Some(
+            self.directories
+                .pickup
+                .as_deref()
+                .map(resolve)
+                .unwrap_or_else(|| data_dir.join("pickup")),
+        );
+        self.directories.replay = Some(
+            self.directories
+                .replay
+                .as_deref()
+                .map(resolve)
+                .unwrap_or_else(|| data_dir.join("replay")),
+        );
         self
     }
 

@@ -5,6 +5,7 @@
 pub mod agents;
 pub mod cli;
 pub mod config;
+pub mod directories;
 pub mod frontend;
 pub mod fsutil;
 pub mod mailbox;

@@ -68,12 +68,32 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let organization = Arc::new(Organization::new(&config.organization));
-    let tls = Some(crate::tls::acceptor(&config).context("setting up TLS")?);
+    let tls = if config.tls.starttls.unwrap_or(true) {
+        Some(crate::tls::acceptor(&config).context("setting up TLS")?)
+    } else {
+        None
+    };
     let auth = Arc::new(config.auth.clone());
     let mut tasks = tokio::task::JoinSet::new();
+    // Bind every listener first: a port in use stops the start-up before anything runs.
+    let mut listeners = HashMap::new();
+    for (service, listener) in [
+        (Service::Mailbox, &config.mailbox),
+        (Service::Transport, &config.transport),
+        (Service::FrontEnd, &config.frontend),
+    ] {
+        if roles.contains(&service) {
+            listeners.insert(service, bind(service, &listener.listen).await?);
+        }
+    }
+    tracing::info!(
+        message = "mta running.",
+        roles = %roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
+        data_dir = %config.data_dir.display(),
+    );
 
     if roles.contains(&Service::Mailbox) {
-        let listener = bind(Service::Mailbox, &config.mailbox.listen).await?;
+        let listener = listeners.remove(&Service::Mailbox).expect("bound above");
         let store = Arc::new(MailboxStore::new(
             config.data_dir.join("mailboxes"),
             &config.hostname,
@@ -83,6 +103,17 @@ pub async fn run(
                 .create(mailbox)
                 .with_context(|| format!("creating the mailbox {mailbox}"))?;
         }
+        let outbox = crate::mailbox::submission::OutboxSubmission {
+            store: Arc::clone(&store),
+            mailboxes: config.organization.mailboxes.clone(),
+            organization: Arc::clone(&organization),
+            transport: config.transport.listen.clone(),
+            hostname: config.hostname.clone(),
+        };
+        tokio::spawn(outbox.run(
+            Duration::from_millis(config.directories.poll_interval_ms),
+            shutdown.clone(),
+        ));
         let receiver = Receiver::new(
             receive_config(Service::Mailbox, &config, &config.mailbox),
             None,
@@ -97,7 +128,7 @@ pub async fn run(
     }
 
     if roles.contains(&Service::Transport) {
-        let listener = bind(Service::Transport, &config.transport.listen).await?;
+        let listener = listeners.remove(&Service::Transport).expect("bound above");
         let queues = Arc::new(Queues::open(&config.data_dir).context("opening the queues")?);
         let (wake_tx, wake_rx) = mpsc::unbounded_channel();
         let categorizer = Arc::new(Categorizer {
@@ -108,10 +139,39 @@ pub async fn run(
         });
         let retry = wake_tx.clone();
         tokio::spawn(categorizer.run(wake_rx, retry));
+        let submission: Arc<SubmissionSink> = Arc::new(SubmissionSink::new(queues, wake_tx));
+        let poll = Duration::from_millis(config.directories.poll_interval_ms);
+        let formats: [(
+            Option<&std::path::Path>,
+            Arc<dyn crate::directories::Format>,
+        ); 2] = [
+            (
+                config.directories.pickup.as_deref(),
+                Arc::new(crate::directories::pickup::Pickup {
+                    hostname: config.hostname.clone(),
+                }),
+            ),
+            (
+                config.directories.replay.as_deref(),
+                Arc::new(crate::directories::replay::Replay),
+            ),
+        ];
+        for (dir, format) in formats {
+            if let Some(dir) = dir {
+                tokio::spawn(crate::directories::watch(
+                    dir.to_path_buf(),
+                    format,
+                    submission.clone(),
+                    poll,
+                    config.directories.max_per_poll,
+                    shutdown.clone(),
+                ));
+            }
+        }
         let receiver = Receiver::with_security(
             receive_config(Service::Transport, &config, &config.transport),
             agents.get(&Service::Transport).cloned(),
-            Arc::new(SubmissionSink::new(queues, wake_tx)),
+            submission,
             Arc::new(OrganizationPolicy(Arc::clone(&organization))),
             tls.clone(),
             Arc::clone(&auth),
@@ -121,7 +181,7 @@ pub async fn run(
     }
 
     if roles.contains(&Service::FrontEnd) {
-        let listener = bind(Service::FrontEnd, &config.frontend.listen).await?;
+        let listener = listeners.remove(&Service::FrontEnd).expect("bound above");
         let nodes = config
             .frontend
             .transport_nodes

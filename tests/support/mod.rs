@@ -223,38 +223,51 @@ impl Mta {
         extra: &str,
         args: &[&str],
     ) -> Mta {
-        let (frontend, transport, mailbox) = (free_port(), free_port(), free_port());
-        let keys = |table: &str| {
-            listeners
-                .iter()
-                .filter(|(t, _)| *t == table)
-                .map(|(_, k)| format!("{k}\n"))
-                .collect::<String>()
-        };
-        let config = dir.write(
-            "mta.toml",
-            &format!(
-                "data_dir = \"mta-data\"\n{extra}\n[frontend]\nlisten = \"127.0.0.1:{frontend}\"\n{}[transport]\nlisten = \"127.0.0.1:{transport}\"\n{}[mailbox]\nlisten = \"127.0.0.1:{mailbox}\"\n{}",
-                keys("frontend"),
-                keys("transport"),
-                keys("mailbox")
-            ),
-        );
-        let mut mta = Mta {
-            child: None,
-            dir: dir.0.clone(),
-            frontend,
-            transport,
-            mailbox,
-            log: dir.path("mta.log"),
-            config,
-        };
-        mta.spawn(args);
-        mta
+        // Free ports can be taken by a concurrent test between the check and the bind: retry.
+        for attempt in 0.. {
+            let (frontend, transport, mailbox) = (free_port(), free_port(), free_port());
+            let keys = |table: &str| {
+                listeners
+                    .iter()
+                    .filter(|(t, _)| *t == table)
+                    .map(|(_, k)| format!("{k}\n"))
+                    .collect::<String>()
+            };
+            let config = dir.write(
+                "mta.toml",
+                &format!(
+                    "data_dir = \"mta-data\"\n{extra}\n[frontend]\nlisten = \"127.0.0.1:{frontend}\"\n{}[transport]\nlisten = \"127.0.0.1:{transport}\"\n{}[mailbox]\nlisten = \"127.0.0.1:{mailbox}\"\n{}",
+                    keys("frontend"),
+                    keys("transport"),
+                    keys("mailbox")
+                ),
+            );
+            let mut mta = Mta {
+                child: None,
+                dir: dir.0.clone(),
+                frontend,
+                transport,
+                mailbox,
+                log: dir.path("mta.log"),
+                config,
+            };
+            match mta.try_spawn(args) {
+                Ok(()) => return mta,
+                Err(log) if attempt < 5 && log.contains("cannot listen on") => continue,
+                Err(log) => panic!("mta did not start:\n{log}"),
+            }
+        }
+        unreachable!()
     }
 
     /// Starts (again) the process with the same configuration.
     pub fn spawn(&mut self, args: &[&str]) {
+        if let Err(log) = self.try_spawn(args) {
+            panic!("mta did not start:\n{log}");
+        }
+    }
+
+    fn try_spawn(&mut self, args: &[&str]) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -280,17 +293,25 @@ impl Mta {
             .and_then(|i| args.get(i + 1))
             .map_or(3, |r| r.split(',').count());
         let starts = self.log().matches(" listening.").count();
+        let mut exited = false;
         let up = wait_until(Duration::from_secs(20), || {
-            if let Some(status) = self
+            if self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
+                .is_some()
             {
-                panic!("mta exited early ({status}):\n{}", self.log());
+                exited = true;
+                return true;
             }
             self.log().matches(" listening.").count() >= starts + roles
         });
-        assert!(up, "mta did not start listening:\n{}", self.log());
+        if up && !exited {
+            Ok(())
+        } else {
+            self.kill9();
+            Err(self.log())
+        }
     }
 
     /// Everything the process logged so far, without colour codes.

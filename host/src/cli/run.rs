@@ -68,23 +68,18 @@ pub fn run(config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     let trigger = controller.trigger();
     runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let names = roles
-            .iter()
-            .map(|r| r.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
-        let data_dir = config.data_dir.display().to_string();
-        let services = tokio::spawn(crate::server::run(config, roles, by_service, stopped));
+        let mut services = tokio::spawn(crate::server::run(config, roles, by_service, stopped));
+        // A service that cannot start (a port in use) ends the process with its error.
         tokio::select! {
-            result = services => {
+            result = &mut services => {
                 return result.map_err(|e| anyhow::anyhow!("services stopped: {e}"))?;
             }
-            _ = tokio::time::sleep(std::time::Duration::from_millis(0)) => {}
+            signal = wait_for_shutdown(trigger) => signal?,
         }
-        tracing::info!(message = "mta running.", roles = %names, data_dir = %data_dir);
-        wait_for_shutdown(trigger).await?;
         let _ = stop.send(true);
-        Ok::<(), anyhow::Error>(())
+        services
+            .await
+            .map_err(|e| anyhow::anyhow!("services stopped: {e}"))?
     })?;
     drop(controller);
     tracing::info!(message = "mta stopped.");

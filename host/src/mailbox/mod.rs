@@ -2,3 +2,4 @@
 
 pub mod delivery;
 pub mod store;
+pub mod submission;
