@@ -43,8 +43,44 @@ fn the_front_end_fails_over_to_a_live_transport_node_and_never_queues() {
     assert!(mta
         .log()
         .contains("Transport node unavailable; trying the next."));
-    let queue = dir.path("mta-data/queue/submission");
-    assert!(wait_until(WAIT, || std::fs::read_dir(&queue)
+    let waiting = dir.path("mta-data/queue/delivery-mailbox");
+    assert_eq!(
+        std::fs::read_dir(&waiting).map(|d| d.count()).unwrap_or(0),
+        0
+    );
+}
+
+#[test]
+fn mail_waits_while_mailbox_transport_is_down_and_drains_when_it_is_back() {
+    let dir = TestDir::new("mailbox-down");
+    let mut mta = Mta::start(&dir, "", &["--roles", "frontend,transport"]);
+    for i in 0..3 {
+        let mut smtp = Smtp::ehlo(mta.frontend);
+        let r = smtp.send_mail(
+            "a@elsewhere.test",
+            &["alice@example.test"],
+            &format!("Subject: waiting {i}\n\nx\n"),
+        );
+        assert_eq!(r.code, 250, "{r:?}");
+        smtp.quit();
+    }
+    let waiting = dir.path("mta-data/queue/delivery-mailbox");
+    assert!(
+        wait_until(WAIT, || std::fs::read_dir(&waiting)
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 3),
+        "{}",
+        mta.log()
+    );
+    mta.stop();
+    mta.spawn(&[]);
+    assert!(
+        wait_until(Duration::from_secs(60), || mta.maildir("alice").len() == 3),
+        "{}",
+        mta.log()
+    );
+    assert!(wait_until(WAIT, || std::fs::read_dir(&waiting)
         .map(|d| d.count())
         .unwrap_or(1)
         == 0));

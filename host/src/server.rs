@@ -129,7 +129,8 @@ pub async fn run(
 
     if roles.contains(&Service::Transport) {
         let listener = listeners.remove(&Service::Transport).expect("bound above");
-        let queues = Arc::new(Queues::open(&config.data_dir).context("opening the queues")?);
+        let (queues, recovered) = Queues::open(&config.data_dir).context("opening the queues")?;
+        let queues = Arc::new(queues);
         let (wake_tx, wake_rx) = mpsc::unbounded_channel();
         let categorizer = Arc::new(Categorizer {
             queues: Arc::clone(&queues),
@@ -138,7 +139,7 @@ pub async fn run(
             hostname: config.hostname.clone(),
         });
         let retry = wake_tx.clone();
-        tokio::spawn(categorizer.run(wake_rx, retry));
+        tokio::spawn(categorizer.run(recovered, wake_rx, retry));
         let submission: Arc<SubmissionSink> = Arc::new(SubmissionSink::new(queues, wake_tx));
         let poll = Duration::from_millis(config.directories.poll_interval_ms);
         let formats: [(

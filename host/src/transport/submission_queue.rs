@@ -76,17 +76,7 @@ impl QueueDir {
         if item.id.is_empty() {
             item.id = self.new_id();
         }
-        let meta = Meta {
-            envelope: item.envelope.clone(),
-            properties: item.properties.clone(),
-            quarantine: item.quarantine.clone(),
-            attempts,
-        };
-        let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
-        let mut bytes = Vec::with_capacity(json.len() + item.message.len() + 32);
-        bytes.extend_from_slice(format!("MTAQ1 {}\n", json.len()).as_bytes());
-        bytes.extend_from_slice(&json);
-        item.message.write_to(&mut bytes);
+        let bytes = encode(item, attempts)?;
         let tmp = self.tmp.join(format!("{}.{}", item.id, std::process::id()));
         {
             let mut file = File::create(&tmp)?;
@@ -100,39 +90,7 @@ impl QueueDir {
 
     /// Reads a queued item and its attempt count. Blocking.
     pub fn load(&self, id: &str) -> std::io::Result<(MailItem, u32)> {
-        let bytes = fs::read(self.path(id))?;
-        let bad = |what: &str| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("queue file {id}: {what}"),
-            )
-        };
-        let newline = bytes
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(|| bad("no header line"))?;
-        let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| bad("header not UTF-8"))?;
-        let len: usize = header
-            .strip_prefix("MTAQ1 ")
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| bad("bad header line"))?;
-        let json_end = newline + 1 + len;
-        let meta: Meta = serde_json::from_slice(
-            bytes
-                .get(newline + 1..json_end)
-                .ok_or_else(|| bad("truncated"))?,
-        )
-        .map_err(|e| bad(&e.to_string()))?;
-        Ok((
-            MailItem {
-                id: id.to_string(),
-                envelope: meta.envelope,
-                message: Message::parse(&bytes[json_end..]),
-                properties: meta.properties,
-                quarantine: meta.quarantine,
-            },
-            meta.attempts,
-        ))
+        decode(id, &fs::read(self.path(id))?)
     }
 
     /// Removes an item, durably. Blocking.
@@ -165,6 +123,58 @@ impl QueueDir {
         ids.sort();
         Ok(ids)
     }
+}
+
+/// The bytes of a queued item: `MTAQ1 <n>\n`, `n` bytes of JSON metadata, the message.
+pub fn encode(item: &MailItem, attempts: u32) -> std::io::Result<Vec<u8>> {
+    let meta = Meta {
+        envelope: item.envelope.clone(),
+        properties: item.properties.clone(),
+        quarantine: item.quarantine.clone(),
+        attempts,
+    };
+    let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
+    let mut bytes = Vec::with_capacity(json.len() + item.message.len() + 32);
+    bytes.extend_from_slice(format!("MTAQ1 {}\n", json.len()).as_bytes());
+    bytes.extend_from_slice(&json);
+    item.message.write_to(&mut bytes);
+    Ok(bytes)
+}
+
+/// Reads [`encode`]'s bytes back.
+pub fn decode(id: &str, bytes: &[u8]) -> std::io::Result<(MailItem, u32)> {
+    let bad = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("queue file {id}: {what}"),
+        )
+    };
+    let newline = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(|| bad("no header line"))?;
+    let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| bad("header not UTF-8"))?;
+    let len: usize = header
+        .strip_prefix("MTAQ1 ")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| bad("bad header line"))?;
+    let json_end = newline + 1 + len;
+    let meta: Meta = serde_json::from_slice(
+        bytes
+            .get(newline + 1..json_end)
+            .ok_or_else(|| bad("truncated"))?,
+    )
+    .map_err(|e| bad(&e.to_string()))?;
+    Ok((
+        MailItem {
+            id: id.to_string(),
+            envelope: meta.envelope,
+            message: Message::parse(&bytes[json_end..]),
+            properties: meta.properties,
+            quarantine: meta.quarantine,
+        },
+        meta.attempts,
+    ))
 }
 
 #[cfg(test)]
