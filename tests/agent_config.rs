@@ -386,6 +386,8 @@ fn installing_a_second_delivery_agent_for_a_protocol_is_refused() {
             "Mta.Samples.HttpDeliveryFactory",
             "--assembly",
             &http,
+            "--parameter",
+            "url=http://127.0.0.1:1/",
         ],
     );
     assert_eq!(code, 0, "{out}{err}");
@@ -402,6 +404,8 @@ fn installing_a_second_delivery_agent_for_a_protocol_is_refused() {
             "Mta.Samples.HttpDeliveryFactory",
             "--assembly",
             &http,
+            "--parameter",
+            "url=http://127.0.0.1:1/",
         ],
     );
     assert_ne!(code, 0);
@@ -409,4 +413,99 @@ fn installing_a_second_delivery_agent_for_a_protocol_is_refused() {
         err.contains("delivery protocol \"HTTP\" is already claimed by agent \"H1\""),
         "{err}"
     );
+}
+
+#[test]
+fn install_takes_parameters_and_enable_refuses_an_agent_that_cannot_load() {
+    let dir = TestDir::new("install-params");
+    let file = dir.path("agents.config");
+    let f = file.to_str().unwrap();
+    let stamper = lib("header-stamper").display().to_string();
+    let (code, _, err) = mta(
+        &dir.0,
+        &[
+            "--agents-config",
+            f,
+            "agent",
+            "install",
+            "--name",
+            "S",
+            "--factory",
+            "Mta.Samples.HeaderStamperFactory",
+            "--assembly",
+            &stamper,
+            "--parameter",
+            "header=Bad Name",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("refuses these parameters") && err.contains("Bad Name"),
+        "{err}"
+    );
+    let (code, out, err) = mta(
+        &dir.0,
+        &[
+            "--agents-config",
+            f,
+            "agent",
+            "install",
+            "--name",
+            "S",
+            "--factory",
+            "Mta.Samples.HeaderStamperFactory",
+            "--assembly",
+            &stamper,
+            "--parameter",
+            "header=X-Ok",
+            "--parameter",
+            "value=a=b",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains(r#"<parameter name="header" value="X-Ok" />"#)
+            && text.contains(r#"<parameter name="value" value="a=b" />"#),
+        "{text}"
+    );
+    assert_eq!(
+        mta(&dir.0, &["--agents-config", f, "agent", "enable", "S"]).0,
+        0
+    );
+
+    // An entry whose library has gone cannot be enabled.
+    let moved = dir.path("libgone.so");
+    std::fs::copy(lib("probe"), &moved).unwrap();
+    let (code, _, err) = mta(
+        &dir.0,
+        &[
+            "--agents-config",
+            f,
+            "agent",
+            "install",
+            "--name",
+            "P",
+            "--factory",
+            "Tests.ProbeFactory",
+            "--assembly",
+            moved.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    std::fs::remove_file(&moved).unwrap();
+    let (code, _, err) = mta(&dir.0, &["--agents-config", f, "agent", "enable", "P"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("libgone.so does not exist"), "{err}");
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains(r#"name="P""#),
+        "the file is unchanged"
+    );
+    let parsed_enabled = std::fs::read_to_string(&file)
+        .unwrap()
+        .matches(r#"enabled="true""#)
+        .count();
+    assert_eq!(parsed_enabled, 1);
 }

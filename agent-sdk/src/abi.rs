@@ -3,7 +3,9 @@
 //! Agent authors never touch this module: `#[agent]` and [`export_agents!`](crate::export_agents)
 //! write the library side, and the host is the only other user. Everything here is checked by
 //! `abi_stable` when a library loads: a library built against an SDK whose layout differs, or whose
-//! version is not compatible (same major, or same minor below 1.0), is refused with both versions.
+//! version is not compatible (same major; below 1.0, a library minor at least the host's), is
+//! refused with both versions. Below 1.0 every minor version of the SDK may change this layout,
+//! so in practice agents are rebuilt for each SDK minor; patch versions stay compatible.
 //!
 //! Shape of the boundary:
 //! - the library exports one root module, [`AgentLibraryRef`], listing its [`FactoryDescriptor`]s;

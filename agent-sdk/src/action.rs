@@ -1,7 +1,7 @@
 //! Actions an agent asked for, decoded from the boundary into SDK types.
 
 use crate::abi::{AckStatus, FfiResponse, HostAction};
-use crate::SmtpResponse;
+use crate::{AgentClass, Event, SmtpResponse};
 use std::time::Duration;
 
 /// One action an agent asked for during an event, with validated responses.
@@ -88,6 +88,31 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether `event` allows this action, in the Front End service (`front_end`) or the
+    /// Transport service. The host applies this rule, and so does the testing harness.
+    pub fn is_allowed(&self, event: Event, front_end: bool) -> bool {
+        use Event::*;
+        let class = event.class();
+        match self {
+            Action::Reject(_) => {
+                class == AgentClass::SmtpReceive && !matches!(event, OnReject | OnDisconnect)
+            }
+            Action::Disconnect => class == AgentClass::SmtpReceive && event != OnDisconnect,
+            Action::Discard => matches!(event, OnEndOfHeaders | OnEndOfData),
+            // The Front End stores nothing, so it has nowhere to keep a quarantined message.
+            Action::Quarantine(_) => matches!(event, OnEndOfHeaders | OnEndOfData) && !front_end,
+            Action::SetBanner(_) | Action::DisableStartTls => event == OnConnect,
+            Action::Defer { .. } | Action::Delete | Action::Fork(_) => class == AgentClass::Routing,
+            Action::SetRoutingOverride { .. } => event == OnResolvedMessage,
+            Action::RegisterConnection { .. } => event == OnOpenConnection,
+            Action::AckMailItem { .. } | Action::AckRecipient { .. } => event == OnDeliverMailItem,
+            Action::UnregisterConnection | Action::FailQueue(_) | Action::DeferQueue { .. } => {
+                class == AgentClass::Delivery
+            }
+            Action::SubmitMessage { .. } => !front_end,
+        }
+    }
+
     /// Decodes an action from the boundary, validating its responses again (a library built by
     /// someone else may send anything).
     pub fn from_host(action: HostAction) -> Result<Self, String> {

@@ -15,6 +15,7 @@ use crate::smtp_receive::{SmtpEvent, SmtpReceiveAgent};
 use crate::{AgentClass, AgentError, AgentResult, Event, EventSet, Parameters};
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RStr, RString, RVec, Tuple2};
+use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Implemented by `#[agent]`: how to describe and drive an agent type across the boundary.
@@ -51,29 +52,50 @@ extern "C" fn new_factory<A: Exportable>(
             .map(|pair| (pair.0.into_string(), pair.1.into_string())),
     );
     guarded(|| A::create(&parameters))
-        .map(|prototype| AgentFactory_TO::from_value(Prototype(prototype), TD_Opaque))
+        .map(|prototype| {
+            AgentFactory_TO::from_value(Prototype(Contained::new(prototype)), TD_Opaque)
+        })
         .into()
 }
 
+/// Owns a value of agent code and drops it inside `catch_unwind`: a panic in an agent's `Drop`
+/// must not unwind into the host either.
+struct Contained<A>(ManuallyDrop<A>);
+
+impl<A> Contained<A> {
+    fn new(value: A) -> Self {
+        Self(ManuallyDrop::new(value))
+    }
+}
+
+impl<A> Drop for Contained<A> {
+    fn drop(&mut self) {
+        // SAFETY: the value is dropped exactly once, here, and never used again.
+        let _ = catch_unwind(AssertUnwindSafe(|| unsafe {
+            ManuallyDrop::drop(&mut self.0)
+        }));
+    }
+}
+
 /// The factory: the agent built from the parameters, cloned for each instance.
-struct Prototype<A>(A);
+struct Prototype<A>(Contained<A>);
 
 impl<A: Exportable> AgentFactory for Prototype<A> {
     fn create_agent(&self) -> RResult<AgentInstanceBox, RString> {
-        guarded(|| Ok(self.0.clone()))
+        guarded(|| Ok(Contained::new((*self.0 .0).clone())))
             .map(|agent| AgentInstance_TO::from_value(Instance(agent), TD_Opaque))
             .into()
     }
 }
 
-struct Instance<A>(A);
+struct Instance<A>(Contained<A>);
 
 impl<A: Exportable> AgentInstance for Instance<A> {
     fn handle(&mut self, event: Event, mut host: EventHostRef<'_>) -> RResult<(), RString> {
         if !A::EVENTS.contains(event) {
             return RResult::ROk(());
         }
-        guarded(|| self.0.dispatch(event, &mut host)).into()
+        guarded(|| self.0 .0.dispatch(event, &mut host)).into()
     }
 }
 
@@ -161,9 +183,9 @@ pub(crate) fn run_through_glue<A: Exportable, H: EventHost>(
     event: Event,
     host: &mut H,
 ) -> Result<(), String> {
-    let mut instance = Instance(agent.clone());
+    let mut instance = Instance(Contained::new(agent.clone()));
     let host = crate::abi::EventHost_TO::from_ptr(host, TD_Opaque);
     let result = instance.handle(event, host).into_result();
-    *agent = instance.0;
+    *agent = (*instance.0 .0).clone();
     result.map_err(RString::into_string)
 }

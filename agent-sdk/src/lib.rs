@@ -55,7 +55,9 @@
 //! - **A panic never crosses into the host.** The export glue catches it and reports a fault: the
 //!   host fails only what the agent was doing, with a temporary error, and keeps serving.
 //! - **A library built against an incompatible SDK is refused** when it loads, naming both versions.
-//!   Libraries built against the same `0.x` minor (or the same major from 1.0) are compatible.
+//!   Libraries built against the same SDK minor version as the host (patch versions may differ)
+//!   load; below 1.0 a new minor version may change the boundary's layout, and the host refuses
+//!   a library whose layout differs.
 //! - **Parameters** from the `<parameter name=".." value=".."/>` children of the agent's entry
 //!   reach [`create`](SmtpReceiveAgent::create) as [`Parameters`].
 

@@ -45,7 +45,10 @@ pub fn create<A: Exportable>(parameters: &[(&str, &str)]) -> Result<A, AgentErro
 /// Runs one event through the agent, through the boundary's glue. `Err` is the fault the host
 /// would see: the agent's error text, or `agent panicked: ...`.
 pub fn run<A: Exportable>(agent: &mut A, event: Event, host: &mut TestHost) -> Result<(), String> {
-    run_through_glue(agent, event, host)
+    host.event = Some(event);
+    let result = run_through_glue(agent, event, host);
+    host.event = None;
+    result
 }
 
 /// A message for tests: envelope, header fields, body and a property bag.
@@ -145,6 +148,9 @@ pub struct TestHost {
     pub session_properties: BTreeMap<String, String>,
     /// Every action the agent asked for, in order.
     pub actions: Vec<Action>,
+    /// The event being run (set by [`run`]): actions it does not allow are refused, as the
+    /// host refuses them.
+    pub event: Option<Event>,
 }
 
 impl TestHost {
@@ -230,6 +236,11 @@ impl EventHost for TestHost {
             Ok(a) => a,
             Err(e) => return RResult::RErr(e.into()),
         };
+        if let Some(event) = self.event {
+            if !action.is_allowed(event, self.session.service == "frontend") {
+                return RResult::RErr(format!("{action:?} is not available in {event}").into());
+            }
+        }
         if let Action::SetRoutingOverride {
             recipient, domain, ..
         } = &action
@@ -305,6 +316,10 @@ impl EventHost for TestHost {
     }
 
     fn add_recipient(&mut self, address: RStr<'_>) -> RResult<(), RString> {
+        let text = address.as_str().trim();
+        if text.is_empty() || !text.contains('@') || text.contains(['<', '>', ' ', '\r', '\n']) {
+            return RResult::RErr(format!("{text:?} is not a mailbox address").into());
+        }
         self.message_mut()
             .map(|m| {
                 m.recipients.push(Recipient {
@@ -393,6 +408,9 @@ impl EventHost for TestHost {
     }
 
     fn set_body(&mut self, body: RVec<u8>) -> RResult<(), RString> {
+        if self.event == Some(Event::OnEndOfHeaders) {
+            return RResult::RErr("the body has not arrived at OnEndOfHeaders".into());
+        }
         self.message_mut().map(|m| m.body = body.into_vec()).into()
     }
 
@@ -405,6 +423,9 @@ impl EventHost for TestHost {
     }
 
     fn set_mime(&mut self, mime: RVec<u8>) -> RResult<(), RString> {
+        if self.event == Some(Event::OnEndOfHeaders) {
+            return RResult::RErr("the body has not arrived at OnEndOfHeaders".into());
+        }
         self.message_mut()
             .map(|m| {
                 let parsed = TestMessage::parse(&mime);

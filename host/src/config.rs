@@ -39,9 +39,9 @@ pub struct HostConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AgentsConfig {
-    /// The Transport service's agents file (default: `agents.config` beside `mta.toml`, if present).
+    /// The Transport service's agents file (default: `agents.config` beside `mta.toml`).
     pub transport: Option<PathBuf>,
-    /// The Front End's agents file (default: `fetagents.config` beside `mta.toml`, if present).
+    /// The Front End's agents file (default: `fetagents.config` beside `mta.toml`).
     pub frontend: Option<PathBuf>,
     /// Refused if set: the Mailbox Transport service runs no agents.
     pub mailbox: Option<PathBuf>,
@@ -64,7 +64,8 @@ impl Default for AgentsConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
-    /// `ip:port` to listen on.
+    /// `ip:port` to listen on (default 127.0.0.1:2525, :2526 and :2527).
+    #[serde(default)]
     pub listen: String,
     /// Client networks that may relay (default: none for the Front End, loopback for Transport).
     #[serde(default)]
@@ -243,7 +244,18 @@ impl HostConfig {
         }
         let resolve = |p: &Path| resolve_in(dir, p);
         self.data_dir = resolve_in(dir, &self.data_dir);
-        let beside = |name: &str| Some(dir.join(name)).filter(|p| p.exists());
+        for (listener, default) in [
+            (&mut self.frontend, "127.0.0.1:2525"),
+            (&mut self.transport, "127.0.0.1:2526"),
+            (&mut self.mailbox, "127.0.0.1:2527"),
+        ] {
+            if listener.listen.is_empty() {
+                listener.listen = default.to_string();
+            }
+        }
+        // An agents file that does not exist yet is watched all the same: creating it (or
+        // `mta agent install`) loads its agents without a restart.
+        let beside = |name: &str| Some(dir.join(name));
         self.agents.transport = self
             .agents
             .transport

@@ -71,40 +71,6 @@ impl CallContext {
     }
 }
 
-/// Whether `event` allows `action`.
-fn allowed(event: Event, service: Service, action: &Action) -> bool {
-    use Event::*;
-    match action {
-        Action::Reject(_) => !matches!(
-            event,
-            OnReject
-                | OnDisconnect
-                | OnSubmittedMessage
-                | OnResolvedMessage
-                | OnRoutedMessage
-                | OnCategorizedMessage
-                | OnOpenConnection
-                | OnDeliverMailItem
-                | OnCloseConnection
-        ),
-        Action::Disconnect => {
-            event.class() == mta_agent_sdk::AgentClass::SmtpReceive && event != OnDisconnect
-        }
-        Action::Discard | Action::Quarantine(_) => matches!(event, OnEndOfHeaders | OnEndOfData),
-        Action::SetBanner(_) | Action::DisableStartTls => event == OnConnect,
-        Action::Defer { .. } | Action::Delete | Action::Fork(_) => {
-            event.class() == mta_agent_sdk::AgentClass::Routing
-        }
-        Action::SetRoutingOverride { .. } => matches!(event, OnResolvedMessage),
-        Action::RegisterConnection { .. } => event == OnOpenConnection,
-        Action::AckMailItem { .. } | Action::AckRecipient { .. } => event == OnDeliverMailItem,
-        Action::UnregisterConnection | Action::FailQueue(_) | Action::DeferQueue { .. } => {
-            event.class() == mta_agent_sdk::AgentClass::Delivery
-        }
-        Action::SubmitMessage { .. } => service == Service::Transport,
-    }
-}
-
 impl EventContext for CallContext {
     fn stops_event(&self) -> bool {
         self.asked(|a| matches!(a, Action::Reject(_) | Action::Disconnect))
@@ -117,11 +83,20 @@ impl EventHost for CallContext {
     }
 
     fn arg(&self, name: RStr<'_>) -> ROption<RString> {
-        self.args
+        let found = self
+            .args
             .iter()
             .find(|(n, _)| *n == name.as_str())
-            .map(|(_, v)| RString::from(v.as_str()))
-            .into()
+            .map(|(_, v)| RString::from(v.as_str()));
+        // The mail item's envelope answers for itself at every event that carries one.
+        let from_item = || match name.as_str() {
+            "envid" => self
+                .item()
+                .and_then(|i| i.envelope.envid.as_deref())
+                .map(RString::from),
+            _ => None,
+        };
+        found.or_else(from_item).into()
     }
 
     fn act(&mut self, action: HostAction) -> RResult<(), RString> {
@@ -129,7 +104,7 @@ impl EventHost for CallContext {
             Ok(a) => a,
             Err(e) => return RResult::RErr(e.into()),
         };
-        if !allowed(self.event, self.service, &action) {
+        if !action.is_allowed(self.event, self.service == Service::FrontEnd) {
             return RResult::RErr(
                 format!(
                     "{action:?} is not available in {} in the {} service",

@@ -9,7 +9,7 @@ use crate::agents::pipeline::Pipeline;
 use abi_stable::sabi_trait::TD_Opaque;
 use mta_agent_sdk::abi::{AgentInstanceBox, EventHost, EventHost_TO};
 use mta_agent_sdk::{AgentClass, Event};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,8 +46,8 @@ pub struct AgentSet {
     pipeline: Arc<Pipeline>,
     class: AgentClass,
     instances: Vec<Option<AgentInstanceBox>>,
-    /// Index of the agent being called, for naming a call that does not return.
-    current: Arc<AtomicUsize>,
+    /// Which agent is being called and since when, for the time limit.
+    clock: Arc<CallClock>,
 }
 
 impl AgentSet {
@@ -58,7 +58,7 @@ impl AgentSet {
             pipeline,
             class,
             instances: (0..n).map(|_| None).collect(),
-            current: Arc::new(AtomicUsize::new(usize::MAX)),
+            clock: Arc::new(CallClock::new()),
         }
     }
 
@@ -94,13 +94,16 @@ impl AgentSet {
                     }
                 },
             };
-            self.current.store(index, Ordering::Relaxed);
+            self.clock.enter(index);
             let started = Instant::now();
             let result = instance
                 .handle(event, EventHost_TO::from_ptr(&mut *cx, TD_Opaque))
                 .into_result();
             let elapsed = started.elapsed();
-            self.current.store(usize::MAX, Ordering::Relaxed);
+            if self.clock.leave() {
+                // Given up on by the session: already reported and counted.
+                return Err(fault("abandoned".into()));
+            }
             let slow = elapsed > pipeline.time_limit;
             agent.factory.record(result.is_err(), slow);
             if slow {
@@ -132,8 +135,9 @@ pub enum Blocking<C> {
     Abandoned(Fault),
 }
 
-/// Runs [`AgentSet::dispatch`] on the blocking pool and waits at most twice the time limit for
-/// each agent that handles the event. The caller decides what a fault means (a 451, a deferral).
+/// Runs [`AgentSet::dispatch`] on the blocking pool. A call that has not returned after twice
+/// the time limit is abandoned: reported and counted (too slow, fault) once, and the caller gets
+/// [`Blocking::Abandoned`]. A call over the limit that does return is reported as too slow.
 pub async fn dispatch_blocking<C>(mut set: AgentSet, event: Event, mut cx: C) -> Blocking<C>
 where
     C: EventContext + Send + 'static,
@@ -142,46 +146,91 @@ where
         return Blocking::Done(set, cx, Ok(()));
     }
     let pipeline = Arc::clone(&set.pipeline);
-    // Each call may take up to twice its limit before it is abandoned: a call over the limit that
-    // still returns is reported as too slow; one that does not is reported and given up.
-    let calls = pipeline.agents_for(event).count() as u32;
-    let budget = pipeline.time_limit.saturating_mul(2 * calls) + Duration::from_millis(20);
-    let current = Arc::clone(&set.current);
-    let task = tokio::task::spawn_blocking(move || {
+    let clock = Arc::clone(&set.clock);
+    let hang = pipeline.time_limit.saturating_mul(2);
+    let tick = (pipeline.time_limit / 4).clamp(Duration::from_millis(1), Duration::from_millis(50));
+    let mut task = tokio::task::spawn_blocking(move || {
         let result = set.dispatch(event, &mut cx);
         (set, cx, result)
     });
-    match tokio::time::timeout(budget, task).await {
-        Ok(Ok((set, cx, result))) => Blocking::Done(set, cx, result),
-        Ok(Err(join_error)) => Blocking::Abandoned(Fault {
-            agent: "?".into(),
-            event,
-            message: format!("agent call failed: {join_error}"),
-        }),
-        Err(_) => {
-            let index = current.load(Ordering::Relaxed);
-            let agent = pipeline
-                .agents
-                .get(index)
-                .map(|a| a.name.clone())
-                .unwrap_or_else(|| "?".into());
-            if let Some(a) = pipeline.agents.get(index) {
-                a.factory.record(true, true);
+    loop {
+        tokio::select! {
+            joined = &mut task => {
+                return match joined {
+                    Ok((set, cx, result)) => Blocking::Done(set, cx, result),
+                    Err(join_error) => Blocking::Abandoned(Fault {
+                        agent: "?".into(),
+                        event,
+                        message: format!("agent call failed: {join_error}"),
+                    }),
+                };
             }
-            tracing::error!(
-                message = "Agent did not return within its time limit; abandoning the call.",
-                agent = %agent,
-                %event,
-                limit_ms = pipeline.time_limit.as_millis() as u64,
-            );
-            Blocking::Abandoned(Fault {
-                agent,
-                event,
-                message: format!(
-                    "did not return within the time limit of {} ms",
-                    pipeline.time_limit.as_millis()
-                ),
-            })
+            _ = tokio::time::sleep(tick) => {
+                let Some(index) = clock.overdue(hang) else { continue };
+                let agent = pipeline.agents.get(index);
+                let name = agent.map(|a| a.name.clone()).unwrap_or_else(|| "?".into());
+                if let Some(a) = agent {
+                    a.factory.record(true, true);
+                }
+                tracing::error!(
+                    message = "Agent did not return within its time limit; abandoning the call.",
+                    agent = %name,
+                    %event,
+                    limit_ms = pipeline.time_limit.as_millis() as u64,
+                );
+                return Blocking::Abandoned(Fault {
+                    agent: name,
+                    event,
+                    message: format!(
+                        "did not return within the time limit of {} ms",
+                        pipeline.time_limit.as_millis()
+                    ),
+                });
+            }
         }
+    }
+}
+
+/// Which agent of a set is being called, since when, and whether the call was given up on.
+struct CallClock {
+    epoch: Instant,
+    index: AtomicUsize,
+    started_us: AtomicU64,
+    abandoned: AtomicBool,
+}
+
+impl CallClock {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            index: AtomicUsize::new(usize::MAX),
+            started_us: AtomicU64::new(0),
+            abandoned: AtomicBool::new(false),
+        }
+    }
+
+    fn enter(&self, index: usize) {
+        self.started_us
+            .store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.index.store(index, Ordering::Release);
+    }
+
+    /// Ends a call; true when it had been abandoned meanwhile.
+    fn leave(&self) -> bool {
+        self.index.store(usize::MAX, Ordering::Release);
+        self.abandoned.load(Ordering::Acquire)
+    }
+
+    /// The agent whose call has run longer than `limit`, marking the call abandoned.
+    fn overdue(&self, limit: Duration) -> Option<usize> {
+        let index = self.index.load(Ordering::Acquire);
+        if index == usize::MAX {
+            return None;
+        }
+        let started = Duration::from_micros(self.started_us.load(Ordering::Relaxed));
+        if self.epoch.elapsed().saturating_sub(started) <= limit {
+            return None;
+        }
+        (!self.abandoned.swap(true, Ordering::AcqRel)).then_some(index)
     }
 }

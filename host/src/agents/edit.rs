@@ -49,20 +49,40 @@ pub fn find<'a>(file: &'a AgentsFile, name: &str) -> Result<(usize, &'a AgentEnt
 }
 
 /// Text of a new entry (enabled="false", as Exchange's Install-TransportAgent writes it).
-pub fn entry_xml(name: &str, class: AgentClass, factory: &str, assembly: &str) -> String {
-    format!(
-        r#"<agent name="{}" baseType="{}" classFactory="{}" assemblyPath="{}" enabled="false" />"#,
+pub fn entry_xml(
+    name: &str,
+    class: AgentClass,
+    factory: &str,
+    assembly: &str,
+    parameters: &[(String, String)],
+) -> String {
+    let head = format!(
+        r#"<agent name="{}" baseType="{}" classFactory="{}" assemblyPath="{}" enabled="false""#,
         escape(name),
         class.exchange_name(),
         escape(factory),
         escape(assembly)
-    )
+    );
+    if parameters.is_empty() {
+        return format!("{head} />");
+    }
+    let mut out = format!("{head}>\n");
+    for (n, v) in parameters {
+        out.push_str(&format!(
+            "  <parameter name=\"{}\" value=\"{}\" />\n",
+            escape(n),
+            escape(v)
+        ));
+    }
+    out.push_str("</agent>");
+    out
 }
 
 /// Appends an entry at the end of `agentList`.
 pub fn append(file: &AgentsFile, entry: &str) -> Result<String, EditError> {
     let text = &file.text;
     let indent = entry_indent(file);
+    let entry = &entry.replace('\n', &format!("\n{indent}"));
     let out = if let Some(range) = &file.agent_list_empty_element {
         let list_indent = line_indent(text, range.start);
         format!(
@@ -211,11 +231,25 @@ mod tests {
     #[test]
     fn append_keeps_comments_and_goes_last() {
         let f = parse(TWO);
-        let text = append(&f, &entry_xml("C", AgentClass::Delivery, "H", "c.so")).unwrap();
+        let text = append(
+            &f,
+            &entry_xml(
+                "C",
+                AgentClass::Delivery,
+                "H",
+                "c.so",
+                &[("url".into(), "http://x/".into())],
+            ),
+        )
+        .unwrap();
         let g = parse(&text);
         let names: Vec<_> = g.agents.iter().map(|e| e.name.value.as_str()).collect();
         assert_eq!(names, ["A", "B", "C"]);
         assert!(!g.agents[2].enabled.value);
+        assert_eq!(
+            g.agents[2].parameters,
+            [("url".to_string(), "http://x/".to_string())]
+        );
         assert!(text.contains("<!-- keep me -->") && text.contains(r#"vendor="x""#));
     }
 
@@ -224,7 +258,7 @@ mod tests {
         let f = parse(
             r#"<configuration><mexRuntime><monitoring><agentExecution timeLimitInMilliseconds="5"/></monitoring><agentList /></mexRuntime></configuration>"#,
         );
-        let text = append(&f, &entry_xml("C", AgentClass::Routing, "H", "c.so")).unwrap();
+        let text = append(&f, &entry_xml("C", AgentClass::Routing, "H", "c.so", &[])).unwrap();
         assert_eq!(parse(&text).agents.len(), 1);
     }
 

@@ -43,9 +43,13 @@ impl AgentHost {
         status_path: Option<PathBuf>,
     ) -> Result<Arc<Self>, Vec<Diagnostic>> {
         let pipeline = match &file {
-            Some(path) => {
+            Some(path) if path.exists() => {
                 let parsed = file::read(path)?;
                 Pipeline::build(&parsed, service, &libraries, None, 1)?
+            }
+            Some(path) => {
+                tracing::info!(message = "No agents file yet; watching for it.", service = %service, path = %path.display());
+                Pipeline::empty(service)
             }
             None => Pipeline::empty(service),
         };
@@ -96,9 +100,16 @@ impl AgentHost {
         let started = Instant::now();
         let old = self.pipeline();
         let next = self.generation.load(Ordering::Relaxed) + 1;
-        let built = file::read(path).and_then(|parsed| {
-            Pipeline::build(&parsed, self.service, &self.libraries, Some(&old), next)
-        });
+        let built = if path.exists() {
+            file::read(path).and_then(|parsed| {
+                Pipeline::build(&parsed, self.service, &self.libraries, Some(&old), next)
+            })
+        } else {
+            // No file: no agents.
+            let mut empty = Pipeline::empty(self.service);
+            empty.generation = next;
+            Ok(empty)
+        };
         match built {
             Ok(pipeline) if pipeline.digest == old.digest => {
                 tracing::debug!(message = "Agents file and libraries unchanged; nothing to swap.", service = %self.service);

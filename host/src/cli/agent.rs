@@ -28,6 +28,10 @@ pub enum AgentCommand {
         /// The agent library (`assemblyPath`).
         #[arg(long)]
         assembly: PathBuf,
+        /// A parameter for the agent, `NAME=VALUE` (repeat for several); written as
+        /// `<parameter>` children and checked by the agent's factory now.
+        #[arg(long = "parameter", value_name = "NAME=VALUE", value_parser = parse_parameter)]
+        parameters: Vec<(String, String)>,
         /// transport or frontend.
         #[arg(long, default_value = "transport", value_parser = parse_service)]
         service: Service,
@@ -86,14 +90,17 @@ pub fn run(config: &HostConfig, command: AgentCommand) -> anyhow::Result<ExitCod
             name,
             factory,
             assembly,
+            parameters,
             service,
-        } => install(config, service, &name, &factory, &assembly),
+        } => install(config, service, &name, &factory, &assembly, &parameters),
         AgentCommand::Uninstall { name, service } => {
             edit_entry(config, service, &name, |f, e| Ok(edit::remove(f, e)))
                 .map(|_| println!("Uninstalled agent {name:?} from the {service} service."))
         }
         AgentCommand::Enable { name, service } => edit_entry(config, service, &name, |f, e| {
-            Ok(edit::set_enabled(f, e, true))
+            let text = edit::set_enabled(f, e, true);
+            verify(&f.path, &text, service)?;
+            Ok(text)
         })
         .map(|_| println!("Enabled agent {name:?} in the {service} service.")),
         AgentCommand::Disable { name, service } => edit_entry(config, service, &name, |f, e| {
@@ -111,6 +118,16 @@ pub fn run(config: &HostConfig, command: AgentCommand) -> anyhow::Result<ExitCod
         AgentCommand::Pipeline { service } => pipeline(config, service),
     }
     .map(|()| ExitCode::SUCCESS)
+}
+
+/// Refuses an edit that would leave a file the host cannot load (so that enabling an agent
+/// whose library or parameters are wrong fails here, not in the running host).
+fn verify(path: &Path, text: &str, service: Service) -> Result<(), EditError> {
+    let parsed = file::parse(path, text.to_string())
+        .map_err(|d| EditError::Invalid(crate::agents::diagnostic::render(&d)))?;
+    Pipeline::build(&parsed, service, &Libraries::for_command(), None, 1)
+        .map(|_| ())
+        .map_err(|d| EditError::Invalid(crate::agents::diagnostic::render(&d)))
 }
 
 fn refuse_mailbox(service: Service) -> anyhow::Result<()> {
@@ -139,12 +156,21 @@ fn edit_entry(
     Ok(())
 }
 
+fn parse_parameter(value: &str) -> Result<(String, String), String> {
+    value
+        .split_once('=')
+        .map(|(n, v)| (n.trim().to_string(), v.to_string()))
+        .filter(|(n, _)| !n.is_empty())
+        .ok_or_else(|| format!("{value:?} is not NAME=VALUE"))
+}
+
 fn install(
     config: &HostConfig,
     service: Service,
     name: &str,
     factory: &str,
     assembly: &Path,
+    parameters: &[(String, String)],
 ) -> anyhow::Result<()> {
     refuse_mailbox(service)?;
     let path = agents_file_for(config, service);
@@ -213,7 +239,16 @@ fn install(
             "warning: agent {name:?} handles OnEndOfData, which the Front End service never raises; it will run for its other events"
         );
     }
-    let entry = edit::entry_xml(name, info.class, factory, &assembly.display().to_string());
+    if let Err(message) = info.instantiate(parameters) {
+        bail!("agent {name:?} refuses these parameters: {message}");
+    }
+    let entry = edit::entry_xml(
+        name,
+        info.class,
+        factory,
+        &assembly.display().to_string(),
+        parameters,
+    );
     let text = edit::append(&parsed, &entry)?;
     edit::commit(&path, text)?;
     println!(
@@ -240,9 +275,24 @@ fn list(config: &HostConfig, only: Option<Service>) -> anyhow::Result<()> {
             println!("{service}: no agents file ({})", path.display());
             continue;
         }
-        let parsed = read_existing(&path)?;
         let running =
             status::read(&config.agents_status_path(service)).filter(|s| pid_alive(s.pid));
+        // A file that does not parse still lets the operator see what is running.
+        let parsed = match file::read(&path) {
+            Ok(parsed) => parsed,
+            Err(diagnostics) => {
+                if let Some(s) = &running {
+                    println!("{service}: running pipeline generation {} (the file below does not parse, so the running pipeline stays)", s.generation);
+                    for a in &s.agents {
+                        println!(
+                            "  {:<8} {:<24} {:<17} loaded from {}",
+                            a.priority, a.name, a.class, a.library
+                        );
+                    }
+                }
+                anyhow::bail!("{}", crate::agents::diagnostic::render(&diagnostics));
+            }
+        };
         println!(
             "{service}: {}{}",
             path.display(),

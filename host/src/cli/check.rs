@@ -21,7 +21,7 @@ pub fn run(config: &HostConfig) -> anyhow::Result<ExitCode> {
         failed = true;
     }
     for service in [Service::FrontEnd, Service::Transport] {
-        let Some(path) = config.agents_file(service) else {
+        let Some(path) = config.agents_file(service).filter(|p| p.exists()) else {
             println!("{service}: no agents file");
             continue;
         };

@@ -98,6 +98,7 @@ fn agents_file_for(config: &HostConfig, service: Service) -> PathBuf {
     if let Some(p) = config.agents_file(service) {
         return p.to_path_buf();
     }
+    // Only the Mailbox service has no default (it runs no agents).
     let dir = config
         .source
         .as_deref()
