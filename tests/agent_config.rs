@@ -19,7 +19,7 @@ fn at(text: &str, needle: &str) -> String {
 
 fn check(dir: &TestDir, file: &str, text: &str, flag: &str) -> (i32, String) {
     let path = dir.write(file, text);
-    let (code, out, err) = mta(&dir.0, &[flag, path.to_str().unwrap(), "config", "check"]);
+    let (code, out, err) = run_mta(&dir.0, &[flag, path.to_str().unwrap(), "config", "check"]);
     (code, format!("{out}{err}"))
 }
 
@@ -193,13 +193,13 @@ fn an_agents_file_for_the_mailbox_service_is_refused() {
     let dir = TestDir::new("mailbox");
     dir.write("mailbox.config", &file_with(""));
     dir.write("mta.toml", "[agents]\nmailbox = \"mailbox.config\"\n");
-    let (code, out, err) = mta(&dir.0, &["config", "check"]);
+    let (code, out, err) = run_mta(&dir.0, &["config", "check"]);
     assert_ne!(code, 0);
     assert!(
         format!("{out}{err}").contains("the Mailbox Transport service runs no agents"),
         "{out}{err}"
     );
-    let (code, _, err) = mta(&dir.0, &["agent", "list", "--service", "mailbox"]);
+    let (code, _, err) = run_mta(&dir.0, &["agent", "list", "--service", "mailbox"]);
     assert_ne!(code, 0);
     assert!(err.contains("runs no agents"), "{err}");
 }
@@ -216,7 +216,7 @@ fn agent_commands_edit_the_file_and_keep_comments() {
     let run = |args: &[&str]| {
         let mut all = vec!["--agents-config", f, "agent"];
         all.extend_from_slice(args);
-        mta(&dir.0, &all)
+        run_mta(&dir.0, &all)
     };
 
     let (code, out, err) = run(&[
@@ -275,7 +275,7 @@ fn agent_commands_edit_the_file_and_keep_comments() {
     assert_ne!(code, 0);
     assert!(err.contains("has no factory named \"Nope\""), "{err}");
     let fet = dir.path("fetagents.config");
-    let (code, _, err) = mta(
+    let (code, _, err) = run_mta(
         &dir.0,
         &[
             "--fetagents-config",
@@ -373,7 +373,7 @@ fn installing_a_second_delivery_agent_for_a_protocol_is_refused() {
     let file = dir.path("agents.config");
     let f = file.to_str().unwrap();
     let http = lib("http-delivery").display().to_string();
-    let (code, out, err) = mta(
+    let (code, out, err) = run_mta(
         &dir.0,
         &[
             "--agents-config",
@@ -391,7 +391,7 @@ fn installing_a_second_delivery_agent_for_a_protocol_is_refused() {
         ],
     );
     assert_eq!(code, 0, "{out}{err}");
-    let (code, _, err) = mta(
+    let (code, _, err) = run_mta(
         &dir.0,
         &[
             "--agents-config",
@@ -421,7 +421,7 @@ fn install_takes_parameters_and_enable_refuses_an_agent_that_cannot_load() {
     let file = dir.path("agents.config");
     let f = file.to_str().unwrap();
     let stamper = lib("header-stamper").display().to_string();
-    let (code, _, err) = mta(
+    let (code, _, err) = run_mta(
         &dir.0,
         &[
             "--agents-config",
@@ -443,7 +443,7 @@ fn install_takes_parameters_and_enable_refuses_an_agent_that_cannot_load() {
         err.contains("refuses these parameters") && err.contains("Bad Name"),
         "{err}"
     );
-    let (code, out, err) = mta(
+    let (code, out, err) = run_mta(
         &dir.0,
         &[
             "--agents-config",
@@ -470,14 +470,14 @@ fn install_takes_parameters_and_enable_refuses_an_agent_that_cannot_load() {
         "{text}"
     );
     assert_eq!(
-        mta(&dir.0, &["--agents-config", f, "agent", "enable", "S"]).0,
+        run_mta(&dir.0, &["--agents-config", f, "agent", "enable", "S"]).0,
         0
     );
 
     // An entry whose library has gone cannot be enabled.
     let moved = dir.path("libgone.so");
     std::fs::copy(lib("probe"), &moved).unwrap();
-    let (code, _, err) = mta(
+    let (code, _, err) = run_mta(
         &dir.0,
         &[
             "--agents-config",
@@ -494,7 +494,7 @@ fn install_takes_parameters_and_enable_refuses_an_agent_that_cannot_load() {
     );
     assert_eq!(code, 0, "{err}");
     std::fs::remove_file(&moved).unwrap();
-    let (code, _, err) = mta(&dir.0, &["--agents-config", f, "agent", "enable", "P"]);
+    let (code, _, err) = run_mta(&dir.0, &["--agents-config", f, "agent", "enable", "P"]);
     assert_ne!(code, 0);
     assert!(err.contains("libgone.so does not exist"), "{err}");
     assert!(

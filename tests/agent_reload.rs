@@ -90,7 +90,7 @@ fn agents_run_in_priority_order_and_a_reject_stops_the_rest() {
 
     // The same agents with B first (a live edit): B sees MAIL, then A rejects it.
     std::fs::remove_file(&log).unwrap();
-    let (code, out, err) = support::mta(
+    let (code, out, err) = run_mta(
         &dir.0,
         &[
             "--config",

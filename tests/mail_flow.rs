@@ -176,6 +176,21 @@ fn standard_clients_deliver_into_maildirs_other_tools_can_read() {
             .count(),
         0
     );
+    // An ordinary Maildir reader (Python's mailbox module) reads it.
+    let reader = format!(
+        "import mailbox\nbox = mailbox.Maildir('{}', create=False)\nsubjects = [m['Subject'] for m in box]\nassert subjects == ['from python'], subjects\n",
+        dir.path("mta-data/mailboxes/alice").display()
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&reader)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     if Command::new("swaks").arg("--version").output().is_ok() {
         let out = Command::new("swaks")

@@ -588,3 +588,91 @@ fn commands_pipelined_behind_starttls_are_discarded() {
         "the injected MAIL must not be processed: {r:?}"
     );
 }
+
+#[test]
+fn permission_groups_decide_who_may_submit_and_relay() {
+    let dir = TestDir::new("permissions");
+    let mta = Mta::start_with(
+        &dir,
+        &[("frontend", "permission_groups = [\"ExchangeUsers\"]")],
+        "[auth]\nrequire_tls = false\n[[auth.users]]\nname = \"dave\"\npassword = \"pw\"\n",
+        &[],
+    );
+    let mut smtp = Smtp::ehlo(mta.frontend);
+    let r = smtp.cmd("MAIL FROM:<a@elsewhere.test>");
+    assert_eq!(
+        (r.code, r.enhanced()),
+        (530, "5.7.0".to_string()),
+        "anonymous users may not submit: {r:?}"
+    );
+    // AUTH PLAIN "\0dave\0pw"
+    assert_eq!(smtp.cmd("AUTH PLAIN AGRhdmUAcHc=").code, 235);
+    assert_eq!(smtp.cmd("MAIL FROM:<dave@example.test>").code, 250);
+    assert_eq!(
+        smtp.cmd("RCPT TO:<someone@far.test>").code,
+        250,
+        "authenticated users relay"
+    );
+    smtp.quit();
+    drop(mta);
+
+    let dir = TestDir::new("permissions-bad");
+    dir.write(
+        "mta.toml",
+        "[frontend]\npermission_groups = [\"Everyone\"]\n",
+    );
+    let (code, _, err) = run_mta(
+        &dir.0,
+        &["--config", dir.path("mta.toml").to_str().unwrap(), "run"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("unknown permission group \"Everyone\": expected AnonymousUsers, ExchangeUsers or ExchangeServers"), "{err}");
+}
+
+#[test]
+fn recipient_limits_and_remote_ranges_are_enforced() {
+    let dir = TestDir::new("rcpt-limit");
+    let mta = Mta::start_with(
+        &dir,
+        &[
+            ("transport", "max_recipients = 2"),
+            ("frontend", "remote_ranges = [\"192.0.2.0/24\"]"),
+        ],
+        "",
+        &[],
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    assert_eq!(smtp.cmd("MAIL FROM:<a@elsewhere.test>").code, 250);
+    assert_eq!(smtp.cmd("RCPT TO:<alice@example.test>").code, 250);
+    assert_eq!(smtp.cmd("RCPT TO:<bob@example.test>").code, 250);
+    let r = smtp.cmd("RCPT TO:<postmaster@example.test>");
+    assert_eq!((r.code, r.enhanced()), (452, "4.5.3".to_string()), "{r:?}");
+    smtp.quit();
+    // Loopback is not in the Front End's remote ranges.
+    let (_, greeting) = Smtp::connect(mta.frontend);
+    assert_eq!(
+        (greeting.code, greeting.enhanced()),
+        (554, "5.7.1".to_string()),
+        "{greeting:?}"
+    );
+}
+
+#[test]
+fn an_invalid_agents_file_at_start_up_is_fatal_with_its_position() {
+    let dir = TestDir::new("fatal");
+    dir.write("agents.config", "<configuration><mexRuntime><agentList><agent name=\"x\"/></agentList></mexRuntime></configuration>");
+    dir.write("mta.toml", "[agents]\ntransport = \"agents.config\"\n[frontend]\nlisten = \"127.0.0.1:0\"\n[transport]\nlisten = \"127.0.0.1:0\"\n[mailbox]\nlisten = \"127.0.0.1:0\"\n");
+    let (code, _, err) = run_mta(
+        &dir.0,
+        &["--config", dir.path("mta.toml").to_str().unwrap(), "run"],
+    );
+    assert_ne!(code, 0);
+    let file = dir.path("agents.config");
+    assert!(
+        err.contains(&format!(
+            "{}:1:39: <agent> lacks the required attribute baseType",
+            file.display()
+        )),
+        "{err}"
+    );
+}

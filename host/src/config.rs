@@ -85,6 +85,11 @@ pub struct ListenerConfig {
     /// Concurrent connections from one IP (default 100).
     #[serde(default)]
     pub max_connections_per_ip: Option<usize>,
+    /// Permission groups: AnonymousUsers, ExchangeUsers, ExchangeServers (default: all three
+    /// for the Front End and Transport, ExchangeServers for Mailbox). ExchangeServers applies
+    /// to the `trusted` ranges, which are empty on the Front End by default.
+    #[serde(default)]
+    pub permission_groups: Option<Vec<String>>,
     /// Front End only: the Transport nodes to relay to (default: this host's Transport).
     #[serde(default)]
     pub transport_nodes: Option<Vec<String>>,
@@ -100,6 +105,7 @@ impl ListenerConfig {
             max_recipients: None,
             idle_timeout_secs: None,
             max_connections_per_ip: None,
+            permission_groups: None,
             transport_nodes: None,
         }
     }

@@ -29,8 +29,12 @@ fn receive_config(
     service: Service,
     config: &HostConfig,
     listener: &ListenerConfig,
-) -> ReceiveConfig {
+) -> anyhow::Result<ReceiveConfig> {
     let mut rc = ReceiveConfig::new(service, &config.hostname);
+    if let Some(groups) = &listener.permission_groups {
+        rc.permissions = crate::smtp::receive::Permissions::from_names(groups)
+            .map_err(|e| anyhow::anyhow!("[{}] permission_groups: {e}", service.as_str()))?;
+    }
     if let Some(n) = listener.max_message_size {
         rc.max_message_size = n;
     }
@@ -44,14 +48,14 @@ fn receive_config(
         rc.max_connections_per_ip = n;
     }
     rc.trusted = listener.trusted.clone().unwrap_or_else(|| match service {
-        Service::Transport => loopback(),
-        _ => Vec::new(),
+        Service::Transport | Service::Mailbox => loopback(),
+        Service::FrontEnd => Vec::new(),
     });
     rc.allowed_clients = listener
         .remote_ranges
         .clone()
         .or_else(|| (service == Service::Mailbox).then(loopback));
-    rc
+    Ok(rc)
 }
 
 async fn bind(service: Service, listen: &str) -> anyhow::Result<TcpListener> {
@@ -115,7 +119,7 @@ pub async fn run(
             shutdown.clone(),
         ));
         let receiver = Receiver::new(
-            receive_config(Service::Mailbox, &config, &config.mailbox),
+            receive_config(Service::Mailbox, &config, &config.mailbox)?,
             None,
             Arc::new(MailboxSink {
                 store,
@@ -170,7 +174,7 @@ pub async fn run(
             }
         }
         let receiver = Receiver::with_security(
-            receive_config(Service::Transport, &config, &config.transport),
+            receive_config(Service::Transport, &config, &config.transport)?,
             agents.get(&Service::Transport).cloned(),
             submission,
             Arc::new(OrganizationPolicy(Arc::clone(&organization))),
@@ -189,7 +193,7 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| vec![config.transport.listen.clone()]);
         let receiver = Receiver::with_security(
-            receive_config(Service::FrontEnd, &config, &config.frontend),
+            receive_config(Service::FrontEnd, &config, &config.frontend)?,
             agents.get(&Service::FrontEnd).cloned(),
             Arc::new(ProxySink::new(nodes, &config.hostname)),
             Arc::new(OrganizationPolicy(Arc::clone(&organization))),

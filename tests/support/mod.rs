@@ -552,7 +552,7 @@ pub fn probe_events(path: &Path, name: &str) -> Vec<String> {
 }
 
 /// Runs `mta` with arguments in `dir`; returns (exit code, stdout, stderr).
-pub fn mta(dir: &Path, args: &[&str]) -> (i32, String, String) {
+pub fn run_mta(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(mta_bin())
         .current_dir(dir)
         .args(args)

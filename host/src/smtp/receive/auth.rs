@@ -26,6 +26,7 @@ impl Session {
 
     pub(super) fn offers_auth(&self) -> bool {
         !self.receiver.auth.users.is_empty()
+            && self.receiver.config.permissions.users
             && self.authenticated.is_none()
             && (self.tls || !self.receiver.auth.require_tls)
     }
@@ -86,31 +87,32 @@ impl Session {
         if self.answered_by_agents("AUTH", &raised).await {
             return;
         }
-        let refusal = if self.receiver.auth.users.is_empty() {
-            Some(reply(502, "5.5.1", "AUTH is not offered"))
-        } else if self.authenticated.is_some() {
-            Some(reply(503, "5.5.1", "Already authenticated"))
-        } else if self.txn.is_some() {
-            Some(reply(
-                503,
-                "5.5.1",
-                "AUTH is not allowed during a mail transaction",
-            ))
-        } else if !self.tls && self.receiver.auth.require_tls {
-            Some(reply(
-                538,
-                "5.7.11",
-                "Encryption required for requested authentication mechanism",
-            ))
-        } else if name == "OTHER" {
-            Some(reply(
-                504,
-                "5.5.4",
-                "Unrecognized authentication type; use PLAIN or LOGIN",
-            ))
-        } else {
-            None
-        };
+        let refusal =
+            if self.receiver.auth.users.is_empty() || !self.receiver.config.permissions.users {
+                Some(reply(502, "5.5.1", "AUTH is not offered"))
+            } else if self.authenticated.is_some() {
+                Some(reply(503, "5.5.1", "Already authenticated"))
+            } else if self.txn.is_some() {
+                Some(reply(
+                    503,
+                    "5.5.1",
+                    "AUTH is not allowed during a mail transaction",
+                ))
+            } else if !self.tls && self.receiver.auth.require_tls {
+                Some(reply(
+                    538,
+                    "5.7.11",
+                    "Encryption required for requested authentication mechanism",
+                ))
+            } else if name == "OTHER" {
+                Some(reply(
+                    504,
+                    "5.5.4",
+                    "Unrecognized authentication type; use PLAIN or LOGIN",
+                ))
+            } else {
+                None
+            };
         if let Some(response) = refusal {
             self.errors += 1;
             self.reply(&response);

@@ -209,6 +209,11 @@ impl Session {
                 .refuse("MAIL", reply(503, "5.5.1", "Nested MAIL command"))
                 .await;
         }
+        if !self.may_submit() {
+            return self
+                .refuse("MAIL", reply(530, "5.7.0", "Authentication required"))
+                .await;
+        }
         let max = self.receiver.config.max_message_size;
         if from.size > max {
             return self

@@ -71,6 +71,43 @@ pub struct ReceiveConfig {
     pub trusted: Vec<crate::net::IpRange>,
     /// If set, only these client networks may connect at all.
     pub allowed_clients: Option<Vec<crate::net::IpRange>>,
+    /// Who may do what on this connector.
+    pub permissions: Permissions,
+}
+
+/// A receive connector's permission groups (Exchange's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Permissions {
+    /// AnonymousUsers: anyone may send to our accepted domains.
+    pub anonymous: bool,
+    /// ExchangeUsers: users may authenticate, and then relay.
+    pub users: bool,
+    /// ExchangeServers: clients in the trusted ranges may relay without authenticating.
+    pub servers: bool,
+}
+
+impl Permissions {
+    /// Parses Exchange's group names; unknown names are an error naming the valid ones.
+    pub fn from_names(names: &[String]) -> Result<Self, String> {
+        let mut p = Permissions {
+            anonymous: false,
+            users: false,
+            servers: false,
+        };
+        for name in names {
+            match name.to_ascii_lowercase().as_str() {
+                "anonymoususers" => p.anonymous = true,
+                "exchangeusers" => p.users = true,
+                "exchangeservers" => p.servers = true,
+                _ => {
+                    return Err(format!(
+                        "unknown permission group {name:?}: expected AnonymousUsers, ExchangeUsers or ExchangeServers"
+                    ))
+                }
+            }
+        }
+        Ok(p)
+    }
 }
 
 impl ReceiveConfig {
@@ -89,6 +126,23 @@ impl ReceiveConfig {
             vrfy: false,
             trusted: Vec::new(),
             allowed_clients: None,
+            permissions: match service {
+                Service::FrontEnd => Permissions {
+                    anonymous: true,
+                    users: true,
+                    servers: true,
+                },
+                Service::Transport => Permissions {
+                    anonymous: true,
+                    users: true,
+                    servers: true,
+                },
+                Service::Mailbox => Permissions {
+                    anonymous: false,
+                    users: false,
+                    servers: true,
+                },
+            },
         }
     }
 }

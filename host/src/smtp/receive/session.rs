@@ -361,15 +361,23 @@ impl Session {
         }
     }
 
+    /// Whether the client is a trusted server (ExchangeServers and a trusted range).
+    pub(super) fn trusted_server(&self) -> bool {
+        let config = &self.receiver.config;
+        config.permissions.servers && config.trusted.iter().any(|r| r.contains(self.peer.ip()))
+    }
+
     /// Whether the client may send to domains that are not ours.
     pub(super) fn may_relay(&self) -> bool {
-        self.authenticated.is_some()
-            || self
-                .receiver
-                .config
-                .trusted
-                .iter()
-                .any(|r| r.contains(self.peer.ip()))
+        (self.receiver.config.permissions.users && self.authenticated.is_some())
+            || self.trusted_server()
+    }
+
+    /// Whether the client may start a transaction at all.
+    pub(super) fn may_submit(&self) -> bool {
+        self.receiver.config.permissions.anonymous
+            || self.authenticated.is_some()
+            || self.trusted_server()
     }
 
     /// Raises an event to the session's agents; they see (and may edit) the transaction's mail
