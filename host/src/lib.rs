@@ -12,6 +12,7 @@ pub mod mailbox;
 pub mod message;
 pub mod net;
 pub mod organization;
+pub mod routing;
 pub mod server;
 pub mod service;
 pub mod smtp;
