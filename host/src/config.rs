@@ -30,6 +30,14 @@ pub struct HostConfig {
     pub directories: DirectoriesConfig,
     /// SMTP AUTH.
     pub auth: AuthConfig,
+    /// Routing: this server's site, the topology, expiry and retries.
+    pub routing: RoutingConfig,
+    /// Send connectors: SMTP to other organisations.
+    pub send_connectors: Vec<SendConnectorConfig>,
+    /// Delivery Agent connectors: queues served by delivery agents.
+    pub delivery_agent_connectors: Vec<DeliveryAgentConnectorConfig>,
+    /// Foreign connectors: drop directories for non-SMTP systems.
+    pub foreign_connectors: Vec<ForeignConnectorConfig>,
     /// Where the configuration was read from (`None`: embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -124,6 +132,148 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
 }
 
+/// `[routing]`: this server in the topology, and how long messages may wait.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// This server's name (default: `hostname`).
+    pub server: Option<String>,
+    /// This server's site.
+    pub site: String,
+    /// Other servers and their sites (`[[routing.servers]]`).
+    pub servers: Vec<ServerConfig>,
+    /// Site links with their costs (`[[routing.site_links]]`).
+    pub site_links: Vec<SiteLinkConfig>,
+    /// A message still undelivered after this many hours fails (NDR 4.4.7).
+    pub expiration_hours: u64,
+    /// The sender is told of a delay once, after this many hours.
+    pub delay_notification_hours: u64,
+    /// First retry delay in ms; it doubles up to `retry_max_ms`.
+    pub retry_base_ms: u64,
+    /// Longest retry delay in ms.
+    pub retry_max_ms: u64,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            server: None,
+            site: "Default-First-Site-Name".into(),
+            servers: Vec::new(),
+            site_links: Vec::new(),
+            expiration_hours: 48,
+            delay_notification_hours: 4,
+            retry_base_ms: 500,
+            retry_max_ms: 600_000,
+        }
+    }
+}
+
+/// A server of the organisation.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Name.
+    pub name: String,
+    /// Site.
+    pub site: String,
+}
+
+/// A link between two sites.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteLinkConfig {
+    /// The two sites.
+    pub sites: [String; 2],
+    /// Its cost.
+    pub cost: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[[send_connectors]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendConnectorConfig {
+    /// Name (unique among connectors).
+    pub name: String,
+    /// Address spaces, `type:space;cost` (`SMTP:*;1`).
+    pub address_spaces: Vec<crate::routing::address_space::AddressSpace>,
+    /// Smart hosts, `host:port`, tried in order.
+    pub smart_hosts: Vec<String>,
+    /// Whether it is used.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Visible only to servers of its source servers' site.
+    #[serde(default)]
+    pub scoped: bool,
+    /// Servers hosting it (default: this server).
+    #[serde(default)]
+    pub source_servers: Option<Vec<String>>,
+    /// Largest message it takes, in bytes.
+    #[serde(default)]
+    pub max_message_size: Option<u64>,
+}
+
+/// `[[delivery_agent_connectors]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryAgentConnectorConfig {
+    /// Name (unique among connectors).
+    pub name: String,
+    /// Address spaces (`MOBILE:*;1`).
+    pub address_spaces: Vec<crate::routing::address_space::AddressSpace>,
+    /// The delivery protocol; the delivery agent declaring it serves this connector's queue.
+    pub delivery_protocol: String,
+    /// Whether it is used.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Visible only to servers of its source servers' site.
+    #[serde(default)]
+    pub scoped: bool,
+    /// Servers hosting it (default: this server).
+    #[serde(default)]
+    pub source_servers: Option<Vec<String>>,
+    /// Largest message it takes, in bytes.
+    #[serde(default)]
+    pub max_message_size: Option<u64>,
+    /// Concurrent connections (default 5).
+    #[serde(default)]
+    pub max_concurrent_connections: Option<usize>,
+    /// Messages per connection (default 20).
+    #[serde(default)]
+    pub max_messages_per_connection: Option<usize>,
+}
+
+/// `[[foreign_connectors]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForeignConnectorConfig {
+    /// Name (unique among connectors).
+    pub name: String,
+    /// Address spaces.
+    pub address_spaces: Vec<crate::routing::address_space::AddressSpace>,
+    /// The drop directory (must exist: while it is missing, the queue retries).
+    pub drop_directory: PathBuf,
+    /// Most bytes the drop directory may hold; over it, the queue retries.
+    #[serde(default)]
+    pub quota_bytes: Option<u64>,
+    /// Whether it is used.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Visible only to servers of its source servers' site.
+    #[serde(default)]
+    pub scoped: bool,
+    /// Servers hosting it (default: this server).
+    #[serde(default)]
+    pub source_servers: Option<Vec<String>>,
+    /// Largest message it takes, in bytes.
+    #[serde(default)]
+    pub max_message_size: Option<u64>,
+}
+
 /// `[directories]`: where the pickup and replay directories are and how they are polled.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -210,6 +360,10 @@ impl Default for HostConfig {
             tls: TlsConfig::default(),
             directories: DirectoriesConfig::default(),
             auth: AuthConfig::default(),
+            routing: RoutingConfig::default(),
+            send_connectors: Vec::new(),
+            delivery_agent_connectors: Vec::new(),
+            foreign_connectors: Vec::new(),
             source: None,
         }
     }
@@ -277,6 +431,9 @@ impl HostConfig {
         self.agents.mailbox = self.agents.mailbox.as_deref().map(resolve);
         self.tls.certificate = self.tls.certificate.as_deref().map(resolve);
         self.tls.key = self.tls.key.as_deref().map(resolve);
+        for foreign in &mut self.foreign_connectors {
+            foreign.drop_directory = resolve(&foreign.drop_directory);
+        }
         let data_dir = self.data_dir.clone();
         self.directories.pickup = Some(
             self.directories

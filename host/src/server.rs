@@ -10,7 +10,7 @@ use crate::net::IpRange;
 use crate::organization::Organization;
 use crate::service::Service;
 use crate::smtp::receive::{self, ReceiveConfig, Receiver};
-use crate::transport::{Categorizer, Queues, SubmissionSink};
+use crate::transport::{Queues, SubmissionSink};
 use anyhow::Context;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -136,14 +136,16 @@ pub async fn run(
         let (queues, recovered) = Queues::open(&config.data_dir).context("opening the queues")?;
         let queues = Arc::new(queues);
         let (wake_tx, wake_rx) = mpsc::unbounded_channel();
-        let categorizer = Arc::new(Categorizer {
-            queues: Arc::clone(&queues),
-            organization: Arc::clone(&organization),
-            mailbox_address: config.mailbox.listen.clone(),
-            hostname: config.hostname.clone(),
-        });
-        let retry = wake_tx.clone();
-        tokio::spawn(categorizer.run(recovered, wake_rx, retry));
+        let router = crate::routing::Router::new(&config, Arc::clone(&organization))
+            .map_err(|e| anyhow::anyhow!("routing: {e}"))?;
+        let categorizer = Arc::new(crate::transport::categorizer::Categorizer::new(
+            &config,
+            Arc::clone(&queues),
+            router,
+            agents.get(&Service::Transport).cloned(),
+            wake_tx.clone(),
+        ));
+        tokio::spawn(categorizer.run(recovered, wake_rx));
         let submission: Arc<SubmissionSink> = Arc::new(SubmissionSink::new(queues, wake_tx));
         let poll = Duration::from_millis(config.directories.poll_interval_ms);
         let formats: [(

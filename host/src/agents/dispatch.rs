@@ -48,6 +48,8 @@ pub struct AgentSet {
     instances: Vec<Option<AgentInstanceBox>>,
     /// Which agent is being called and since when, for the time limit.
     clock: Arc<CallClock>,
+    /// Raise events to this agent only.
+    only: Option<usize>,
 }
 
 impl AgentSet {
@@ -59,7 +61,15 @@ impl AgentSet {
             class,
             instances: (0..n).map(|_| None).collect(),
             clock: Arc::new(CallClock::new()),
+            only: None,
         }
+    }
+
+    /// The same set, raising events to the agent at `index` only (the delivery agent of a
+    /// Delivery Agent connector's queue).
+    pub fn restricted_to(mut self, index: usize) -> Self {
+        self.only = Some(index);
+        self
     }
 
     /// The snapshot these agents come from.
@@ -69,7 +79,15 @@ impl AgentSet {
 
     /// Whether any agent handles `event`.
     pub fn handles(&self, event: Event) -> bool {
-        event.class() == self.class && self.pipeline.handles(event)
+        event.class() == self.class
+            && match self.only {
+                Some(i) => self
+                    .pipeline
+                    .agents
+                    .get(i)
+                    .is_some_and(|a| a.events.contains(event)),
+                None => self.pipeline.handles(event),
+            }
     }
 
     /// Raises `event` to each agent that handles it, in priority order, until one stops it.
@@ -79,6 +97,9 @@ impl AgentSet {
         }
         let pipeline = Arc::clone(&self.pipeline);
         for (index, agent) in pipeline.agents_for(event) {
+            if self.only.is_some_and(|only| only != index) {
+                continue;
+            }
             let fault = |message: String| Fault {
                 agent: agent.name.clone(),
                 event,

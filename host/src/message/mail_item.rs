@@ -67,6 +67,25 @@ pub struct MailItem {
     pub properties: BTreeMap<String, String>,
     /// A quarantine reason set by an agent.
     pub quarantine: Option<String>,
+    /// The host's own bookkeeping, kept with the item in the queues.
+    pub trace: Trace,
+}
+
+/// What the host records about an item on its way (never shown to agents).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trace {
+    /// When the Transport service accepted it, in ms since the Unix epoch.
+    #[serde(default)]
+    pub received_ms: u64,
+    /// The next hop of a delivery queue it waits in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop: Option<String>,
+    /// A delay notification was sent.
+    #[serde(default)]
+    pub delay_notified: bool,
+    /// Agent faults while categorizing it.
+    #[serde(default)]
+    pub faults: u32,
 }
 
 impl MailItem {

@@ -7,7 +7,7 @@
 pub mod date;
 mod mail_item;
 
-pub use mail_item::{Envelope, EnvelopeRecipient, MailItem};
+pub use mail_item::{Envelope, EnvelopeRecipient, MailItem, Trace};
 
 /// One header field, as raw bytes ending in CRLF.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -129,10 +129,11 @@ impl FromStr for AddressSpace {
                 "address space {s:?}: expected type:space;cost such as SMTP:*.contoso.com;10"
             ));
         }
-        if space.contains('*')
-            && space != "*"
-            && !(space.starts_with("*.") && !space[2..].contains('*'))
-        {
+        let valid_wildcard = space == "*"
+            || space
+                .strip_prefix("*.")
+                .is_some_and(|rest| !rest.contains('*'));
+        if space.contains('*') && !valid_wildcard {
             return Err(format!("address space {s:?}: a wildcard is * or *.domain"));
         }
         Ok(Self { kind, space, cost })

@@ -2,24 +2,27 @@
 //! and delivery.
 //!
 //! Accepted items are made durable by the Submission queue's [`journal`] (group commit) before
-//! the client gets 250, and handed to the categorizer in memory. Until the full categorizer
-//! lands (routing agents, connectors, delivery queues per next hop), a minimal categorizer
-//! delivers each item's local recipients to the Mailbox Transport service over SMTP. Recipients
-//! that must wait (Mailbox Transport down) go to the mailbox delivery queue, one fsync'd file
-//! per item, retried with a growing delay; recipients without a route go to Unreachable. An item
-//! leaves the journal only after it was delivered or written to one of those queues.
+//! the client gets 250, and handed to the [`categorizer`] in memory, which raises the routing
+//! agents' events, resolves and routes each recipient, and delivers each next hop's copy
+//! ([`delivery`]). Recipients that must wait go to their next hop's delivery queue (one
+//! fsync'd file per item under `queue/delivery-*`), retried with a growing delay until they
+//! expire; recipients without a route go to Unreachable; failures produce a non-delivery report
+//! ([`dsn`]). An item leaves the journal only once every recipient was delivered, failed or
+//! written to one of those queues.
 
+pub mod categorizer;
+pub mod delivery;
+pub mod dsn;
 pub mod journal;
 pub mod submission_queue;
 
-use crate::message::{EnvelopeRecipient, MailItem};
-use crate::organization::Organization;
+use crate::message::MailItem;
 use crate::smtp::receive::{BoxFuture, Sink};
-use crate::smtp::send::{Client, SendError};
 use journal::Journal;
 use mta_agent_sdk::SmtpResponse;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use submission_queue::QueueDir;
 use tokio::sync::mpsc;
 
@@ -27,22 +30,26 @@ use tokio::sync::mpsc;
 pub struct Queues {
     /// The Submission queue: accepted, not yet categorized.
     pub journal: Journal,
-    /// Items waiting for Mailbox Transport delivery (retries).
-    pub mailbox_delivery: QueueDir,
+    /// Items a routing agent deferred (or that faulted an agent), to categorize again later.
+    pub deferred: QueueDir,
     /// No route for some recipients.
     pub unreachable: QueueDir,
     /// Quarantined by an agent.
     pub quarantine: QueueDir,
     /// Faulted agents too often; never retried automatically.
     pub poison: QueueDir,
+    data_dir: PathBuf,
+    delivery: Mutex<HashMap<String, Arc<QueueDir>>>,
 }
 
 /// Work for the categorizer.
 pub enum Work {
     /// A newly accepted item, still in the journal.
     Fresh(Box<MailItem>, u32),
-    /// An item of the mailbox delivery queue to try again.
-    Retry(String),
+    /// An item of a delivery queue to try again: (queue name, id).
+    Retry(String, String),
+    /// A deferred item to categorize again.
+    Resubmit(String),
 }
 
 impl Queues {
@@ -51,17 +58,47 @@ impl Queues {
         let (journal, recovered) = Journal::open(&data_dir.join("queue").join("journal"))?;
         let queues = Self {
             journal,
-            mailbox_delivery: QueueDir::open(data_dir, "delivery-mailbox")?,
+            deferred: QueueDir::open(data_dir, "deferred")?,
             unreachable: QueueDir::open(data_dir, "unreachable")?,
             quarantine: QueueDir::open(data_dir, "quarantine")?,
             poison: QueueDir::open(data_dir, "poison")?,
+            data_dir: data_dir.to_path_buf(),
+            delivery: Mutex::new(HashMap::new()),
         };
         let mut work: Vec<Work> = recovered
             .into_iter()
             .map(|(i, a)| Work::Fresh(Box::new(i), a))
             .collect();
-        work.extend(queues.mailbox_delivery.ids()?.into_iter().map(Work::Retry));
+        work.extend(queues.deferred.ids()?.into_iter().map(Work::Resubmit));
+        for entry in std::fs::read_dir(data_dir.join("queue"))?.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("delivery-") && entry.path().is_dir() {
+                let queue = queues.delivery(&name)?;
+                work.extend(
+                    queue
+                        .ids()?
+                        .into_iter()
+                        .map(|id| Work::Retry(name.clone(), id)),
+                );
+            }
+        }
         Ok((queues, work))
+    }
+
+    /// The delivery queue of a next hop, by name (`delivery-send-Internet`).
+    pub fn delivery(&self, name: &str) -> std::io::Result<Arc<QueueDir>> {
+        let mut map = self.delivery.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = map.get(name) {
+            return Ok(Arc::clone(q));
+        }
+        let q = Arc::new(QueueDir::open(&self.data_dir, name)?);
+        map.insert(name.to_string(), Arc::clone(&q));
+        Ok(q)
+    }
+
+    /// A new queue id.
+    pub fn new_id(&self) -> String {
+        self.deferred.new_id()
     }
 }
 
@@ -79,7 +116,8 @@ impl SubmissionSink {
 
     /// Stores an item durably; the reply the client gets.
     pub async fn enqueue(&self, mut item: MailItem) -> Result<SmtpResponse, SmtpResponse> {
-        item.id = self.queues.mailbox_delivery.new_id();
+        item.id = self.queues.new_id();
+        item.trace.received_ms = delivery::now_ms();
         match self.queues.journal.append(&item, 0).await {
             Ok(()) => {
                 let id = item.id.clone();
@@ -109,203 +147,4 @@ impl Sink for SubmissionSink {
     fn accept(&self, item: MailItem) -> BoxFuture<'_, Result<SmtpResponse, SmtpResponse>> {
         Box::pin(self.enqueue(item))
     }
-}
-
-/// The minimal categorizer: local recipients to Mailbox Transport, others to Unreachable.
-pub struct Categorizer {
-    /// Queues.
-    pub queues: Arc<Queues>,
-    /// Accepted domains and mailboxes.
-    pub organization: Arc<Organization>,
-    /// Where Mailbox Transport delivery listens.
-    pub mailbox_address: String,
-    /// Our name, for EHLO.
-    pub hostname: String,
-}
-
-/// Where an item came from, so that it is released from the right place.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    Journal,
-    MailboxDelivery,
-}
-
-impl Categorizer {
-    /// Runs until the channel closes: first `recovered`, then each item as it comes.
-    pub async fn run(
-        self: Arc<Self>,
-        recovered: Vec<Work>,
-        mut work: mpsc::UnboundedReceiver<Work>,
-        again: mpsc::UnboundedSender<Work>,
-    ) {
-        if !recovered.is_empty() {
-            tracing::info!(
-                message = "Recovering queued messages.",
-                count = recovered.len()
-            );
-        }
-        for w in recovered {
-            let _ = again.send(w);
-        }
-        let mut in_flight = tokio::task::JoinSet::new();
-        while let Some(w) = work.recv().await {
-            while in_flight.len() >= 64 {
-                in_flight.join_next().await;
-            }
-            let this = Arc::clone(&self);
-            let again = again.clone();
-            in_flight.spawn(async move { this.process(w, again).await });
-        }
-    }
-
-    async fn process(&self, work: Work, again: mpsc::UnboundedSender<Work>) {
-        let (mut item, attempts, origin) = match work {
-            Work::Fresh(item, attempts) => (*item, attempts, Origin::Journal),
-            Work::Retry(id) => {
-                let queues = Arc::clone(&self.queues);
-                match tokio::task::spawn_blocking(move || queues.mailbox_delivery.load(&id)).await {
-                    Ok(Ok((item, attempts))) => (item, attempts, Origin::MailboxDelivery),
-                    _ => return, // already done by an earlier wake-up
-                }
-            }
-        };
-        let id = item.id.clone();
-        if item.quarantine.is_some() {
-            tracing::info!(message = "Message quarantined.", queue_id = %id, reason = item.quarantine.as_deref().unwrap_or(""));
-            self.hand_over(item, attempts, origin, Handover::Quarantine)
-                .await;
-            return;
-        }
-        let (local, remote): (Vec<_>, Vec<_>) = item
-            .envelope
-            .recipients
-            .iter()
-            .cloned()
-            .partition(|r| self.organization.mailbox_of(&r.address).is_some());
-        let mut waiting = Vec::new();
-        if !local.is_empty() {
-            match self.deliver_local(&item, &local).await {
-                Ok(deferred) => waiting = deferred,
-                Err(e) => {
-                    tracing::warn!(message = "Mailbox delivery failed; will retry.", queue_id = %id, error = %e);
-                    waiting = local;
-                }
-            }
-        }
-        if !remote.is_empty() {
-            let mut unreachable = item.clone();
-            unreachable.envelope.recipients = remote;
-            tracing::info!(message = "No route for recipients; parked in Unreachable.", queue_id = %id);
-            let queues = Arc::clone(&self.queues);
-            let _ = tokio::task::spawn_blocking(move || {
-                queues.unreachable.store(&mut unreachable, attempts)
-            })
-            .await;
-        }
-        if waiting.is_empty() {
-            self.hand_over(item, attempts, origin, Handover::Finished)
-                .await;
-            return;
-        }
-        item.envelope.recipients = waiting;
-        let delay = Duration::from_millis((500u64 << attempts.min(8)).min(60_000));
-        if self
-            .hand_over(item, attempts + 1, origin, Handover::MailboxDelivery)
-            .await
-        {
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = again.send(Work::Retry(id));
-            });
-        }
-    }
-
-    /// Moves an item on: into a queue file (fsync'd), then out of where it was. Returns
-    /// whether it was stored.
-    async fn hand_over(
-        &self,
-        mut item: MailItem,
-        attempts: u32,
-        origin: Origin,
-        to: Handover,
-    ) -> bool {
-        let queues = Arc::clone(&self.queues);
-        let id = item.id.clone();
-        let stored = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            match to {
-                Handover::Finished => {}
-                Handover::Quarantine => {
-                    queues.quarantine.store(&mut item, attempts)?;
-                }
-                Handover::MailboxDelivery => {
-                    queues.mailbox_delivery.store(&mut item, attempts)?;
-                }
-            }
-            if origin == Origin::MailboxDelivery && to != Handover::MailboxDelivery {
-                queues.mailbox_delivery.remove(&item.id)?;
-            }
-            Ok(())
-        })
-        .await;
-        match stored {
-            Ok(Ok(())) => {
-                if origin == Origin::Journal {
-                    self.queues.journal.done(&id);
-                }
-                true
-            }
-            Ok(Err(e)) => {
-                tracing::error!(message = "Cannot move a queued item; it stays where it is.", queue_id = %id, error = %e);
-                false
-            }
-            Err(e) => {
-                tracing::error!(message = "Queue task failed.", queue_id = %id, error = %e);
-                false
-            }
-        }
-    }
-
-    /// Sends the message to Mailbox Transport for `recipients`; returns those to retry.
-    async fn deliver_local(
-        &self,
-        item: &MailItem,
-        recipients: &[EnvelopeRecipient],
-    ) -> Result<Vec<EnvelopeRecipient>, SendError> {
-        let mut client = Client::connect(
-            &self.mailbox_address,
-            &self.hostname,
-            Duration::from_secs(60),
-        )
-        .await?;
-        let rcpts: Vec<(String, String)> = recipients
-            .iter()
-            .map(|r| (r.address.clone(), String::new()))
-            .collect();
-        let sent = client
-            .send_mail(&item.envelope.from, "", &rcpts, &item.message.to_bytes())
-            .await?;
-        client.quit().await;
-        let data_ok = sent.data.as_ref().is_some_and(|r| r.is_success());
-        let mut deferred = Vec::new();
-        for (r, (_, outcome)) in recipients.iter().zip(sent.recipients) {
-            match outcome {
-                Ok(()) if data_ok => {}
-                Err(reply) if reply.is_permanent() => {
-                    tracing::warn!(message = "Recipient refused by the mailbox service.", recipient = %r.address, reply = %reply);
-                }
-                _ => deferred.push(r.clone()),
-            }
-        }
-        Ok(deferred)
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Handover {
-    /// Nothing left to do.
-    Finished,
-    /// Into quarantine.
-    Quarantine,
-    /// Into the mailbox delivery queue, for a retry.
-    MailboxDelivery,
 }

@@ -26,6 +26,8 @@ struct Meta {
     quarantine: Option<String>,
     #[serde(default)]
     attempts: u32,
+    #[serde(default)]
+    trace: crate::message::Trace,
 }
 
 /// A directory-backed durable queue.
@@ -132,6 +134,7 @@ pub fn encode(item: &MailItem, attempts: u32) -> std::io::Result<Vec<u8>> {
         properties: item.properties.clone(),
         quarantine: item.quarantine.clone(),
         attempts,
+        trace: item.trace.clone(),
     };
     let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
     let mut bytes = Vec::with_capacity(json.len() + item.message.len() + 32);
@@ -172,6 +175,7 @@ pub fn decode(id: &str, bytes: &[u8]) -> std::io::Result<(MailItem, u32)> {
             message: Message::parse(&bytes[json_end..]),
             properties: meta.properties,
             quarantine: meta.quarantine,
+            trace: meta.trace,
         },
         meta.attempts,
     ))

@@ -1,0 +1,423 @@
+//! Delivery to each kind of next hop, reporting an outcome per recipient:
+//! - Mailbox Transport delivery over SMTP;
+//! - a Send connector's smart hosts over SMTP (tried in order);
+//! - a Delivery Agent connector, through the delivery agent that declares its protocol, with
+//!   the event sequence and acknowledgements of the reference;
+//! - a Foreign connector's drop directory, in replay format.
+
+use crate::agents::context::CallContext;
+use crate::agents::dispatch::{dispatch_blocking, Blocking};
+use crate::agents::{AgentHost, AgentSet};
+use crate::config::{DeliveryAgentConnectorConfig, ForeignConnectorConfig, SendConnectorConfig};
+use crate::message::{EnvelopeRecipient, MailItem};
+use crate::service::Service;
+use crate::smtp::send::{Client, SendError};
+use mta_agent_sdk::{AckStatus, Action, AgentClass, Event, SmtpResponse};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// What became of one recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Delivered (handed to the next hop, which took responsibility).
+    Delivered,
+    /// Not now: try again later.
+    Retry(SmtpResponse),
+    /// Never: the sender gets a non-delivery report.
+    Fail(SmtpResponse),
+}
+
+/// The outcome of every recipient of an item.
+pub type Outcomes = Vec<(EnvelopeRecipient, Outcome)>;
+
+fn reply(code: u16, enhanced: &str, text: &str) -> SmtpResponse {
+    SmtpResponse::new(code, enhanced, text).expect("static reply is valid")
+}
+
+fn all(item: &MailItem, outcome: Outcome) -> Outcomes {
+    item.envelope
+        .recipients
+        .iter()
+        .map(|r| (r.clone(), outcome.clone()))
+        .collect()
+}
+
+/// SMTP to `address` (Mailbox Transport or a smart host) for every recipient of `item`.
+pub async fn smtp(address: &str, helo: &str, item: &MailItem) -> Result<Outcomes, SendError> {
+    let mut client = Client::connect(address, helo, Duration::from_secs(60)).await?;
+    let mut params = String::new();
+    if let Some(body) = &item.envelope.body_type {
+        params.push_str(&format!(" BODY={body}"));
+    }
+    let rcpts: Vec<(String, String)> = item
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| (r.address.clone(), String::new()))
+        .collect();
+    let sent = client
+        .send_mail(
+            &item.envelope.from,
+            &params,
+            &rcpts,
+            &item.message.to_bytes(),
+        )
+        .await;
+    client.quit().await;
+    let sent = match sent {
+        Ok(sent) => sent,
+        Err(SendError::Rejected(_, r)) if r.is_permanent() => {
+            return Ok(all(item, Outcome::Fail(r)))
+        }
+        Err(SendError::Rejected(_, r)) => return Ok(all(item, Outcome::Retry(r))),
+        Err(e) => return Err(e),
+    };
+    let data = sent.data.clone();
+    Ok(item
+        .envelope
+        .recipients
+        .iter()
+        .zip(sent.recipients)
+        .map(|(r, (_, rcpt))| {
+            let outcome = match (rcpt, &data) {
+                (Err(reply), _) if reply.is_permanent() => Outcome::Fail(reply),
+                (Err(reply), _) => Outcome::Retry(reply),
+                (Ok(()), Some(d)) if d.is_success() => Outcome::Delivered,
+                (Ok(()), Some(d)) if d.is_permanent() => Outcome::Fail(d.clone()),
+                (Ok(()), Some(d)) => Outcome::Retry(d.clone()),
+                (Ok(()), None) => Outcome::Retry(reply(451, "4.4.0", "Message data was not sent")),
+            };
+            (r.clone(), outcome)
+        })
+        .collect())
+}
+
+/// Through a Send connector: its smart hosts in order until one answers.
+pub async fn send_connector(
+    connector: &SendConnectorConfig,
+    helo: &str,
+    item: &MailItem,
+) -> Outcomes {
+    let mut last = String::new();
+    for host in &connector.smart_hosts {
+        match smtp(host, helo, item).await {
+            Ok(outcomes) => return outcomes,
+            Err(e) => {
+                tracing::info!(message = "Smart host unavailable.", connector = %connector.name, host = %host, error = %e);
+                last = e.to_string();
+            }
+        }
+    }
+    all(
+        item,
+        Outcome::Retry(reply(
+            451,
+            "4.4.1",
+            &format!(
+                "No smart host of send connector {} answered ({last})",
+                connector.name
+            ),
+        )),
+    )
+}
+
+/// Into a Foreign connector's drop directory, in replay format:
+/// `{host}-{id}-{yyyyMMddHHmmssZ}.{priority}.eml` with leading X-Sender / X-Receiver fields.
+pub fn foreign_connector(
+    connector: &ForeignConnectorConfig,
+    hostname: &str,
+    item: &MailItem,
+) -> Outcomes {
+    let dir = &connector.drop_directory;
+    if !dir.is_dir() {
+        return all(
+            item,
+            Outcome::Retry(reply(
+                451,
+                "4.4.0",
+                &format!("Drop directory {} is missing", dir.display()),
+            )),
+        );
+    }
+    let mut bytes = format!("X-Sender: <{}>\r\n", item.envelope.from).into_bytes();
+    for r in &item.envelope.recipients {
+        bytes.extend_from_slice(format!("X-Receiver: <{}>\r\n", r.address).as_bytes());
+    }
+    item.message.write_to(&mut bytes);
+    if let Some(quota) = connector.quota_bytes {
+        if directory_size(dir) + bytes.len() as u64 > quota {
+            return all(
+                item,
+                Outcome::Retry(reply(452, "4.3.1", "Drop directory is over its quota")),
+            );
+        }
+    }
+    let stamp = compact_utc(std::time::SystemTime::now());
+    let name = format!("{}-{}-{stamp}Z.0.eml", hostname, item.id);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let written = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dir.join(&name))?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    match written {
+        Ok(()) => all(item, Outcome::Delivered),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            all(
+                item,
+                Outcome::Retry(reply(
+                    451,
+                    "4.3.0",
+                    &format!("Cannot write to the drop directory: {e}"),
+                )),
+            )
+        }
+    }
+}
+
+fn directory_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `yyyyMMddHHmmss` in UTC.
+fn compact_utc(time: std::time::SystemTime) -> String {
+    let text = crate::message::date::rfc2822(time); // "Wed, 25 Nov 2026 10:51:33 +0000"
+    let parts: Vec<&str> = text.split_whitespace().collect();
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| Some(m) == parts.get(2))
+    .map_or(1, |i| i + 1);
+    let day: u32 = parts.get(1).and_then(|d| d.parse().ok()).unwrap_or(1);
+    format!(
+        "{}{month:02}{day:02}{}",
+        parts.get(3).unwrap_or(&"1970"),
+        parts.get(4).unwrap_or(&"00:00:00").replace(':', "")
+    )
+}
+
+/// Delivery Agent connectors: the agent serving each, and their connection limits.
+pub struct AgentConnectors {
+    agents: Option<Arc<AgentHost>>,
+    limits: HashMap<String, Arc<Semaphore>>,
+}
+
+impl AgentConnectors {
+    /// For the Transport service's agents and these connectors.
+    pub fn new(
+        agents: Option<Arc<AgentHost>>,
+        connectors: &[DeliveryAgentConnectorConfig],
+    ) -> Self {
+        Self {
+            agents,
+            limits: connectors
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        Arc::new(Semaphore::new(
+                            c.max_concurrent_connections.unwrap_or(5).max(1),
+                        )),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Delivers `item` through the delivery agent of `connector`'s protocol: OnOpenConnection
+    /// (the agent must register the connection), OnDeliverMailItem (acks per item or
+    /// recipient), OnCloseConnection.
+    pub async fn deliver(
+        &self,
+        connector: &DeliveryAgentConnectorConfig,
+        item: &MailItem,
+    ) -> Outcomes {
+        let nobody = || {
+            all(
+                item,
+                Outcome::Retry(reply(451, "4.4.0", "No DeliveryAgent handled the queue")),
+            )
+        };
+        let Some(host) = &self.agents else {
+            return nobody();
+        };
+        let pipeline = host.pipeline();
+        let Some(index) = pipeline.agents.iter().position(|a| {
+            a.class == AgentClass::Delivery
+                && a.delivery_protocol
+                    .eq_ignore_ascii_case(&connector.delivery_protocol)
+        }) else {
+            return nobody();
+        };
+        let _permit = match self.limits.get(&connector.name) {
+            Some(limit) => Some(Arc::clone(limit).acquire_owned().await),
+            None => None,
+        };
+        let next_hop_domain = connector
+            .address_spaces
+            .first()
+            .map(|s| {
+                if s.space == "*" {
+                    s.kind.clone()
+                } else {
+                    s.space.clone()
+                }
+            })
+            .unwrap_or_default();
+        let set = AgentSet::new(pipeline, AgentClass::Delivery).restricted_to(index);
+        let context = |event: Event, with_item: bool| {
+            let mut cx = CallContext::new(event, Service::Transport);
+            cx.args = vec![("next_hop_domain", next_hop_domain.clone())];
+            if with_item {
+                cx.mail_item = Some(item.clone());
+            }
+            cx
+        };
+        let fault = |f: &crate::agents::Fault| {
+            all(
+                item,
+                Outcome::Retry(reply(
+                    451,
+                    "4.4.0",
+                    &format!("Delivery agent fault: {}", f.message),
+                )),
+            )
+        };
+
+        // OnOpenConnection
+        let (set, cx) = match dispatch_blocking(
+            set,
+            Event::OnOpenConnection,
+            context(Event::OnOpenConnection, false),
+        )
+        .await
+        {
+            Blocking::Done(set, cx, Ok(())) => (set, cx),
+            Blocking::Done(_, _, Err(f)) => return fault(&f),
+            Blocking::Abandoned(f) => return fault(&f),
+        };
+        if let Some(outcome) = queue_action(&cx.actions) {
+            return all(item, outcome);
+        }
+        if !cx.asked(|a| matches!(a, Action::RegisterConnection { .. })) {
+            return nobody();
+        }
+
+        // OnDeliverMailItem
+        let (set, cx) = match dispatch_blocking(
+            set,
+            Event::OnDeliverMailItem,
+            context(Event::OnDeliverMailItem, true),
+        )
+        .await
+        {
+            Blocking::Done(set, cx, Ok(())) => (set, cx),
+            Blocking::Done(_, _, Err(f)) => return fault(&f),
+            Blocking::Abandoned(f) => return fault(&f),
+        };
+        let mut outcomes: Vec<(EnvelopeRecipient, Option<Outcome>)> = item
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| (r.clone(), None))
+            .collect();
+        let of = |status: AckStatus, response: &SmtpResponse| match status {
+            AckStatus::Success => Outcome::Delivered,
+            AckStatus::Retry => Outcome::Retry(response.clone()),
+            AckStatus::Fail => Outcome::Fail(response.clone()),
+        };
+        for action in &cx.actions {
+            match action {
+                Action::AckRecipient {
+                    recipient,
+                    status,
+                    response,
+                } => {
+                    for (r, o) in outcomes.iter_mut() {
+                        if r.address.eq_ignore_ascii_case(recipient) && o.is_none() {
+                            *o = Some(of(*status, response));
+                        }
+                    }
+                }
+                Action::AckMailItem { status, response } => {
+                    for (_, o) in outcomes.iter_mut().filter(|(_, o)| o.is_none()) {
+                        *o = Some(of(*status, response));
+                    }
+                }
+                other => {
+                    if let Some(outcome) = queue_action(std::slice::from_ref(other)) {
+                        for (_, o) in outcomes.iter_mut().filter(|(_, o)| o.is_none()) {
+                            *o = Some(outcome.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let latency_ms = now_ms().saturating_sub(item.trace.received_ms);
+        let result: Outcomes = outcomes
+            .into_iter()
+            .map(|(r, o)| {
+                let outcome = o.unwrap_or_else(|| {
+                    Outcome::Retry(reply(451, "4.4.0", "DeliveryAgent returned without processing message"))
+                });
+                if outcome == Outcome::Delivered {
+                    tracing::info!(message = "Delivered by agent.", connector = %connector.name, recipient = %r.address, queue_id = %item.id, latency_ms);
+                }
+                (r, outcome)
+            })
+            .collect();
+
+        // OnCloseConnection
+        let _ = dispatch_blocking(
+            set,
+            Event::OnCloseConnection,
+            context(Event::OnCloseConnection, false),
+        )
+        .await;
+        result
+    }
+}
+
+/// A FailQueue or DeferQueue action, as an outcome for what is left.
+fn queue_action(actions: &[Action]) -> Option<Outcome> {
+    actions.iter().find_map(|a| match a {
+        Action::FailQueue(r) => Some(Outcome::Fail(r.clone())),
+        Action::DeferQueue { response, .. } => Some(Outcome::Retry(response.clone())),
+        _ => None,
+    })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_file_names_use_compact_utc() {
+        let t = std::time::UNIX_EPOCH + Duration::from_secs(1_795_603_893);
+        assert_eq!(compact_utc(t), "20261125105133");
+    }
+}
