@@ -55,6 +55,10 @@ pub fn agents_dir() -> &'static Path {
                 "probe-v2",
                 "-p",
                 "old-sdk-agent",
+                "-p",
+                "route-probe",
+                "-p",
+                "text-messaging",
             ])
             .env("CARGO_TARGET_DIR", &target)
             .status()

@@ -8,9 +8,35 @@ use std::process::ExitCode;
 pub fn run(config: &HostConfig) -> anyhow::Result<ExitCode> {
     let libraries = Libraries::for_command();
     let mut failed = false;
-    match &config.source {
-        Some(p) => println!("{}: ok", p.display()),
-        None => println!("host configuration: embedded defaults"),
+    let organization =
+        std::sync::Arc::new(crate::organization::Organization::new(&config.organization));
+    let mut host_problems = Vec::new();
+    if let Err(e) = crate::routing::Router::new(config, organization) {
+        host_problems.push(format!("routing: {e}"));
+    }
+    for (name, listener) in [
+        ("frontend", &config.frontend),
+        ("transport", &config.transport),
+        ("mailbox", &config.mailbox),
+    ] {
+        if let Some(groups) = &listener.permission_groups {
+            if let Err(e) = crate::smtp::receive::Permissions::from_names(groups) {
+                host_problems.push(format!("[{name}] permission_groups: {e}"));
+            }
+        }
+    }
+    let origin = config
+        .source
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "host configuration (embedded defaults)".into());
+    if host_problems.is_empty() {
+        println!("{origin}: ok");
+    } else {
+        failed = true;
+        for p in host_problems {
+            eprintln!("{origin}: {p}");
+        }
     }
     if let Some(path) = &config.agents.mailbox {
         eprintln!(

@@ -31,8 +31,6 @@ use tokio::sync::mpsc;
 const MAX_HOPS: usize = 20;
 /// Faults before an item goes to the Poison queue (Exchange's PoisonThreshold).
 const POISON_THRESHOLD: u32 = 2;
-/// How long an item that faulted an agent waits before it is categorized again.
-const FAULT_DELAY: Duration = Duration::from_secs(30);
 
 /// The Transport service's categorizer and delivery.
 pub struct Categorizer {
@@ -514,7 +512,9 @@ impl Categorizer {
             }
             return;
         }
-        self.defer(item, attempts, origin, FAULT_DELAY).await;
+        // Categorized again after the first retry delay.
+        let delay = Duration::from_millis(self.config.routing.retry_base_ms);
+        self.defer(item, attempts, origin, delay).await;
     }
 
     async fn defer(&self, mut item: MailItem, attempts: u32, origin: Origin, delay: Duration) {

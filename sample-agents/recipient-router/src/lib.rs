@@ -9,7 +9,11 @@
 //!   is routed when it matches any of the patterns;
 //! - `routing_domain` (required): the routing domain given to matching recipients, such as
 //!   `MOBILE`;
-//! - `host` (optional, may be repeated): the hosts passed with each override, in order.
+//! - `host` (optional, may be repeated): the hosts passed with each override, in order;
+//! - `fork` (optional, `true` or `false`, default `false`): when some but not all recipients
+//!   match, first fork the mail item so that the matching recipients travel in a copy of their
+//!   own (the others go on in another copy, categorized after this one). This is the text
+//!   messaging pattern: a separate item for the `MOBILE` address space.
 //!
 //! The agent overrides the routing of every matching recipient, replacing an override an earlier
 //! agent may have set, and leaves the other recipients alone. It then sets the mail-item
@@ -36,6 +40,7 @@ pub struct RecipientRouter {
     patterns: Vec<Glob>,
     routing_domain: String,
     hosts: Vec<String>,
+    fork: bool,
 }
 
 impl RecipientRouter {
@@ -65,6 +70,7 @@ impl RoutingAgent for RecipientRouter {
         if routing_domain.is_empty() {
             return Err(AgentError::msg("parameter \"routing_domain\" is empty"));
         }
+        let fork = parameters.parse::<bool>("fork")?.unwrap_or(false);
         let hosts = parameters
             .get_all("host")
             .map(|value| match value.trim() {
@@ -79,12 +85,25 @@ impl RoutingAgent for RecipientRouter {
             patterns,
             routing_domain,
             hosts,
+            fork,
         })
     }
 
     fn on_resolved_message(&mut self, event: &mut ResolvedMessageEvent<'_>) -> AgentResult {
         let hosts: Vec<&str> = self.hosts.iter().map(String::as_str).collect();
-        let recipients = event.mail_item().recipients();
+        let mut recipients = event.mail_item().recipients();
+        if self.fork {
+            let matching: Vec<String> = recipients
+                .iter()
+                .filter(|r| self.matches(&r.address))
+                .map(|r| r.address.clone())
+                .collect();
+            if !matching.is_empty() && matching.len() < recipients.len() {
+                let keep: Vec<&str> = matching.iter().map(String::as_str).collect();
+                event.fork(&keep)?;
+                recipients.retain(|r| self.matches(&r.address));
+            }
+        }
         let mut overridden = 0usize;
         for recipient in recipients.iter().filter(|r| self.matches(&r.address)) {
             event.set_routing_override(&recipient.address, &self.routing_domain, &hosts)?;
@@ -332,5 +351,37 @@ mod tests {
             RecipientRouter::EVENTS.iter().collect::<Vec<_>>(),
             [Event::OnResolvedMessage]
         );
+    }
+}
+
+#[cfg(test)]
+mod fork_tests {
+    use super::*;
+    use mta_agent_sdk::testing::{self, TestHost, TestMessage};
+    use mta_agent_sdk::Action;
+
+    #[test]
+    fn fork_splits_matching_recipients_into_their_own_item() {
+        let mut agent = testing::create::<RecipientRouter>(&[
+            ("pattern", "*@mobile.example.test"),
+            ("routing_domain", "MOBILE"),
+            ("fork", "true"),
+        ])
+        .unwrap();
+        let message = TestMessage::parse(b"Subject: s\r\n\r\nx").with_envelope(
+            "a@example.test",
+            &["+1555@mobile.example.test", "bob@example.test"],
+        );
+        let mut host = TestHost::for_message(message);
+        testing::run(&mut agent, Event::OnResolvedMessage, &mut host).unwrap();
+        assert_eq!(
+            host.actions[0],
+            Action::Fork(vec!["+1555@mobile.example.test".into()])
+        );
+        assert!(
+            matches!(&host.actions[1], Action::SetRoutingOverride { recipient, domain, .. }
+            if recipient == "+1555@mobile.example.test" && domain == "MOBILE")
+        );
+        assert_eq!(host.actions.len(), 2, "bob is not overridden");
     }
 }

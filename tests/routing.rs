@@ -1,0 +1,569 @@
+//! The categorizer, routing and connectors with the real binary: routing agents' actions,
+//! routing overrides to a Delivery Agent connector served by a real delivery agent talking to a
+//! real HTTP system, a Send connector to a real SMTP server (another mta), a Foreign
+//! connector's drop directory, the text messaging pair, loops and non-delivery reports.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+const FAST_RETRY: &str = "[routing]\nretry_base_ms = 100\nretry_max_ms = 400\n";
+
+fn route_probe<'a>(log: &std::path::Path) -> Entry<'a> {
+    Entry {
+        name: "Route Probe",
+        base_type: "RoutingAgent",
+        factory: "Tests.RouteProbeFactory",
+        assembly: lib("route-probe").display().to_string(),
+        enabled: true,
+        params: vec![("log", log.display().to_string())],
+    }
+}
+
+fn send(mta: &Mta, from: &str, to: &[&str], subject: &str) {
+    let mut smtp = Smtp::ehlo(mta.transport);
+    let r = smtp.send_mail(
+        from,
+        to,
+        &format!("Subject: {subject}\n\nbody of {subject}\n"),
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    smtp.quit();
+}
+
+fn events(log: &std::path::Path, subject: &str) -> Vec<String> {
+    probe_log(log)
+        .iter()
+        .filter(|l| l.contains(&format!("subject={subject} ")))
+        .map(|l| l.split(' ').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn routing_agent_actions_take_effect() {
+    let dir = TestDir::new("routing-actions");
+    let log = dir.path("route.log");
+    dir.write(
+        "agents.config",
+        &agents_xml(
+            5000,
+            &[route_probe(&log)
+                .param("delete_subject", "delete me")
+                .param("defer_subject", "defer me")
+                .param("defer_ms", "300")
+                .param("fork_subject", "fork me")
+                .param("expand_subject", "expand me")
+                .param("add_recipient", "bob@example.test")
+                .param("panic_subject", "poison me")
+                .param("stamp", "true")],
+        ),
+    );
+    let mta = Mta::start(
+        &dir,
+        &format!("[agents]\ntransport = \"agents.config\"\n{FAST_RETRY}"),
+        &[],
+    );
+
+    send(&mta, "a@elsewhere.test", &["alice@example.test"], "plain");
+    assert!(
+        wait_until(WAIT, || mta.maildir("alice").len() == 1),
+        "{}",
+        mta.log()
+    );
+    let message = &mta.maildir("alice")[0];
+    assert!(
+        message.contains("X-Route-Probe: OnSubmittedMessage,OnResolvedMessage,OnRoutedMessage,OnCategorizedMessage"),
+        "{message}"
+    );
+
+    send(
+        &mta,
+        "a@elsewhere.test",
+        &["alice@example.test"],
+        "delete me",
+    );
+    assert!(
+        mta.wait_log("Message deleted by a routing agent.", 1, WAIT),
+        "{}",
+        mta.log()
+    );
+    assert_eq!(events(&log, "delete me"), ["OnSubmittedMessage"]);
+
+    send(
+        &mta,
+        "a@elsewhere.test",
+        &["alice@example.test"],
+        "defer me",
+    );
+    assert!(wait_until(WAIT, || mta
+        .maildir("alice")
+        .iter()
+        .any(|m| m.contains("Subject: defer me"))));
+    assert!(mta.log().contains("Mail item deferred."));
+    assert_eq!(
+        events(&log, "defer me")
+            .iter()
+            .filter(|e| *e == "OnSubmittedMessage")
+            .count(),
+        2,
+        "categorized again after the delay"
+    );
+
+    send(
+        &mta,
+        "a@elsewhere.test",
+        &["alice@example.test", "bob@example.test"],
+        "fork me",
+    );
+    assert!(wait_until(WAIT, || mta
+        .maildir("bob")
+        .iter()
+        .any(|m| m.contains("Subject: fork me"))));
+    assert!(wait_until(WAIT, || mta
+        .maildir("alice")
+        .iter()
+        .any(|m| m.contains("Subject: fork me"))));
+    assert!(mta.log().contains("Mail item forked."));
+    assert!(
+        probe_log(&log)
+            .iter()
+            .any(|l| l.starts_with("OnCategorizedMessage subject=fork me rcpts=bob@example.test")),
+        "the fork is categorized on its own"
+    );
+
+    send(
+        &mta,
+        "a@elsewhere.test",
+        &["alice@example.test"],
+        "expand me",
+    );
+    assert!(
+        wait_until(WAIT, || mta
+            .maildir("bob")
+            .iter()
+            .any(|m| m.contains("Subject: expand me"))),
+        "expanded recipient"
+    );
+
+    send(
+        &mta,
+        "a@elsewhere.test",
+        &["alice@example.test"],
+        "poison me",
+    );
+    let poison = dir.path("mta-data/queue/poison");
+    assert!(
+        wait_until(WAIT, || std::fs::read_dir(&poison)
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 1),
+        "{}",
+        mta.log()
+    );
+    assert!(mta.log().contains("moved to the Poison queue"));
+    assert!(!mta
+        .maildir("alice")
+        .iter()
+        .any(|m| m.contains("Subject: poison me")));
+}
+
+/// A tiny HTTP system: answers each recipient (X-Mta-Recipient) with its next scripted status.
+fn http_system(script: HashMap<String, Vec<u16>>) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let script = Arc::new(Mutex::new(script));
+    let seen = Arc::clone(&received);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut recipient = String::new();
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                if let Some(v) = l.strip_prefix("X-Mta-Recipient: ") {
+                    recipient = v.to_string();
+                }
+                if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length: ") {
+                    length = v.parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            let _ = reader.read_exact(&mut body);
+            let status = {
+                let mut s = script.lock().unwrap();
+                let queue = s.entry(recipient.clone()).or_default();
+                if queue.len() > 1 {
+                    queue.remove(0)
+                } else {
+                    queue.first().copied().unwrap_or(200)
+                }
+            };
+            if status == 200 {
+                seen.lock().unwrap().push(format!(
+                    "{recipient} {}",
+                    String::from_utf8_lossy(&body)
+                        .lines()
+                        .find(|l| l.starts_with("Subject:"))
+                        .unwrap_or("")
+                ));
+            }
+            let _ = stream.write_all(
+                format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    (port, received)
+}
+
+#[test]
+fn a_routing_override_sends_recipients_through_a_delivery_agent_connector() {
+    let script = HashMap::from([
+        ("ok@web.test".to_string(), vec![200]),
+        ("later@web.test".to_string(), vec![503, 503, 200]),
+        ("bad@web.test".to_string(), vec![404]),
+    ]);
+    let (port, received) = http_system(script);
+    let dir = TestDir::new("delivery-agent");
+    dir.write(
+        "agents.config",
+        &agents_xml(
+            5000,
+            &[
+                Entry {
+                    name: "Web Router",
+                    base_type: "RoutingAgent",
+                    factory: "Mta.Samples.RecipientRouterFactory",
+                    assembly: lib("recipient-router").display().to_string(),
+                    enabled: true,
+                    params: vec![
+                        ("pattern", "*@web.test".into()),
+                        ("routing_domain", "HTTP".into()),
+                    ],
+                },
+                Entry {
+                    name: "Web Delivery",
+                    base_type: "DeliveryAgent",
+                    factory: "Mta.Samples.HttpDeliveryFactory",
+                    assembly: lib("http-delivery").display().to_string(),
+                    enabled: true,
+                    params: vec![("url", format!("http://127.0.0.1:{port}/inbox"))],
+                },
+            ],
+        ),
+    );
+    let mta = Mta::start(
+        &dir,
+        &format!(
+            "[agents]\ntransport = \"agents.config\"\n{FAST_RETRY}\n[[delivery_agent_connectors]]\nname = \"Web\"\naddress_spaces = [\"HTTP:*;1\"]\ndelivery_protocol = \"HTTP\"\n"
+        ),
+        &[],
+    );
+    send(
+        &mta,
+        "alice@example.test",
+        &["ok@web.test", "later@web.test", "bad@web.test"],
+        "to the web",
+    );
+    assert!(
+        wait_until(WAIT, || received.lock().unwrap().len() == 2),
+        "{:?}\n{}",
+        received.lock().unwrap(),
+        mta.log()
+    );
+    let got = received.lock().unwrap().clone();
+    assert!(
+        got.contains(&"ok@web.test Subject: to the web".to_string()),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&"later@web.test Subject: to the web".to_string()),
+        "deferred, then delivered on retry: {got:?}"
+    );
+    assert!(mta.log().contains("Delivered by agent.") && mta.log().contains("latency_ms="));
+    // bad@web.test failed: a non-delivery report reached the sender's mailbox.
+    assert!(
+        wait_until(WAIT, || mta
+            .maildir("alice")
+            .iter()
+            .any(|m| m.contains("Undeliverable: to the web"))),
+        "{}",
+        mta.log()
+    );
+    let ndr = mta
+        .maildir("alice")
+        .into_iter()
+        .find(|m| m.contains("Undeliverable"))
+        .unwrap();
+    assert!(
+        ndr.contains("Final-Recipient: rfc822; bad@web.test") && ndr.contains("Action: failed"),
+        "{ndr}"
+    );
+    assert!(!ndr.contains("Final-Recipient: rfc822; ok@web.test"));
+}
+
+#[test]
+fn a_send_connector_relays_to_its_smart_host_and_retries_while_it_is_down() {
+    // The smart host: another mta whose organisation is far.test.
+    let remote_dir = TestDir::new("smart-host");
+    let remote_port = free_port();
+    let dir = TestDir::new("send-connector");
+    let mta = Mta::start(
+        &dir,
+        &format!(
+            "{FAST_RETRY}\n[[send_connectors]]\nname = \"Internet\"\naddress_spaces = [\"SMTP:*;1\"]\nsmart_hosts = [\"127.0.0.1:{remote_port}\"]\n"
+        ),
+        &[],
+    );
+    send(
+        &mta,
+        "alice@example.test",
+        &["carol@far.test"],
+        "over the connector",
+    );
+    // The smart host is down: the message waits in the connector's queue.
+    let queue = dir.path("mta-data/queue/delivery-send-Internet");
+    assert!(
+        wait_until(WAIT, || std::fs::read_dir(&queue)
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 1),
+        "{}",
+        mta.log()
+    );
+    // Bring the smart host up.
+    remote_dir.write(
+        "mta.toml",
+        &format!(
+            "data_dir = \"mta-data\"\n[organization]\naccepted_domains = [\"far.test\"]\nmailboxes = [\"carol\"]\n[transport]\nlisten = \"127.0.0.1:{remote_port}\"\n[frontend]\nlisten = \"127.0.0.1:{}\"\n[mailbox]\nlisten = \"127.0.0.1:{}\"\n",
+            free_port(),
+            free_port()
+        ),
+    );
+    let mut remote = Command::new(mta_bin())
+        .current_dir(&remote_dir.0)
+        .args(["--config", "mta.toml", "run"])
+        .stderr(std::fs::File::create(remote_dir.path("mta.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let delivered = wait_until(Duration::from_secs(60), || {
+        !maildir_messages(&remote_dir.path("mta-data/mailboxes/carol")).is_empty()
+    });
+    let _ = remote.kill();
+    let _ = remote.wait();
+    assert!(
+        delivered,
+        "{}\n{}",
+        mta.log(),
+        std::fs::read_to_string(remote_dir.path("mta.log")).unwrap_or_default()
+    );
+    let message = &maildir_messages(&remote_dir.path("mta-data/mailboxes/carol"))[0];
+    assert!(
+        message.contains("Subject: over the connector")
+            && message.contains("body of over the connector"),
+        "{message}"
+    );
+    assert!(wait_until(WAIT, || std::fs::read_dir(&queue)
+        .map(|d| d.count())
+        .unwrap_or(1)
+        == 0));
+}
+
+#[test]
+fn a_foreign_connector_writes_replay_files_to_its_drop_directory() {
+    let dir = TestDir::new("foreign");
+    let drop_dir = dir.path("fax-drop");
+    let mta = Mta::start(
+        &dir,
+        &format!(
+            "{FAST_RETRY}\n[[foreign_connectors]]\nname = \"Fax\"\naddress_spaces = [\"SMTP:fax.test;1\"]\ndrop_directory = \"fax-drop\"\n"
+        ),
+        &[],
+    );
+    send(&mta, "alice@example.test", &["+1555@fax.test"], "a fax");
+    // The drop directory is missing: the queue retries; creating it lets the file through.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        mta.log().contains("Drop directory") || mta.log().contains("Delivery deferred."),
+        "{}",
+        mta.log()
+    );
+    std::fs::create_dir_all(&drop_dir).unwrap();
+    assert!(
+        wait_until(WAIT, || std::fs::read_dir(&drop_dir)
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 1),
+        "{}",
+        mta.log()
+    );
+    let file = std::fs::read_dir(&drop_dir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        name.starts_with("mta.example.test-") && name.ends_with("Z.0.eml"),
+        "{name}"
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.starts_with("X-Sender: <alice@example.test>\r\nX-Receiver: <+1555@fax.test>\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("Subject: a fax"));
+}
+
+#[test]
+fn the_text_messaging_pair_forks_mobile_recipients_to_their_gateway() {
+    let dir = TestDir::new("mobile");
+    let spool = dir.path("sms-spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    dir.write(
+        "agents.config",
+        &agents_xml(
+            5000,
+            &[
+                Entry {
+                    name: "Mobile Router",
+                    base_type: "RoutingAgent",
+                    factory: "Mta.Samples.RecipientRouterFactory",
+                    assembly: lib("recipient-router").display().to_string(),
+                    enabled: true,
+                    params: vec![
+                        ("pattern", "*@mobile.example.test".into()),
+                        ("routing_domain", "MOBILE".into()),
+                        ("fork", "true".into()),
+                    ],
+                },
+                Entry {
+                    name: "Text Messaging",
+                    base_type: "DeliveryAgent",
+                    factory: "Mta.Samples.TextMessagingFactory",
+                    assembly: lib("text-messaging").display().to_string(),
+                    enabled: true,
+                    params: vec![("spool", spool.display().to_string())],
+                },
+            ],
+        ),
+    );
+    let mta = Mta::start(
+        &dir,
+        &format!(
+            "[agents]\ntransport = \"agents.config\"\n{FAST_RETRY}\n[[delivery_agent_connectors]]\nname = \"Text Messaging Delivery Agent Connector\"\naddress_spaces = [\"MOBILE:*;1\"]\ndelivery_protocol = \"MOBILE\"\n"
+        ),
+        &[],
+    );
+    send(
+        &mta,
+        "ops@elsewhere.test",
+        &["alice@example.test", "+15551234@mobile.example.test"],
+        "disk full",
+    );
+    assert!(
+        wait_until(WAIT, || std::fs::read_dir(&spool)
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 1),
+        "{}",
+        mta.log()
+    );
+    assert!(wait_until(WAIT, || mta.maildir("alice").len() == 1));
+    let text = std::fs::read_to_string(
+        std::fs::read_dir(&spool)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+    )
+    .unwrap();
+    assert_eq!(
+        text,
+        "To: +15551234\nFrom: ops@elsewhere.test\n\ndisk full: body of disk full\n"
+    );
+    assert!(mta.log().contains("Mail item forked."));
+}
+
+#[test]
+fn a_routing_loop_is_refused_with_a_valid_non_delivery_report() {
+    let dir = TestDir::new("loop");
+    let mta = Mta::start(&dir, "", &[]);
+    let mut message = String::new();
+    for i in 0..21 {
+        message.push_str(&format!(
+            "Received: from hop{i}.test by hop{}.test; Wed, 25 Nov 2026 10:00:00 +0000\n",
+            i + 1
+        ));
+    }
+    message.push_str("Subject: looping\n\nround and round\n");
+    let mut smtp = Smtp::ehlo(mta.transport);
+    assert_eq!(
+        smtp.send_mail("bob@example.test", &["alice@example.test"], &message)
+            .code,
+        250
+    );
+    smtp.quit();
+    assert!(
+        wait_until(WAIT, || mta.maildir("bob").len() == 1),
+        "{}",
+        mta.log()
+    );
+    assert!(mta.maildir("alice").is_empty());
+    let path = std::fs::read_dir(dir.path("mta-data/mailboxes/bob/new"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let check = format!(
+        r#"
+import email
+m = email.message_from_binary_file(open('{}', 'rb'))
+assert m.get_content_type() == 'multipart/report', m.get_content_type()
+assert m.get_param('report-type') == 'delivery-status'
+parts = m.get_payload()
+assert parts[0].get_content_type() == 'text/plain'
+assert parts[1].get_content_type() == 'message/delivery-status'
+status = parts[1].get_payload()
+fields = {{}}
+for block in status:
+    for k, v in block.items():
+        fields[k] = v
+assert fields['Action'] == 'failed', fields
+assert fields['Status'] == '5.4.6', fields
+assert fields['Final-Recipient'] == 'rfc822; alice@example.test', fields
+assert parts[2].get_content_type() == 'text/rfc822-headers'
+assert m['Subject'] == 'Undeliverable: looping'
+"#,
+        path.display()
+    );
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&check)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
