@@ -379,6 +379,10 @@ fn a_send_connector_relays_to_its_smart_host_and_retries_while_it_is_down() {
             && message.contains("body of over the connector"),
         "{message}"
     );
+    assert!(
+        message.contains("with ESMTPS"),
+        "opportunistic STARTTLS was used: {message}"
+    );
     assert!(wait_until(WAIT, || std::fs::read_dir(&queue)
         .map(|d| d.count())
         .unwrap_or(1)
@@ -565,5 +569,140 @@ assert m['Subject'] == 'Undeliverable: looping'
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A minimal SMTP server that does not offer 8BITMIME; returns what DATA carried.
+fn seven_bit_server() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let messages = Arc::new(Mutex::new(Vec::new()));
+    let store = Arc::clone(&messages);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut out) = stream else { continue };
+            let mut reader = BufReader::new(out.try_clone().unwrap());
+            let _ = out.write_all(b"220 old.test ESMTP\r\n");
+            let mut data: Option<String> = None;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(body) = data.as_mut() {
+                    if line == ".\r\n" {
+                        store.lock().unwrap().push(data.take().unwrap());
+                        let _ = out.write_all(b"250 2.0.0 ok\r\n");
+                    } else {
+                        body.push_str(&line);
+                    }
+                    continue;
+                }
+                let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+                let answer: &[u8] = match verb.as_str() {
+                    "EHLO" => b"250-old.test\r\n250 PIPELINING\r\n",
+                    "DATA" => {
+                        data = Some(String::new());
+                        b"354 go ahead\r\n"
+                    }
+                    "QUIT" => {
+                        let _ = out.write_all(b"221 bye\r\n");
+                        break;
+                    }
+                    _ => b"250 2.0.0 ok\r\n",
+                };
+                let _ = out.write_all(answer);
+            }
+        }
+    });
+    (port, messages)
+}
+
+#[test]
+fn eight_bit_content_is_converted_for_a_next_hop_without_8bitmime() {
+    let (port, messages) = seven_bit_server();
+    let dir = TestDir::new("8bit");
+    let mta = Mta::start(
+        &dir,
+        &format!(
+            "{FAST_RETRY}\n[[send_connectors]]\nname = \"Old\"\naddress_spaces = [\"SMTP:old.test;1\"]\nsmart_hosts = [\"127.0.0.1:{port}\"]\ntls = \"none\"\n"
+        ),
+        &[],
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    assert_eq!(
+        smtp.cmd("MAIL FROM:<alice@example.test> BODY=8BITMIME")
+            .code,
+        250
+    );
+    assert_eq!(smtp.cmd("RCPT TO:<dan@old.test>").code, 250);
+    assert_eq!(smtp.cmd("DATA").code, 354);
+    smtp.send("Subject: caf\u{e9}s\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nUn caf\u{e9} cr\u{e8}me\r\n.\r\n".replace("Subject: caf\u{e9}s", "Subject: cafes").as_bytes());
+    assert_eq!(smtp.read_reply().code, 250);
+    smtp.quit();
+    assert!(
+        wait_until(WAIT, || messages.lock().unwrap().len() == 1),
+        "{}",
+        mta.log()
+    );
+    let got = messages.lock().unwrap()[0].clone();
+    assert!(got.is_ascii(), "{got}");
+    assert!(
+        got.contains("Content-Transfer-Encoding: quoted-printable"),
+        "{got}"
+    );
+    assert!(got.contains("Un caf=C3=A9 cr=C3=A8me"), "{got}");
+}
+
+#[test]
+fn connector_list_shows_every_connector_and_what_serves_it() {
+    let dir = TestDir::new("connector-list");
+    dir.write(
+        "agents.config",
+        &agents_xml(
+            5000,
+            &[Entry {
+                name: "Texts",
+                base_type: "DeliveryAgent",
+                factory: "Mta.Samples.TextMessagingFactory",
+                assembly: lib("text-messaging").display().to_string(),
+                enabled: true,
+                params: vec![("spool", "/tmp".into())],
+            }],
+        ),
+    );
+    dir.write(
+        "mta.toml",
+        "[agents]\ntransport = \"agents.config\"\n[[send_connectors]]\nname = \"Internet\"\naddress_spaces = [\"SMTP:*;2\"]\nsmart_hosts = [\"127.0.0.1:1\"]\n[[delivery_agent_connectors]]\nname = \"SMS\"\naddress_spaces = [\"MOBILE:*\"]\ndelivery_protocol = \"MOBILE\"\n[[delivery_agent_connectors]]\nname = \"Pager\"\naddress_spaces = [\"PAGER:*\"]\ndelivery_protocol = \"PAGER\"\n[[foreign_connectors]]\nname = \"Fax\"\naddress_spaces = [\"FAX:*\"]\ndrop_directory = \"nowhere\"\n",
+    );
+    let (code, out, err) = run_mta(
+        &dir.0,
+        &[
+            "--config",
+            dir.path("mta.toml").to_str().unwrap(),
+            "connector",
+            "list",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Send connector \"Internet\" (enabled)")
+            && out.contains("SMTP:*;2")
+            && out.contains("127.0.0.1:1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("delivery protocol: MOBILE (served by agent \"Texts\")"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "delivery protocol: PAGER (served by no enabled delivery agent (the queue retries))"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("Foreign connector \"Fax\"") && out.contains("(missing: the queue retries)"),
+        "{out}"
     );
 }

@@ -215,6 +215,12 @@ pub struct SendConnectorConfig {
     /// Largest message it takes, in bytes.
     #[serde(default)]
     pub max_message_size: Option<u64>,
+    /// STARTTLS: `opportunistic` (default), `required` or `none`.
+    #[serde(default)]
+    pub tls: crate::smtp::send::TlsMode,
+    /// Concurrent connections through this connector (default 20).
+    #[serde(default)]
+    pub max_concurrent_connections: Option<usize>,
 }
 
 /// `[[delivery_agent_connectors]]`.

@@ -2,6 +2,7 @@
 
 mod agent;
 mod check;
+mod connector;
 mod run;
 
 use crate::config::HostConfig;
@@ -37,6 +38,11 @@ enum Command {
         #[command(subcommand)]
         command: agent::AgentCommand,
     },
+    /// List connectors (send, delivery agent, foreign).
+    Connector {
+        #[command(subcommand)]
+        command: connector::ConnectorCommand,
+    },
     /// Check configuration files.
     Config {
         #[command(subcommand)]
@@ -64,6 +70,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(config, args),
         Command::Agent { command } => agent::run(&config, command),
+        Command::Connector { command } => connector::run(&config, command),
         Command::Config {
             command: ConfigCommand::Check,
         } => check::run(&config),

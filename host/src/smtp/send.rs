@@ -4,6 +4,7 @@
 //! Replies are parsed with `smtp-proto`; the message is dot-stuffed on the way out. Every reply
 //! is kept, so the caller can pass the next hop's own answer back to its client.
 
+use crate::smtp::stream::Stream;
 use mta_agent_sdk::SmtpResponse;
 use smtp_proto::response::parser::ResponseReceiver;
 use std::time::Duration;
@@ -40,17 +41,73 @@ pub struct Sent {
     pub data: Option<SmtpResponse>,
 }
 
+/// Whether a connection uses STARTTLS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Never (our own services on loopback).
+    None,
+    /// When the server offers it; plain text when it does not or the handshake fails.
+    #[default]
+    Opportunistic,
+    /// Always: a server without STARTTLS, or a failed handshake, is a temporary failure.
+    /// The certificate is not verified (as with opportunistic TLS).
+    Required,
+}
+
 /// One SMTP client connection.
 pub struct Client {
     peer: String,
-    stream: TcpStream,
+    stream: Stream,
     input: Vec<u8>,
     timeout: Duration,
+    extensions: Vec<String>,
+    /// Whether the session runs over TLS.
+    pub tls: bool,
 }
 
 impl Client {
     /// Connects and reads the greeting, then says EHLO as `helo`.
     pub async fn connect(addr: &str, helo: &str, timeout: Duration) -> Result<Self, SendError> {
+        Self::connect_with(addr, helo, timeout, TlsMode::None).await
+    }
+
+    /// Connects, says EHLO, and negotiates STARTTLS as `tls` says.
+    pub async fn connect_with(
+        addr: &str,
+        helo: &str,
+        timeout: Duration,
+        tls: TlsMode,
+    ) -> Result<Self, SendError> {
+        let mut client = Self::open(addr, helo, timeout).await?;
+        if tls == TlsMode::None {
+            return Ok(client);
+        }
+        if !client.offers("STARTTLS") {
+            if tls == TlsMode::Required {
+                return Err(SendError::Rejected(
+                    addr.into(),
+                    SmtpResponse::new(
+                        451,
+                        "4.7.4",
+                        "The server does not offer STARTTLS, which this connector requires",
+                    )
+                    .expect("valid"),
+                ));
+            }
+            return Ok(client);
+        }
+        match client.starttls(helo).await {
+            Ok(()) => Ok(client),
+            Err(e) if tls == TlsMode::Opportunistic => {
+                tracing::info!(message = "STARTTLS failed; sending in plain text.", peer = %addr, error = %e);
+                Self::open(addr, helo, timeout).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn open(addr: &str, helo: &str, timeout: Duration) -> Result<Self, SendError> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| SendError::Connect(addr.into(), std::io::ErrorKind::TimedOut.into()))?
@@ -58,14 +115,65 @@ impl Client {
         let _ = stream.set_nodelay(true);
         let mut client = Self {
             peer: addr.to_string(),
-            stream,
+            stream: Stream::Plain(stream),
             input: Vec::with_capacity(4096),
             timeout,
+            extensions: Vec::new(),
+            tls: false,
         };
         client.expect_ok().await?;
-        client.send(format!("EHLO {helo}\r\n").as_bytes()).await?;
-        client.expect_ok().await?;
+        client.ehlo(helo).await?;
         Ok(client)
+    }
+
+    async fn ehlo(&mut self, helo: &str) -> Result<(), SendError> {
+        self.send(format!("EHLO {helo}\r\n").as_bytes()).await?;
+        let reply = self.expect_ok().await?;
+        self.extensions = reply
+            .text()
+            .lines()
+            .skip(1)
+            .map(|l| l.trim().to_ascii_uppercase())
+            .collect();
+        Ok(())
+    }
+
+    /// Whether the server offered an extension (`8BITMIME`, `STARTTLS`, `SIZE`...).
+    pub fn offers(&self, keyword: &str) -> bool {
+        self.extensions
+            .iter()
+            .any(|e| e.split_whitespace().next() == Some(keyword))
+    }
+
+    async fn starttls(&mut self, helo: &str) -> Result<(), SendError> {
+        self.send(b"STARTTLS\r\n").await?;
+        let go = self.read_reply().await?;
+        if go.code() != 220 {
+            return Err(SendError::Rejected(self.peer.clone(), go));
+        }
+        let Some(tcp) = self.stream.take_plain() else {
+            return Err(SendError::Io(
+                self.peer.clone(),
+                "no plain connection".into(),
+            ));
+        };
+        let host = self
+            .peer
+            .rsplit_once(':')
+            .map_or(self.peer.as_str(), |(h, _)| h)
+            .to_string();
+        let name = rustls::pki_types::ServerName::try_from(host).unwrap_or_else(|_| {
+            rustls::pki_types::ServerName::try_from("localhost").expect("valid name")
+        });
+        let connector = tokio_rustls::TlsConnector::from(crate::tls::client_config());
+        let tls = tokio::time::timeout(self.timeout, connector.connect(name, tcp))
+            .await
+            .map_err(|_| SendError::Io(self.peer.clone(), "TLS handshake timed out".into()))?
+            .map_err(|e| SendError::Io(self.peer.clone(), format!("TLS handshake: {e}")))?;
+        self.stream = Stream::ClientTls(Box::new(tls));
+        self.tls = true;
+        self.input.clear();
+        self.ehlo(helo).await
     }
 
     /// Sends one message: MAIL, RCPT for each recipient, DATA.

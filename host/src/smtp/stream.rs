@@ -1,4 +1,4 @@
-//! The connection under an SMTP session: plain TCP, or TLS after STARTTLS.
+//! The connection under an SMTP session, ours or a client's: plain TCP, or TLS after STARTTLS.
 
 use std::io;
 use std::pin::Pin;
@@ -10,8 +10,10 @@ use tokio::net::TcpStream;
 pub enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
-    /// TLS over TCP, after STARTTLS.
+    /// TLS over TCP, after STARTTLS (we are the server).
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// TLS over TCP, after STARTTLS (we are the client).
+    ClientTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Between the two, while the handshake runs (or after it failed).
     Gone,
 }
@@ -42,6 +44,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Gone => Poll::Ready(Err(gone())),
         }
     }
@@ -56,6 +59,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Gone => Poll::Ready(Err(gone())),
         }
     }
@@ -64,6 +68,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Gone => Poll::Ready(Ok(())),
         }
     }
@@ -72,6 +77,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::ClientTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Gone => Poll::Ready(Ok(())),
         }
     }

@@ -21,6 +21,7 @@ use crate::config::HostConfig;
 use crate::message::{EnvelopeRecipient, MailItem};
 use crate::routing::{NextHop, Route, Router};
 use crate::service::Service;
+use crate::smtp::send::TlsMode;
 use mta_agent_sdk::{Action, AgentClass, Event, SmtpResponse};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub struct Categorizer {
     router: Router,
     agents: Option<Arc<AgentHost>>,
     agent_connectors: AgentConnectors,
+    send_limits: std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>,
     config: HostConfig,
     postmaster: String,
     work: mpsc::UnboundedSender<Work>,
@@ -78,6 +80,14 @@ impl Categorizer {
                 agents.clone(),
                 &config.delivery_agent_connectors,
             ),
+            send_limits: config
+                .send_connectors
+                .iter()
+                .map(|c| {
+                    let n = c.max_concurrent_connections.unwrap_or(20).max(1);
+                    (c.name.clone(), Arc::new(tokio::sync::Semaphore::new(n)))
+                })
+                .collect(),
             queues,
             router,
             agents,
@@ -348,29 +358,39 @@ impl Categorizer {
         origin: Origin,
     ) -> bool {
         let outcomes: Outcomes = match &hop {
-            NextHop::Mailbox => {
-                delivery::smtp(&self.config.mailbox.listen, &self.config.hostname, &item)
-                    .await
-                    .unwrap_or_else(|e| {
-                        item.envelope
-                            .recipients
-                            .iter()
-                            .map(|r| {
-                                (
-                                    r.clone(),
-                                    Outcome::Retry(reply(
-                                        451,
-                                        "4.4.1",
-                                        &format!("Mailbox Transport unavailable: {e}"),
-                                    )),
-                                )
-                            })
-                            .collect()
+            NextHop::Mailbox => delivery::smtp(
+                &self.config.mailbox.listen,
+                &self.config.hostname,
+                &item,
+                TlsMode::None,
+            )
+            .await
+            .unwrap_or_else(|e| {
+                item.envelope
+                    .recipients
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.clone(),
+                            Outcome::Retry(reply(
+                                451,
+                                "4.4.1",
+                                &format!("Mailbox Transport unavailable: {e}"),
+                            )),
+                        )
                     })
-            }
+                    .collect()
+            }),
             NextHop::Send(name) => {
                 match self.config.send_connectors.iter().find(|c| &c.name == name) {
-                    Some(c) => delivery::send_connector(c, &self.config.hostname, &item).await,
+                    Some(c) => {
+                        // Per-connector concurrency: at most this many connections at once.
+                        let _permit = match self.send_limits.get(name) {
+                            Some(limit) => Some(Arc::clone(limit).acquire_owned().await),
+                            None => None,
+                        };
+                        delivery::send_connector(c, &self.config.hostname, &item).await
+                    }
                     None => gone(&item, name),
                 }
             }

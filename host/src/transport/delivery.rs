@@ -11,7 +11,7 @@ use crate::agents::{AgentHost, AgentSet};
 use crate::config::{DeliveryAgentConnectorConfig, ForeignConnectorConfig, SendConnectorConfig};
 use crate::message::{EnvelopeRecipient, MailItem};
 use crate::service::Service;
-use crate::smtp::send::{Client, SendError};
+use crate::smtp::send::{Client, SendError, TlsMode};
 use mta_agent_sdk::{AckStatus, Action, AgentClass, Event, SmtpResponse};
 use std::collections::HashMap;
 use std::path::Path;
@@ -46,8 +46,32 @@ fn all(item: &MailItem, outcome: Outcome) -> Outcomes {
 }
 
 /// SMTP to `address` (Mailbox Transport or a smart host) for every recipient of `item`.
-pub async fn smtp(address: &str, helo: &str, item: &MailItem) -> Result<Outcomes, SendError> {
-    let mut client = Client::connect(address, helo, Duration::from_secs(60)).await?;
+pub async fn smtp(
+    address: &str,
+    helo: &str,
+    item: &MailItem,
+    tls: TlsMode,
+) -> Result<Outcomes, SendError> {
+    let mut client = Client::connect_with(address, helo, Duration::from_secs(60), tls).await?;
+    // Content conversion: a next hop without 8BITMIME gets 7-bit content (RFC 6152).
+    let converted;
+    let item = if !client.offers("8BITMIME") && !item.message.to_bytes().is_ascii() {
+        match seven_bit(item) {
+            Some(copy) => {
+                converted = copy;
+                &converted
+            }
+            None => {
+                client.quit().await;
+                return Ok(all(
+                    item,
+                    Outcome::Fail(reply(554, "5.6.3", "The next hop does not accept 8-bit content and this message cannot be converted")),
+                ));
+            }
+        }
+    } else {
+        item
+    };
     let mut params = String::new();
     if let Some(body) = &item.envelope.body_type {
         params.push_str(&format!(" BODY={body}"));
@@ -95,6 +119,64 @@ pub async fn smtp(address: &str, helo: &str, item: &MailItem) -> Result<Outcomes
         .collect())
 }
 
+/// A copy of a single-part text message with its body quoted-printable encoded, so that it is
+/// 7-bit; `None` for other messages (multipart or non-text 8-bit content is not converted).
+fn seven_bit(item: &MailItem) -> Option<MailItem> {
+    let headers_ascii = item.message.fields().iter().all(|f| f.value().is_ascii());
+    let content_type = item
+        .message
+        .header("Content-Type")
+        .unwrap_or_else(|| "text/plain".into());
+    if !headers_ascii || !content_type.to_ascii_lowercase().starts_with("text/") {
+        return None;
+    }
+    let mut copy = item.clone();
+    copy.message.set_body(quoted_printable(item.message.body()));
+    copy.message
+        .set_header("Content-Transfer-Encoding", "quoted-printable")
+        .ok()?;
+    if copy.message.header("MIME-Version").is_none() {
+        copy.message.set_header("MIME-Version", "1.0").ok()?;
+    }
+    copy.envelope.body_type = None;
+    Some(copy)
+}
+
+/// Quoted-printable (RFC 2045 6.7), keeping CRLF line breaks, soft breaks at 76 columns.
+fn quoted_printable(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 8);
+    for line in body.split_inclusive(|b| *b == b'\n') {
+        let (content, eol) = match line.strip_suffix(b"\r\n") {
+            Some(c) => (c, true),
+            None => match line.strip_suffix(b"\n") {
+                Some(c) => (c, true),
+                None => (line, false),
+            },
+        };
+        let mut column = 0;
+        for (i, &b) in content.iter().enumerate() {
+            let last = i + 1 == content.len();
+            let literal =
+                ((b == b' ' || b == b'\t') && !last) || ((33..=126).contains(&b) && b != b'=');
+            let piece: Vec<u8> = if literal {
+                vec![b]
+            } else {
+                format!("={b:02X}").into_bytes()
+            };
+            if column + piece.len() > 75 {
+                out.extend_from_slice(b"=\r\n");
+                column = 0;
+            }
+            column += piece.len();
+            out.extend_from_slice(&piece);
+        }
+        if eol {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out
+}
+
 /// Through a Send connector: its smart hosts in order until one answers.
 pub async fn send_connector(
     connector: &SendConnectorConfig,
@@ -103,7 +185,7 @@ pub async fn send_connector(
 ) -> Outcomes {
     let mut last = String::new();
     for host in &connector.smart_hosts {
-        match smtp(host, helo, item).await {
+        match smtp(host, helo, item, connector.tls).await {
             Ok(outcomes) => return outcomes,
             Err(e) => {
                 tracing::info!(message = "Smart host unavailable.", connector = %connector.name, host = %host, error = %e);
@@ -414,6 +496,18 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_printable_encodes_8bit_and_long_lines() {
+        assert_eq!(
+            quoted_printable("caf\u{e9} = ok \r\n".as_bytes()),
+            b"caf=C3=A9 =3D ok=20\r\n"
+        );
+        let long = "x".repeat(100);
+        let encoded = quoted_printable(long.as_bytes());
+        assert!(encoded.split(|b| *b == b'\n').all(|l| l.len() <= 77));
+        assert!(encoded.windows(3).any(|w| w == b"=\r\n"));
+    }
 
     #[test]
     fn drop_file_names_use_compact_utc() {
