@@ -706,3 +706,88 @@ fn connector_list_shows_every_connector_and_what_serves_it() {
         "{out}"
     );
 }
+
+/// A DNS server (Python's dnslib) for far.test (MX mx.far.test -> 127.0.0.1), nomail.test
+/// (null MX) and NXDOMAIN for everything else.
+fn dns_server(port: u16) -> std::process::Child {
+    let script = format!(
+        r#"
+import time
+from dnslib import RR, QTYPE, MX, A
+from dnslib.server import DNSServer, BaseResolver
+class Zone(BaseResolver):
+    def resolve(self, request, handler):
+        reply = request.reply()
+        name, qtype = str(request.q.qname).lower(), request.q.qtype
+        if name == 'far.test.' and qtype == QTYPE.MX:
+            reply.add_answer(RR('far.test.', QTYPE.MX, rdata=MX('mx.far.test.', 10), ttl=60))
+        elif name == 'mx.far.test.' and qtype == QTYPE.A:
+            reply.add_answer(RR('mx.far.test.', QTYPE.A, rdata=A('127.0.0.1'), ttl=60))
+        elif name == 'nomail.test.' and qtype == QTYPE.MX:
+            reply.add_answer(RR('nomail.test.', QTYPE.MX, rdata=MX('.', 0), ttl=60))
+        elif name in ('far.test.', 'mx.far.test.', 'nomail.test.'):
+            pass
+        else:
+            reply.header.rcode = 3
+        return reply
+server = DNSServer(Zone(), port={port}, address='127.0.0.1')
+server.start_thread()
+time.sleep(120)
+"#
+    );
+    Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .spawn()
+        .expect("python3 with dnslib")
+}
+
+#[test]
+fn a_send_connector_without_smart_hosts_delivers_to_the_domains_mail_exchangers() {
+    let dns_port = free_port();
+    let mut dns = dns_server(dns_port);
+    let remote_dir = TestDir::new("mx-remote");
+    let remote = Mta::start_with(
+        &remote_dir,
+        &[],
+        "[organization]\naccepted_domains = [\"far.test\"]\nmailboxes = [\"carol\"]\n",
+        &[],
+    );
+    let dir = TestDir::new("mx");
+    let mta = Mta::start(
+        &dir,
+        &format!(
+            "[routing]\nretry_base_ms = 100\nretry_max_ms = 400\ndns_servers = [\"127.0.0.1:{dns_port}\"]\n[[send_connectors]]\nname = \"Internet\"\naddress_spaces = [\"SMTP:*;1\"]\nport = {}\n",
+            remote.transport
+        ),
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(300)); // the DNS server starts
+    send(&mta, "alice@example.test", &["carol@far.test"], "by mx");
+    send(
+        &mta,
+        "alice@example.test",
+        &["x@nomail.test", "y@nx.test"],
+        "no mail there",
+    );
+    let delivered = wait_until(WAIT, || remote.maildir("carol").len() == 1);
+    let ndr = wait_until(WAIT, || {
+        mta.maildir("alice")
+            .iter()
+            .any(|m| m.contains("Undeliverable: no mail there"))
+    });
+    let _ = dns.kill();
+    let _ = dns.wait();
+    assert!(delivered, "{}", mta.log());
+    assert!(remote.maildir("carol")[0].contains("Subject: by mx"));
+    assert!(ndr, "{}", mta.log());
+    let report = mta
+        .maildir("alice")
+        .into_iter()
+        .find(|m| m.contains("no mail there"))
+        .unwrap();
+    assert!(
+        report.contains("Status: 5.1.10") && report.contains("Status: 5.1.2"),
+        "{report}"
+    );
+}

@@ -152,6 +152,8 @@ pub struct RoutingConfig {
     pub retry_base_ms: u64,
     /// Longest retry delay in ms.
     pub retry_max_ms: u64,
+    /// DNS servers (`ip:port`) for MX lookups (default: the system's resolver configuration).
+    pub dns_servers: Vec<String>,
 }
 
 impl Default for RoutingConfig {
@@ -165,6 +167,7 @@ impl Default for RoutingConfig {
             delay_notification_hours: 4,
             retry_base_ms: 500,
             retry_max_ms: 600_000,
+            dns_servers: Vec::new(),
         }
     }
 }
@@ -193,6 +196,10 @@ fn yes() -> bool {
     true
 }
 
+fn smtp_port() -> u16 {
+    25
+}
+
 /// `[[send_connectors]]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,8 +208,13 @@ pub struct SendConnectorConfig {
     pub name: String,
     /// Address spaces, `type:space;cost` (`SMTP:*;1`).
     pub address_spaces: Vec<crate::routing::address_space::AddressSpace>,
-    /// Smart hosts, `host:port`, tried in order.
+    /// Smart hosts, `host:port`, tried in order. Empty: deliver to each recipient domain's
+    /// mail exchangers found in DNS (MX records, else the domain's own address).
+    #[serde(default)]
     pub smart_hosts: Vec<String>,
+    /// The port of mail exchangers found through DNS (default 25).
+    #[serde(default = "smtp_port")]
+    pub port: u16,
     /// Whether it is used.
     #[serde(default = "yes")]
     pub enabled: bool,

@@ -45,10 +45,19 @@ fn self_signed(config: &HostConfig) -> anyhow::Result<(PathBuf, PathBuf)> {
     let generated =
         rcgen::generate_simple_self_signed(vec![config.hostname.clone(), "localhost".into()])
             .context("generating a self-signed certificate")?;
-    crate::fsutil::write_atomic(&key, generated.signing_key.serialize_pem().as_bytes())?;
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        // The key is readable by its owner only from its first byte on.
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(&key);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key)
+            .with_context(|| format!("creating {}", key.display()))?;
+        file.write_all(generated.signing_key.serialize_pem().as_bytes())?;
+        file.sync_all()?;
     }
     crate::fsutil::write_atomic(&cert, generated.cert.pem().as_bytes())?;
     tracing::info!(message = "Generated a self-signed TLS certificate.", path = %cert.display(), hostname = %config.hostname);

@@ -354,14 +354,11 @@ fn pipeline(config: &HostConfig, only: Option<Service>) -> anyhow::Result<()> {
     let libraries = Libraries::for_command();
     for service in services(only) {
         refuse_mailbox(service)?;
-        let Some(path) = config
-            .agents_file(service)
-            .map(Path::to_path_buf)
-            .or_else(|| Some(agents_file_for(config, service)).filter(|p| p.exists()))
-        else {
-            println!("{service}: no agents file");
+        let path = agents_file_for(config, service);
+        if !path.exists() {
+            println!("{service}: no agents file ({})", path.display());
             continue;
-        };
+        }
         let parsed = read_existing(&path)?;
         let pipeline = Pipeline::build(&parsed, service, &libraries, None, 1)
             .map_err(|d| anyhow::anyhow!(crate::agents::diagnostic::render(&d)))?;

@@ -5,6 +5,7 @@
 //! the connectors by [`selection::select`].
 
 pub mod address_space;
+pub mod mx;
 pub mod selection;
 pub mod topology;
 
@@ -122,12 +123,6 @@ impl Router {
         let mut candidates = Vec::new();
         let mut hops = Vec::new();
         for c in &config.send_connectors {
-            if c.smart_hosts.is_empty() {
-                return Err(format!(
-                    "send connector {:?}: smart_hosts is empty (routing by DNS MX records is not available yet)",
-                    c.name
-                ));
-            }
             candidates.push(Candidate {
                 name: c.name.clone(),
                 address_spaces: c.address_spaces.clone(),

@@ -40,6 +40,8 @@ pub struct Categorizer {
     agents: Option<Arc<AgentHost>>,
     agent_connectors: AgentConnectors,
     send_limits: std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// For send connectors without smart hosts.
+    mx: Option<crate::routing::mx::MxResolver>,
     config: HostConfig,
     postmaster: String,
     work: mpsc::UnboundedSender<Work>,
@@ -88,6 +90,12 @@ impl Categorizer {
                     (c.name.clone(), Arc::new(tokio::sync::Semaphore::new(n)))
                 })
                 .collect(),
+            mx: config
+                .send_connectors
+                .iter()
+                .any(|c| c.smart_hosts.is_empty())
+                .then(|| crate::routing::mx::MxResolver::new(&config.routing.dns_servers))
+                .and_then(|r| r.map_err(|e| tracing::error!(message = "No DNS resolver; MX routing will retry.", error = %e)).ok()),
             queues,
             router,
             agents,
@@ -268,10 +276,14 @@ impl Categorizer {
             parked.envelope.recipients = unreachable;
             tracing::info!(message = "No route for recipients; parked in Unreachable.", queue_id = %id, recipients = parked.envelope.recipients.len());
             let queues = Arc::clone(&self.queues);
-            let _ = tokio::task::spawn_blocking(move || {
+            let stored = tokio::task::spawn_blocking(move || {
                 queues.unreachable.store(&mut parked, attempts)
             })
             .await;
+            if !matches!(stored, Ok(Ok(_))) {
+                tracing::error!(message = "Cannot park recipients in Unreachable; the item stays queued.", queue_id = %id);
+                return;
+            }
         }
         let many = hops.len() > 1;
         let mut handed_over = true;
@@ -389,7 +401,8 @@ impl Categorizer {
                             Some(limit) => Some(Arc::clone(limit).acquire_owned().await),
                             None => None,
                         };
-                        delivery::send_connector(c, &self.config.hostname, &item).await
+                        delivery::send_connector(c, &self.config.hostname, &item, self.mx.as_ref())
+                            .await
                     }
                     None => gone(&item, name),
                 }

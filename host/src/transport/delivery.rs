@@ -10,6 +10,7 @@ use crate::agents::dispatch::{dispatch_blocking, Blocking};
 use crate::agents::{AgentHost, AgentSet};
 use crate::config::{DeliveryAgentConnectorConfig, ForeignConnectorConfig, SendConnectorConfig};
 use crate::message::{EnvelopeRecipient, MailItem};
+use crate::routing::mx::{Exchangers, MxResolver};
 use crate::service::Service;
 use crate::smtp::send::{Client, SendError, TlsMode};
 use mta_agent_sdk::{AckStatus, Action, AgentClass, Event, SmtpResponse};
@@ -72,15 +73,41 @@ pub async fn smtp(
     } else {
         item
     };
+    // The envelope's parameters go on where the next hop understands them.
     let mut params = String::new();
     if let Some(body) = &item.envelope.body_type {
-        params.push_str(&format!(" BODY={body}"));
+        if client.offers("8BITMIME") {
+            params.push_str(&format!(" BODY={body}"));
+        }
+    }
+    if item.envelope.smtputf8 && client.offers("SMTPUTF8") {
+        params.push_str(" SMTPUTF8");
+    }
+    let dsn = client.offers("DSN");
+    if dsn {
+        if let Some(ret) = &item.envelope.ret {
+            params.push_str(&format!(" RET={ret}"));
+        }
+        if let Some(envid) = &item.envelope.envid {
+            params.push_str(&format!(" ENVID={envid}"));
+        }
     }
     let rcpts: Vec<(String, String)> = item
         .envelope
         .recipients
         .iter()
-        .map(|r| (r.address.clone(), String::new()))
+        .map(|r| {
+            let mut p = String::new();
+            if dsn {
+                if let Some(n) = &r.notify {
+                    p.push_str(&format!(" NOTIFY={n}"));
+                }
+                if let Some(o) = &r.orcpt {
+                    p.push_str(&format!(" ORCPT={o}"));
+                }
+            }
+            (r.address.clone(), p)
+        })
         .collect();
     let sent = client
         .send_mail(
@@ -177,18 +204,39 @@ fn quoted_printable(body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Through a Send connector: its smart hosts in order until one answers.
+/// Through a Send connector: its smart hosts in order until one answers, or, without smart
+/// hosts, each recipient domain's mail exchangers from DNS.
 pub async fn send_connector(
     connector: &SendConnectorConfig,
     helo: &str,
     item: &MailItem,
+    mx: Option<&MxResolver>,
+) -> Outcomes {
+    if connector.smart_hosts.is_empty() {
+        return match mx {
+            Some(mx) => by_mx(connector, helo, item, mx).await,
+            None => all(
+                item,
+                Outcome::Retry(reply(451, "4.4.3", "No DNS resolver for MX routing")),
+            ),
+        };
+    }
+    first_answering(connector, helo, item, &connector.smart_hosts).await
+}
+
+/// Tries `hosts` in order; the first that answers decides every recipient.
+async fn first_answering(
+    connector: &SendConnectorConfig,
+    helo: &str,
+    item: &MailItem,
+    hosts: &[String],
 ) -> Outcomes {
     let mut last = String::new();
-    for host in &connector.smart_hosts {
+    for host in hosts {
         match smtp(host, helo, item, connector.tls).await {
             Ok(outcomes) => return outcomes,
             Err(e) => {
-                tracing::info!(message = "Smart host unavailable.", connector = %connector.name, host = %host, error = %e);
+                tracing::info!(message = "Next hop unavailable.", connector = %connector.name, host = %host, error = %e);
                 last = e.to_string();
             }
         }
@@ -199,11 +247,53 @@ pub async fn send_connector(
             451,
             "4.4.1",
             &format!(
-                "No smart host of send connector {} answered ({last})",
+                "No host of send connector {} answered ({last})",
                 connector.name
             ),
         )),
     )
+}
+
+/// One delivery per recipient domain, to its mail exchangers.
+async fn by_mx(
+    connector: &SendConnectorConfig,
+    helo: &str,
+    item: &MailItem,
+    mx: &MxResolver,
+) -> Outcomes {
+    let mut domains: std::collections::BTreeMap<String, Vec<EnvelopeRecipient>> =
+        Default::default();
+    for r in &item.envelope.recipients {
+        let domain = r
+            .address
+            .rsplit_once('@')
+            .map_or("", |(_, d)| d)
+            .to_ascii_lowercase();
+        domains.entry(domain).or_default().push(r.clone());
+    }
+    let mut outcomes = Vec::new();
+    for (domain, recipients) in domains {
+        let mut part = item.clone();
+        part.envelope.recipients = recipients;
+        match mx.exchangers(&domain, connector.port).await {
+            Exchangers::Hosts(addrs) => {
+                let hosts: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+                outcomes.extend(first_answering(connector, helo, &part, &hosts).await);
+            }
+            Exchangers::NoMail(why) => {
+                let code = if why.contains("null MX") {
+                    (556, "5.1.10")
+                } else {
+                    (550, "5.1.2")
+                };
+                outcomes.extend(all(&part, Outcome::Fail(reply(code.0, code.1, &why))));
+            }
+            Exchangers::Unavailable(why) => {
+                outcomes.extend(all(&part, Outcome::Retry(reply(451, "4.4.3", &why))))
+            }
+        }
+    }
+    outcomes
 }
 
 /// Into a Foreign connector's drop directory, in replay format:
