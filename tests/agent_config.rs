@@ -509,3 +509,39 @@ fn install_takes_parameters_and_enable_refuses_an_agent_that_cannot_load() {
         .count();
     assert_eq!(parsed_enabled, 1);
 }
+
+#[test]
+fn agents_files_and_libraries_writable_by_others_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("strict-modes");
+    let library = dir.path("libprobe.so");
+    std::fs::copy(lib("probe"), &library).unwrap();
+    std::fs::set_permissions(&library, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let text = file_with(&probe_entry("P").replace(
+        &lib("probe").display().to_string(),
+        library.to_str().unwrap(),
+    ));
+    let (code, out) = check(&dir, "agents.config", &text, "--agents-config");
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("is writable by other users (mode 666): refused"),
+        "{out}"
+    );
+
+    std::fs::set_permissions(&library, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, out) = check(&dir, "agents.config", &text, "--agents-config");
+    assert_eq!(code, 0, "{out}");
+
+    let file = dir.path("agents.config");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o646)).unwrap();
+    let (code, out, err) = run_mta(
+        &dir.0,
+        &["--agents-config", file.to_str().unwrap(), "config", "check"],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        format!("{out}{err}").contains("the agents file")
+            && err.contains("is writable by other users"),
+        "{out}{err}"
+    );
+}

@@ -453,3 +453,80 @@ fn front_end_agents_never_see_end_of_data_and_the_warning_is_logged_once() {
     assert_eq!(mta.log().matches(warning).count(), 1);
     mta.stop();
 }
+
+#[test]
+fn a_reload_storm_under_load_fails_no_session_and_the_last_valid_file_wins() {
+    let dir = TestDir::new("storm");
+    let log = dir.path("probe.log");
+    let mta = start(
+        &dir,
+        &[Entry::probe("A", &log).param("stamp", "true")],
+        5000,
+    );
+    let port = mta.transport;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let senders: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let (mut sent, mut failed) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let mut smtp = Smtp::ehlo(port);
+                    let r = smtp.send_mail("a@elsewhere.test", &["alice@example.test"], MESSAGE);
+                    if r.code == 250 {
+                        sent += 1;
+                    } else {
+                        failed.push(r);
+                    }
+                    smtp.quit();
+                }
+                (sent, failed)
+            })
+        })
+        .collect();
+    for i in 0..100 {
+        if i % 3 == 2 {
+            dir.replace("agents.config", b"<configuration><mexRuntime><agentList>");
+        } else {
+            let name = if i % 2 == 0 { "B" } else { "C" };
+            rewrite(
+                &dir,
+                &[Entry::probe(name, &log).param("stamp", "true")],
+                5000,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    rewrite(
+        &dir,
+        &[Entry::probe("Last", &log).param("stamp", "true")],
+        5000,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for s in senders {
+        let (sent, failed) = s.join().unwrap();
+        assert!(
+            failed.is_empty(),
+            "sessions failed during the storm: {failed:?}"
+        );
+        total += sent;
+    }
+    assert!(total > 10, "the load went on: {total} messages");
+    assert!(
+        wait_until(WAIT, || mta.status("transport")["agents"][0]["name"]
+            == "Last"),
+        "{}",
+        mta.status("transport")
+    );
+    assert!(mta.status("transport")["last_error"].is_null());
+    assert_eq!(
+        stamps(&deliver(&mta, &mut Smtp::ehlo(mta.transport))),
+        ["X-Probe-Last: 1.0.0"]
+    );
+    println!(
+        "reload storm: {total} messages accepted during 100 rewrites, generation {}",
+        mta.generation("transport")
+    );
+}

@@ -318,6 +318,12 @@ fn anonymous_clients_cannot_relay_but_trusted_and_local_recipients_work() {
     assert_eq!(smtp.cmd("MAIL FROM:<a@elsewhere.test>").code, 250);
     for (rcpt, code, enhanced) in [
         ("bob@other.test", 550, "5.7.1"),
+        ("@relay.other.test:bob@other.test", 550, "5.7.1"),
+        ("bob@[127.0.0.1]", 501, "5.1.3"),
+        ("bob@OTHER.TEST", 550, "5.7.1"),
+        ("bob@example.test.other.test", 550, "5.7.1"),
+        ("bob!other.test@example.test", 550, "5.1.1"),
+        ("\"bob@other.test\"@example.test", 550, "5.1.1"),
         ("bob%other.test@example.test", 550, "5.1.1"),
         ("nobody@example.test", 550, "5.1.1"),
         ("ALICE@EXAMPLE.TEST", 250, "2.1.5"),
@@ -674,5 +680,34 @@ fn an_invalid_agents_file_at_start_up_is_fatal_with_its_position() {
             file.display()
         )),
         "{err}"
+    );
+}
+
+#[test]
+fn a_local_or_null_sender_does_not_open_the_relay() {
+    let dir = TestDir::new("relay-senders");
+    let mta = Mta::start(&dir, "", &[]);
+    for sender in ["", "alice@example.test", "postmaster"] {
+        let mut smtp = Smtp::ehlo(mta.frontend);
+        assert_eq!(
+            smtp.cmd(&format!("MAIL FROM:<{sender}>")).code,
+            250,
+            "{sender}"
+        );
+        let r = smtp.cmd("RCPT TO:<victim@other.test>");
+        assert_eq!(
+            (r.code, r.enhanced()),
+            (550, "5.7.1".to_string()),
+            "sender {sender:?}: {r:?}"
+        );
+        smtp.quit();
+    }
+    let unreachable = dir.path("mta-data/queue/unreachable");
+    assert_eq!(
+        std::fs::read_dir(&unreachable)
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "nothing was relayed"
     );
 }

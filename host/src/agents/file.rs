@@ -81,6 +81,8 @@ const TIME_LIMIT_DEFAULT: Duration = Duration::from_secs(300);
 
 /// Reads and parses a file. Errors are positioned diagnostics.
 pub fn read(path: &Path) -> Result<AgentsFile, Vec<Diagnostic>> {
+    crate::agents::strict_modes::check(path, "the agents file")
+        .map_err(|why| vec![Diagnostic::file(path, why)])?;
     let text = std::fs::read_to_string(path).map_err(|e| {
         vec![Diagnostic::file(
             path,

@@ -76,6 +76,9 @@ pub enum LoadError {
     /// No file at the path.
     #[error("library {} does not exist", .0.display())]
     Missing(PathBuf),
+    /// Other users could have written it.
+    #[error("{0}")]
+    Insecure(String),
     /// Copying or reading failed.
     #[error("library {}: {error}", .0.display(), error = .1)]
     Io(PathBuf, std::io::Error),
@@ -140,6 +143,11 @@ impl Libraries {
 
     /// Loads the library at `path`, or returns the already-loaded image of the same content.
     pub fn load(&self, path: &Path) -> Result<Arc<Library>, LoadError> {
+        if let Err(why) = crate::agents::strict_modes::check(path, "the library") {
+            if path.exists() {
+                return Err(LoadError::Insecure(why));
+            }
+        }
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

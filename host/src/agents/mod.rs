@@ -17,6 +17,7 @@ pub mod library;
 pub mod pipeline;
 pub mod reload;
 pub mod status;
+pub mod strict_modes;
 
 pub use diagnostic::Diagnostic;
 pub use dispatch::{AgentSet, EventContext, Fault};
