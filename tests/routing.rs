@@ -572,15 +572,21 @@ assert m['Subject'] == 'Undeliverable: looping'
     );
 }
 
-/// A minimal SMTP server that does not offer 8BITMIME; returns what DATA carried.
-fn seven_bit_server() -> (u16, Arc<Mutex<Vec<String>>>) {
+/// A minimal SMTP server that does not offer 8BITMIME; returns what DATA carried, and how
+/// many connections it accepted.
+type Shared<T> = Arc<Mutex<T>>;
+
+fn seven_bit_server() -> (u16, Shared<Vec<String>>, Shared<usize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let messages = Arc::new(Mutex::new(Vec::new()));
     let store = Arc::clone(&messages);
+    let connections = Arc::new(Mutex::new(0usize));
+    let counter = Arc::clone(&connections);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut out) = stream else { continue };
+            *counter.lock().unwrap() += 1;
             let mut reader = BufReader::new(out.try_clone().unwrap());
             let _ = out.write_all(b"220 old.test ESMTP\r\n");
             let mut data: Option<String> = None;
@@ -615,12 +621,12 @@ fn seven_bit_server() -> (u16, Arc<Mutex<Vec<String>>>) {
             }
         }
     });
-    (port, messages)
+    (port, messages, connections)
 }
 
 #[test]
 fn eight_bit_content_is_converted_for_a_next_hop_without_8bitmime() {
-    let (port, messages) = seven_bit_server();
+    let (port, messages, connections) = seven_bit_server();
     let dir = TestDir::new("8bit");
     let mta = Mta::start(
         &dir,
@@ -652,6 +658,21 @@ fn eight_bit_content_is_converted_for_a_next_hop_without_8bitmime() {
         "{got}"
     );
     assert!(got.contains("Un caf=C3=A9 cr=C3=A8me"), "{got}");
+    // Later messages to the same next hop reuse the connection.
+    for i in 0..3 {
+        send(
+            &mta,
+            "alice@example.test",
+            &["dan@old.test"],
+            &format!("again {i}"),
+        );
+        assert!(wait_until(WAIT, || messages.lock().unwrap().len() == 2 + i));
+    }
+    assert_eq!(
+        *connections.lock().unwrap(),
+        1,
+        "one connection for four messages"
+    );
 }
 
 #[test]
@@ -697,7 +718,7 @@ fn connector_list_shows_every_connector_and_what_serves_it() {
     );
     assert!(
         out.contains(
-            "delivery protocol: PAGER (served by no enabled delivery agent (the queue retries))"
+            "delivery protocol: PAGER (served by no enabled delivery agent; the queue retries)"
         ),
         "{out}"
     );
@@ -789,5 +810,42 @@ fn a_send_connector_without_smart_hosts_delivers_to_the_domains_mail_exchangers(
     assert!(
         report.contains("Status: 5.1.10") && report.contains("Status: 5.1.2"),
         "{report}"
+    );
+}
+
+#[test]
+fn a_message_past_its_expiration_fails_with_a_4_4_7_report() {
+    let dir = TestDir::new("expiry");
+    let dead = free_port();
+    let mta = Mta::start(
+        &dir,
+        &format!(
+            "[routing]\nretry_base_ms = 100\nretry_max_ms = 200\nexpiration_hours = 0\n[[send_connectors]]\nname = \"Nowhere\"\naddress_spaces = [\"SMTP:*;1\"]\nsmart_hosts = [\"127.0.0.1:{dead}\"]\ntls = \"none\"\n"
+        ),
+        &[],
+    );
+    send(&mta, "alice@example.test", &["zed@far.test"], "too late");
+    assert!(
+        wait_until(WAIT, || mta
+            .maildir("alice")
+            .iter()
+            .any(|m| m.contains("Undeliverable: too late"))),
+        "{}",
+        mta.log()
+    );
+    let report = mta
+        .maildir("alice")
+        .into_iter()
+        .find(|m| m.contains("too late"))
+        .unwrap();
+    assert!(
+        report.contains("Action: failed") && report.contains("Status: 4.4.7"),
+        "{report}"
+    );
+    let queue = dir.path("mta-data/queue/delivery-send-Nowhere");
+    assert_eq!(
+        std::fs::read_dir(&queue).map(|d| d.count()).unwrap_or(0),
+        0,
+        "nothing left waiting"
     );
 }

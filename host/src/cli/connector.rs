@@ -65,8 +65,18 @@ pub fn run(config: &HostConfig, command: ConnectorCommand) -> anyhow::Result<Exi
             state(c.enabled, c.scoped)
         );
         println!("  address spaces: {}", spaces(&c.address_spaces));
-        println!("  smart hosts:    {}", c.smart_hosts.join(", "));
-        println!("  tls:            {:?}", c.tls);
+        if c.smart_hosts.is_empty() {
+            println!(
+                "  next hops:      mail exchangers from DNS (MX), port {}",
+                c.port
+            );
+        } else {
+            println!("  smart hosts:    {}", c.smart_hosts.join(", "));
+        }
+        println!(
+            "  tls:            {}",
+            format!("{:?}", c.tls).to_lowercase()
+        );
         println!(
             "  limits:         max message size {}, max concurrent connections {}",
             c.max_message_size.map_or("none".into(), |n| n.to_string()),
@@ -79,7 +89,7 @@ pub fn run(config: &HostConfig, command: ConnectorCommand) -> anyhow::Result<Exi
             .iter()
             .find(|(p, _)| p.eq_ignore_ascii_case(&c.delivery_protocol))
             .map(|(_, name)| format!("agent {name:?}"))
-            .unwrap_or_else(|| "no enabled delivery agent (the queue retries)".into());
+            .unwrap_or_else(|| "no enabled delivery agent; the queue retries".into());
         println!(
             "Delivery Agent connector {:?} ({})",
             c.name,

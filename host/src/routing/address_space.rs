@@ -113,7 +113,7 @@ impl FromStr for AddressSpace {
                     .parse::<u32>()
                     .ok()
                     .filter(|c| *c <= 100)
-                    .ok_or_else(|| format!("address space {s:?}: cost must be 1 to 100"))?,
+                    .ok_or_else(|| format!("address space {s:?}: cost must be 0 to 100"))?,
             ),
             None => (s, 1),
         };

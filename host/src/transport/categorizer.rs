@@ -40,6 +40,8 @@ pub struct Categorizer {
     agents: Option<Arc<AgentHost>>,
     agent_connectors: AgentConnectors,
     send_limits: std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>,
+    /// Idle connections to next hops, reused.
+    pool: crate::smtp::pool::Pool,
     /// For send connectors without smart hosts.
     mx: Option<crate::routing::mx::MxResolver>,
     config: HostConfig,
@@ -90,6 +92,7 @@ impl Categorizer {
                     (c.name.clone(), Arc::new(tokio::sync::Semaphore::new(n)))
                 })
                 .collect(),
+            pool: crate::smtp::pool::Pool::default(),
             mx: config
                 .send_connectors
                 .iter()
@@ -237,15 +240,21 @@ impl Categorizer {
                     agents = Some(set);
                     item = cx.mail_item.expect("the context gives the item back");
                     if let Err(fault) = result {
+                        self.notify(&item, std::mem::take(&mut failures), dsn::Kind::Failed)
+                            .await;
                         tracing::warn!(message = "Routing agent fault.", agent = %fault.agent, event = %fault.event, error = %fault.message, queue_id = %id);
                         return self.faulted(item, attempts, origin).await;
                     }
                     match self.apply(&mut item, &cx.actions).await {
                         Next::Continue => {}
                         Next::Deferred(delay) => {
-                            return self.defer(item, attempts, origin, delay).await
+                            self.notify(&item, std::mem::take(&mut failures), dsn::Kind::Failed)
+                                .await;
+                            return self.defer(item, attempts, origin, delay).await;
                         }
                         Next::Deleted => {
+                            self.notify(&item, std::mem::take(&mut failures), dsn::Kind::Failed)
+                                .await;
                             tracing::info!(message = "Message deleted by a routing agent.", queue_id = %id, event = %event);
                             return self.release(&id, &origin).await;
                         }
@@ -315,10 +324,15 @@ impl Categorizer {
                     item.envelope.recipients = stay;
                     if !go.is_empty() {
                         let mut fork = item.clone();
-                        fork.envelope.recipients = go;
+                        fork.envelope.recipients = go.clone();
                         fork.id = self.queues.new_id();
-                        tracing::info!(message = "Mail item forked.", queue_id = %item.id, fork = %fork.id);
-                        self.submit(fork).await;
+                        let fork_id = fork.id.clone();
+                        if self.submit(fork).await {
+                            tracing::info!(message = "Mail item forked.", queue_id = %item.id, fork = %fork_id);
+                        } else {
+                            // Not journaled: the recipients stay with this item.
+                            item.envelope.recipients.extend(go);
+                        }
                     }
                 }
                 Action::SubmitMessage {
@@ -334,7 +348,7 @@ impl Categorizer {
                         .collect();
                     new.message = crate::message::Message::parse(mime);
                     new.id = self.queues.new_id();
-                    self.submit(new).await;
+                    let _ = self.submit(new).await;
                 }
                 _ => {}
             }
@@ -343,7 +357,7 @@ impl Categorizer {
     }
 
     /// Journals a new item (a fork, an agent's submission, a notification) and queues it.
-    async fn submit(&self, mut item: MailItem) {
+    async fn submit(&self, mut item: MailItem) -> bool {
         if item.id.is_empty() {
             item.id = self.queues.new_id();
         }
@@ -353,9 +367,11 @@ impl Categorizer {
         match self.queues.journal.append(&item, 0).await {
             Ok(()) => {
                 let _ = self.work.send(Work::Fresh(Box::new(item), 0));
+                true
             }
             Err(e) => {
-                tracing::error!(message = "Cannot queue a new mail item.", queue_id = %item.id, error = %e)
+                tracing::error!(message = "Cannot queue a new mail item.", queue_id = %item.id, error = %e);
+                false
             }
         }
     }
@@ -371,6 +387,7 @@ impl Categorizer {
     ) -> bool {
         let outcomes: Outcomes = match &hop {
             NextHop::Mailbox => delivery::smtp(
+                &self.pool,
                 &self.config.mailbox.listen,
                 &self.config.hostname,
                 &item,
@@ -401,8 +418,14 @@ impl Categorizer {
                             Some(limit) => Some(Arc::clone(limit).acquire_owned().await),
                             None => None,
                         };
-                        delivery::send_connector(c, &self.config.hostname, &item, self.mx.as_ref())
-                            .await
+                        delivery::send_connector(
+                            &self.pool,
+                            c,
+                            &self.config.hostname,
+                            &item,
+                            self.mx.as_ref(),
+                        )
+                        .await
                     }
                     None => gone(&item, name),
                 }
@@ -450,8 +473,10 @@ impl Categorizer {
         let age = Duration::from_millis(delivery::now_ms().saturating_sub(item.trace.received_ms));
         let expiry = Duration::from_secs(self.config.routing.expiration_hours * 3600);
         if !waiting.is_empty() && age >= expiry {
+            // 4.4.7 is a persistent transient failure that has run out of time; the report says
+            // Action: failed with Status: 4.4.7, as RFC 3463 intends.
             let expired = reply(
-                550,
+                451,
                 "4.4.7",
                 "Message expired: delivery was not possible in time",
             );
@@ -528,7 +553,7 @@ impl Categorizer {
             &self.config.hostname,
             &self.postmaster,
         ) {
-            self.submit(report).await;
+            let _ = self.submit(report).await;
         }
     }
 

@@ -12,6 +12,7 @@ use crate::config::{DeliveryAgentConnectorConfig, ForeignConnectorConfig, SendCo
 use crate::message::{EnvelopeRecipient, MailItem};
 use crate::routing::mx::{Exchangers, MxResolver};
 use crate::service::Service;
+use crate::smtp::pool::Pool;
 use crate::smtp::send::{Client, SendError, TlsMode};
 use mta_agent_sdk::{AckStatus, Action, AgentClass, Event, SmtpResponse};
 use std::collections::HashMap;
@@ -48,82 +49,67 @@ fn all(item: &MailItem, outcome: Outcome) -> Outcomes {
 
 /// SMTP to `address` (Mailbox Transport or a smart host) for every recipient of `item`.
 pub async fn smtp(
+    pool: &Pool,
     address: &str,
     helo: &str,
     item: &MailItem,
     tls: TlsMode,
 ) -> Result<Outcomes, SendError> {
-    let mut client = Client::connect_with(address, helo, Duration::from_secs(60), tls).await?;
-    // Content conversion: a next hop without 8BITMIME gets 7-bit content (RFC 6152).
-    let converted;
-    let item = if !client.offers("8BITMIME") && !item.message.to_bytes().is_ascii() {
-        match seven_bit(item) {
-            Some(copy) => {
-                converted = copy;
-                &converted
+    // A pooled connection may have been closed by the server meanwhile: then once more, fresh.
+    let mut fresh_only = false;
+    let (client, item, sent) = loop {
+        let pooled = if fresh_only {
+            None
+        } else {
+            pool.take(address, tls)
+        };
+        let reused = pooled.is_some();
+        let mut client = match pooled {
+            Some(c) => c,
+            None => Client::connect_with(address, helo, Duration::from_secs(60), tls).await?,
+        };
+        // Content conversion: a next hop without 8BITMIME gets 7-bit content (RFC 6152).
+        let item = if !client.offers("8BITMIME") && !item.message.to_bytes().is_ascii() {
+            match seven_bit(item) {
+                Some(copy) => std::borrow::Cow::Owned(copy),
+                None => {
+                    pool.put(address, tls, client);
+                    return Ok(all(
+                        item,
+                        Outcome::Fail(reply(554, "5.6.3", "The next hop does not accept 8-bit content and this message cannot be converted")),
+                    ));
+                }
             }
-            None => {
-                client.quit().await;
-                return Ok(all(
-                    item,
-                    Outcome::Fail(reply(554, "5.6.3", "The next hop does not accept 8-bit content and this message cannot be converted")),
-                ));
-            }
+        } else {
+            std::borrow::Cow::Borrowed(item)
+        };
+        let (params, rcpts) = parameters(&client, &item);
+        let sent = client
+            .send_mail(
+                &item.envelope.from,
+                &params,
+                &rcpts,
+                &item.message.to_bytes(),
+            )
+            .await;
+        match sent {
+            Err(SendError::Io(..)) if reused => fresh_only = true,
+            sent => break (client, item, sent),
         }
-    } else {
-        item
     };
-    // The envelope's parameters go on where the next hop understands them.
-    let mut params = String::new();
-    if let Some(body) = &item.envelope.body_type {
-        if client.offers("8BITMIME") {
-            params.push_str(&format!(" BODY={body}"));
-        }
-    }
-    if item.envelope.smtputf8 && client.offers("SMTPUTF8") {
-        params.push_str(" SMTPUTF8");
-    }
-    let dsn = client.offers("DSN");
-    if dsn {
-        if let Some(ret) = &item.envelope.ret {
-            params.push_str(&format!(" RET={ret}"));
-        }
-        if let Some(envid) = &item.envelope.envid {
-            params.push_str(&format!(" ENVID={envid}"));
-        }
-    }
-    let rcpts: Vec<(String, String)> = item
-        .envelope
-        .recipients
-        .iter()
-        .map(|r| {
-            let mut p = String::new();
-            if dsn {
-                if let Some(n) = &r.notify {
-                    p.push_str(&format!(" NOTIFY={n}"));
-                }
-                if let Some(o) = &r.orcpt {
-                    p.push_str(&format!(" ORCPT={o}"));
-                }
-            }
-            (r.address.clone(), p)
-        })
-        .collect();
-    let sent = client
-        .send_mail(
-            &item.envelope.from,
-            &params,
-            &rcpts,
-            &item.message.to_bytes(),
-        )
-        .await;
-    client.quit().await;
     let sent = match sent {
-        Ok(sent) => sent,
-        Err(SendError::Rejected(_, r)) if r.is_permanent() => {
-            return Ok(all(item, Outcome::Fail(r)))
+        Ok(sent) => {
+            pool.put(address, tls, client);
+            sent
         }
-        Err(SendError::Rejected(_, r)) => return Ok(all(item, Outcome::Retry(r))),
+        Err(SendError::Rejected(_, r)) if r.is_permanent() => {
+            client.quit().await;
+            return Ok(all(&item, Outcome::Fail(r)));
+        }
+        Err(SendError::Rejected(_, r)) => {
+            client.quit().await;
+            return Ok(all(&item, Outcome::Retry(r)));
+        }
         Err(e) => return Err(e),
     };
     let data = sent.data.clone();
@@ -144,6 +130,47 @@ pub async fn smtp(
             (r.clone(), outcome)
         })
         .collect())
+}
+
+/// MAIL and RCPT parameters: the envelope's, where the next hop understands them (BODY with
+/// 8BITMIME, SMTPUTF8, and RET, ENVID, NOTIFY, ORCPT with DSN).
+fn parameters(client: &Client, item: &MailItem) -> (String, Vec<(String, String)>) {
+    let mut params = String::new();
+    if let Some(body) = &item.envelope.body_type {
+        if client.offers("8BITMIME") {
+            params.push_str(&format!(" BODY={body}"));
+        }
+    }
+    if item.envelope.smtputf8 && client.offers("SMTPUTF8") {
+        params.push_str(" SMTPUTF8");
+    }
+    let dsn = client.offers("DSN");
+    if dsn {
+        if let Some(ret) = &item.envelope.ret {
+            params.push_str(&format!(" RET={ret}"));
+        }
+        if let Some(envid) = &item.envelope.envid {
+            params.push_str(&format!(" ENVID={envid}"));
+        }
+    }
+    let rcpts = item
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| {
+            let mut p = String::new();
+            if dsn {
+                if let Some(n) = &r.notify {
+                    p.push_str(&format!(" NOTIFY={n}"));
+                }
+                if let Some(o) = &r.orcpt {
+                    p.push_str(&format!(" ORCPT={o}"));
+                }
+            }
+            (r.address.clone(), p)
+        })
+        .collect();
+    (params, rcpts)
 }
 
 /// A copy of a single-part text message with its body quoted-printable encoded, so that it is
@@ -207,6 +234,7 @@ fn quoted_printable(body: &[u8]) -> Vec<u8> {
 /// Through a Send connector: its smart hosts in order until one answers, or, without smart
 /// hosts, each recipient domain's mail exchangers from DNS.
 pub async fn send_connector(
+    pool: &Pool,
     connector: &SendConnectorConfig,
     helo: &str,
     item: &MailItem,
@@ -214,18 +242,19 @@ pub async fn send_connector(
 ) -> Outcomes {
     if connector.smart_hosts.is_empty() {
         return match mx {
-            Some(mx) => by_mx(connector, helo, item, mx).await,
+            Some(mx) => by_mx(pool, connector, helo, item, mx).await,
             None => all(
                 item,
                 Outcome::Retry(reply(451, "4.4.3", "No DNS resolver for MX routing")),
             ),
         };
     }
-    first_answering(connector, helo, item, &connector.smart_hosts).await
+    first_answering(pool, connector, helo, item, &connector.smart_hosts).await
 }
 
 /// Tries `hosts` in order; the first that answers decides every recipient.
 async fn first_answering(
+    pool: &Pool,
     connector: &SendConnectorConfig,
     helo: &str,
     item: &MailItem,
@@ -233,7 +262,7 @@ async fn first_answering(
 ) -> Outcomes {
     let mut last = String::new();
     for host in hosts {
-        match smtp(host, helo, item, connector.tls).await {
+        match smtp(pool, host, helo, item, connector.tls).await {
             Ok(outcomes) => return outcomes,
             Err(e) => {
                 tracing::info!(message = "Next hop unavailable.", connector = %connector.name, host = %host, error = %e);
@@ -256,6 +285,7 @@ async fn first_answering(
 
 /// One delivery per recipient domain, to its mail exchangers.
 async fn by_mx(
+    pool: &Pool,
     connector: &SendConnectorConfig,
     helo: &str,
     item: &MailItem,
@@ -278,7 +308,7 @@ async fn by_mx(
         match mx.exchangers(&domain, connector.port).await {
             Exchangers::Hosts(addrs) => {
                 let hosts: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-                outcomes.extend(first_answering(connector, helo, &part, &hosts).await);
+                outcomes.extend(first_answering(pool, connector, helo, &part, &hosts).await);
             }
             Exchangers::NoMail(why) => {
                 let code = if why.contains("null MX") {
