@@ -12,7 +12,7 @@ pub mod topology;
 use crate::config::HostConfig;
 use crate::message::EnvelopeRecipient;
 use crate::organization::{Organization, RecipientKind};
-use address_space::RouteAddress;
+use address_space::{AddressSpace, RouteAddress};
 use mta_agent_sdk::SmtpResponse;
 use selection::{Candidate, Selection};
 use std::sync::Arc;
@@ -120,39 +120,53 @@ impl Router {
             .collect();
         let topology = Topology::new(&local, &config.routing.site, &servers, &links);
         let sources = |s: &Option<Vec<String>>| s.clone().unwrap_or_else(|| vec![local.clone()]);
+        // The three kinds of connector share what selection needs to know.
+        let candidate = |name: &str,
+                         spaces: &[AddressSpace],
+                         max,
+                         enabled,
+                         scoped,
+                         source: &Option<Vec<String>>| Candidate {
+            name: name.to_string(),
+            address_spaces: spaces.to_vec(),
+            max_message_size: max,
+            enabled,
+            scoped,
+            source_servers: sources(source),
+        };
         let mut candidates = Vec::new();
         let mut hops = Vec::new();
         for c in &config.send_connectors {
-            candidates.push(Candidate {
-                name: c.name.clone(),
-                address_spaces: c.address_spaces.clone(),
-                max_message_size: c.max_message_size,
-                enabled: c.enabled,
-                scoped: c.scoped,
-                source_servers: sources(&c.source_servers),
-            });
+            candidates.push(candidate(
+                &c.name,
+                &c.address_spaces,
+                c.max_message_size,
+                c.enabled,
+                c.scoped,
+                &c.source_servers,
+            ));
             hops.push(NextHop::Send(c.name.clone()));
         }
         for c in &config.delivery_agent_connectors {
-            candidates.push(Candidate {
-                name: c.name.clone(),
-                address_spaces: c.address_spaces.clone(),
-                max_message_size: c.max_message_size,
-                enabled: c.enabled,
-                scoped: c.scoped,
-                source_servers: sources(&c.source_servers),
-            });
+            candidates.push(candidate(
+                &c.name,
+                &c.address_spaces,
+                c.max_message_size,
+                c.enabled,
+                c.scoped,
+                &c.source_servers,
+            ));
             hops.push(NextHop::Agent(c.name.clone()));
         }
         for c in &config.foreign_connectors {
-            candidates.push(Candidate {
-                name: c.name.clone(),
-                address_spaces: c.address_spaces.clone(),
-                max_message_size: c.max_message_size,
-                enabled: c.enabled,
-                scoped: c.scoped,
-                source_servers: sources(&c.source_servers),
-            });
+            candidates.push(candidate(
+                &c.name,
+                &c.address_spaces,
+                c.max_message_size,
+                c.enabled,
+                c.scoped,
+                &c.source_servers,
+            ));
             hops.push(NextHop::Foreign(c.name.clone()));
         }
         let mut names: Vec<String> = candidates
