@@ -90,6 +90,9 @@ pub struct ListenerConfig {
     /// Idle timeout in seconds (default 300).
     #[serde(default)]
     pub idle_timeout_secs: Option<u64>,
+    /// Longest session in seconds, however busy (default 1800).
+    #[serde(default)]
+    pub session_timeout_secs: Option<u64>,
     /// Concurrent connections from one IP (default 100).
     #[serde(default)]
     pub max_connections_per_ip: Option<usize>,
@@ -112,6 +115,7 @@ impl ListenerConfig {
             max_message_size: None,
             max_recipients: None,
             idle_timeout_secs: None,
+            session_timeout_secs: None,
             max_connections_per_ip: None,
             permission_groups: None,
             transport_nodes: None,

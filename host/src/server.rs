@@ -44,6 +44,9 @@ fn receive_config(
     if let Some(s) = listener.idle_timeout_secs {
         rc.idle_timeout = Duration::from_secs(s);
     }
+    if let Some(s) = listener.session_timeout_secs {
+        rc.session_timeout = Duration::from_secs(s);
+    }
     if let Some(n) = listener.max_connections_per_ip {
         rc.max_connections_per_ip = n;
     }

@@ -240,7 +240,8 @@ impl Mta {
             let config = dir.write(
                 "mta.toml",
                 &format!(
-                    "data_dir = \"mta-data\"\n{extra}\n[frontend]\nlisten = \"127.0.0.1:{frontend}\"\n{}[transport]\nlisten = \"127.0.0.1:{transport}\"\n{}[mailbox]\nlisten = \"127.0.0.1:{mailbox}\"\n{}",
+                    "{}{extra}\n[frontend]\nlisten = \"127.0.0.1:{frontend}\"\n{}[transport]\nlisten = \"127.0.0.1:{transport}\"\n{}[mailbox]\nlisten = \"127.0.0.1:{mailbox}\"\n{}",
+                    if extra.contains("data_dir") { "" } else { "data_dir = \"mta-data\"\n" },
                     keys("frontend"),
                     keys("transport"),
                     keys("mailbox")
@@ -350,6 +351,11 @@ impl Mta {
         }
         let _ = child.kill();
         child.wait().ok()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
     }
 
     /// Whether the process is still running.
@@ -469,6 +475,11 @@ impl Smtp {
         let r = smtp.cmd("EHLO client.test");
         assert_eq!(r.code, 250, "{r:?}");
         smtp
+    }
+
+    /// The socket, for writes that may fail.
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
     }
 
     /// Sends raw bytes.

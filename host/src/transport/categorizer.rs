@@ -53,6 +53,8 @@ pub struct Categorizer {
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Origin {
     Journal,
+    /// A copy held in memory while its original stays in the journal or a queue file.
+    Memory,
     Deferred,
     Delivery(String),
 }
@@ -136,6 +138,9 @@ impl Categorizer {
     async fn process(&self, work: Work) {
         match work {
             Work::Fresh(item, attempts) => self.categorize(*item, attempts, Origin::Journal).await,
+            Work::Redeliver(hop, item, attempts) => {
+                self.deliver(hop, *item, attempts, Origin::Memory).await;
+            }
             Work::Resubmit(id) => {
                 let queues = Arc::clone(&self.queues);
                 let load = id.clone();
@@ -514,9 +519,18 @@ impl Categorizer {
             return false;
         };
         let id = item.id.clone();
+        let keep = item.clone();
         let stored = tokio::task::spawn_blocking(move || dir.store(&mut item, attempts + 1)).await;
         if !matches!(stored, Ok(Ok(_))) {
-            tracing::error!(message = "Cannot queue an item for retry; it stays where it is.", queue = %queue, queue_id = %id);
+            // Still where it came from (the journal or its queue file): try the copy again from
+            // memory later, so a full disk delays delivery instead of stopping it.
+            tracing::error!(message = "Cannot queue an item for retry; it stays where it is and is tried again.", queue = %queue, queue_id = %id);
+            let work = self.work.clone();
+            let delay = Duration::from_millis(self.config.routing.retry_base_ms.max(100));
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = work.send(Work::Redeliver(hop, Box::new(keep), attempts + 1));
+            });
             return false;
         }
         tracing::info!(message = "Delivery deferred.", queue = %queue, queue_id = %id, attempts = attempts + 1, reason = %last_reason.map(|r| r.to_string()).unwrap_or_default());
@@ -611,6 +625,7 @@ impl Categorizer {
                     let _ = tokio::task::spawn_blocking(move || dir.remove(&id)).await;
                 }
             }
+            Origin::Memory => {}
         }
     }
 }

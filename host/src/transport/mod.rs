@@ -50,6 +50,8 @@ pub enum Work {
     Retry(String, String),
     /// A deferred item to categorize again.
     Resubmit(String),
+    /// A next hop's copy that could not be queued for retry, to deliver again from memory.
+    Redeliver(crate::routing::NextHop, Box<MailItem>, u32),
 }
 
 impl Queues {
