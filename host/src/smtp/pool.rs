@@ -3,18 +3,23 @@
 
 use crate::smtp::send::{Client, TlsMode};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How long an idle connection is kept: well under the usual server idle timeouts (5 min).
 const IDLE: Duration = Duration::from_secs(20);
 /// Idle connections kept per next hop.
 const MAX_IDLE: usize = 64;
 
-/// Idle connections by next hop.
+/// Concurrent connections to one destination host, whatever the connector.
+const PER_DESTINATION: usize = 20;
+
+/// Idle connections by next hop, and the per-destination connection limits.
 #[derive(Default)]
 pub struct Pool {
     idle: Mutex<HashMap<String, Vec<(Instant, Client)>>>,
+    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 fn key(address: &str, tls: TlsMode) -> String {
@@ -22,6 +27,19 @@ fn key(address: &str, tls: TlsMode) -> String {
 }
 
 impl Pool {
+    /// Waits for a connection slot to `address` (at most [`PER_DESTINATION`] at once).
+    pub async fn slot(&self, address: &str) -> Option<OwnedSemaphorePermit> {
+        let limit = {
+            let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(
+                limits
+                    .entry(address.to_ascii_lowercase())
+                    .or_insert_with(|| Arc::new(Semaphore::new(PER_DESTINATION))),
+            )
+        };
+        limit.acquire_owned().await.ok()
+    }
+
     /// An idle connection to `address` with this TLS mode, if one is fresh enough.
     pub fn take(&self, address: &str, tls: TlsMode) -> Option<Client> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());

@@ -55,6 +55,7 @@ pub async fn smtp(
     item: &MailItem,
     tls: TlsMode,
 ) -> Result<Outcomes, SendError> {
+    let _slot = pool.slot(address).await;
     // A pooled connection may have been closed by the server meanwhile: then once more, fresh.
     let mut fresh_only = false;
     let (client, item, sent) = loop {

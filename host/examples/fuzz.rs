@@ -1,0 +1,189 @@
+//! A stable fuzzing harness (no nightly needed): mutates seed inputs and feeds them to the
+//! parsers that read untrusted bytes, for a fixed time, and saves any input that panics.
+//!
+//!     cargo run --release -p mta-host --example fuzz -- <target> <seconds> [seed files...]
+//!     bench/fuzz.sh            # every target, 30 s each
+//!
+//! Targets: `agents-file` (the agents file parser), `replay` and `pickup` (directory formats),
+//! `host-config` (mta.toml), `message` (the message parser and its header edits), `smtp`
+//! (raw bytes to a running mta's SMTP port: `MTA_FUZZ_PORT`, the server must stay up).
+
+use mta_host::directories::{pickup::Pickup, replay::Replay, Format};
+use std::io::{Read, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// xorshift64*: enough randomness for mutation, no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+}
+
+const INTERESTING: &[&[u8]] = &[
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b".",
+    b"\r\n.\r\n",
+    b"\n.\n",
+    b"<",
+    b">",
+    b"\"",
+    b"&amp;",
+    b"\x00",
+    b"\xff",
+    b":",
+    b";",
+    b"=",
+    b"@",
+    b"%",
+    b"!",
+    b"<agent ",
+    b"/>",
+    b"</agentList>",
+    b"X-Sender: <>",
+    b"X-Receiver: <a@b>",
+    b"[[send_connectors]]",
+    b"\xe2\x80\xae",
+    b"MAIL FROM:<>",
+    b"BDAT 1",
+];
+
+fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
+    let mut out = input.to_vec();
+    for _ in 0..1 + rng.below(8) {
+        let at = rng.below(out.len() + 1);
+        match rng.below(5) {
+            0 if !out.is_empty() => {
+                let i = rng.below(out.len());
+                out[i] ^= 1 << rng.below(8);
+            }
+            1 if !out.is_empty() => {
+                let end = (at + rng.below(16)).min(out.len());
+                out.drain(at.min(end)..end);
+            }
+            2 => {
+                let piece = INTERESTING[rng.below(INTERESTING.len())];
+                out.splice(at..at, piece.iter().copied());
+            }
+            3 if !out.is_empty() => {
+                let from = rng.below(out.len());
+                let len = rng.below(64).min(out.len() - from);
+                let chunk = out[from..from + len].to_vec();
+                out.splice(at..at, chunk);
+            }
+            _ => out.insert(at, rng.next() as u8),
+        }
+    }
+    out.truncate(1 << 16);
+    out
+}
+
+fn run_one(target: &str, input: &[u8], scratch: &Path) {
+    match target {
+        "agents-file" => {
+            let text = String::from_utf8_lossy(input).into_owned();
+            let _ = mta_host::agents::file::parse(Path::new("fuzz/agents.config"), text);
+        }
+        "replay" => {
+            let _ = Replay.read(input);
+        }
+        "pickup" => {
+            let _ = Pickup {
+                hostname: "fuzz.test".into(),
+            }
+            .read(input);
+        }
+        "host-config" => {
+            let path = scratch.join("mta.toml");
+            std::fs::write(&path, input).expect("scratch file");
+            let _ = mta_host::config::HostConfig::load(Some(&path));
+        }
+        "message" => {
+            let mut m = mta_host::message::Message::parse(input);
+            let _ = m.header("Subject");
+            let _ = m.set_header("X-Fuzz", "1");
+            let bytes = m.to_bytes();
+            assert_eq!(bytes.len(), m.len(), "len() agrees with to_bytes()");
+            let again = mta_host::message::Message::parse(&bytes);
+            assert_eq!(
+                again.header("X-Fuzz").as_deref(),
+                Some("1"),
+                "an added field survives a round trip"
+            );
+        }
+        "smtp" => {
+            let port: u16 = std::env::var("MTA_FUZZ_PORT")
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .expect("MTA_FUZZ_PORT");
+            let mut stream =
+                std::net::TcpStream::connect(("127.0.0.1", port)).expect("the server is up");
+            stream
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .ok();
+            let _ = stream.write_all(input);
+            let mut sink = [0u8; 4096];
+            let _ = stream.read(&mut sink);
+        }
+        other => panic!("unknown target {other}"),
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let target = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "agents-file".into());
+    let seconds: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(30);
+    let mut seeds: Vec<Vec<u8>> = args
+        .iter()
+        .skip(2)
+        .filter_map(|p| std::fs::read(p).ok())
+        .collect();
+    if seeds.is_empty() {
+        seeds.push(b"seed".to_vec());
+    }
+    let scratch = std::env::temp_dir().join(format!("mta-fuzz-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let crashes = PathBuf::from("bench/fuzz-crashes");
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let (mut runs, mut found) = (0u64, 0u32);
+    while Instant::now() < deadline {
+        let seed = &seeds[rng.below(seeds.len())];
+        let input = mutate(&mut rng, seed);
+        runs += 1;
+        if catch_unwind(AssertUnwindSafe(|| run_one(&target, &input, &scratch))).is_err() {
+            found += 1;
+            std::fs::create_dir_all(&crashes).ok();
+            let path = crashes.join(format!("{target}-{runs}"));
+            std::fs::write(&path, &input).ok();
+            eprintln!(
+                "{target}: input {runs} panicked; saved as {}",
+                path.display()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!("{target}: {runs} inputs in {seconds} s, {found} panics");
+    if found > 0 {
+        std::process::exit(1);
+    }
+}
