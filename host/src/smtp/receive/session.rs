@@ -102,8 +102,8 @@ pub(super) async fn run(
         id: receiver.next_session_id(),
         receiver,
         stream: Stream::Plain(stream),
-        input: Vec::with_capacity(8192),
-        output: Vec::with_capacity(1024),
+        input: Vec::new(),
+        output: Vec::new(),
         peer,
         local,
         helo: None,
@@ -273,16 +273,21 @@ impl Session {
         if wait.is_zero() {
             return Err(Closed::Timeout);
         }
-        let mut chunk = [0u8; 16 * 1024];
+        // Read straight into the input buffer's spare room: an idle session holds no read
+        // buffer beyond what it already had (memory per idle connection).
+        if self.input.capacity() - self.input.len() < 1024 {
+            self.input.reserve(if self.input.capacity() < 16 * 1024 {
+                4096
+            } else {
+                16 * 1024
+            });
+        }
         let mut shutdown = self.shutdown.clone();
         tokio::select! {
-            read = tokio::time::timeout(wait, self.stream.read(&mut chunk)) => match read {
+            read = tokio::time::timeout(wait, self.stream.read_buf(&mut self.input)) => match read {
                 Err(_) => Err(Closed::Timeout),
                 Ok(Ok(0)) => Err(Closed::Eof),
-                Ok(Ok(n)) => {
-                    self.input.extend_from_slice(&chunk[..n]);
-                    Ok(())
-                }
+                Ok(Ok(_)) => Ok(()),
                 Ok(Err(_)) => Err(Closed::Io),
             },
             _ = shutdown.wait_for(|stop| *stop) => Err(Closed::Shutdown),
