@@ -849,3 +849,107 @@ fn a_message_past_its_expiration_fails_with_a_4_4_7_report() {
         "nothing left waiting"
     );
 }
+
+#[test]
+fn a_delivery_agent_panicking_in_any_event_defers_and_loses_nothing() {
+    let dir = TestDir::new("delivery-panic");
+    let log = dir.path("delivery.log");
+    let entries = |panic: &str| {
+        vec![
+            Entry {
+                name: "Probe Router",
+                base_type: "RoutingAgent",
+                factory: "Mta.Samples.RecipientRouterFactory",
+                assembly: lib("recipient-router").display().to_string(),
+                enabled: true,
+                params: vec![
+                    ("pattern", "*@probe.test".into()),
+                    ("routing_domain", "PROBE".into()),
+                ],
+            },
+            Entry {
+                name: "Delivery Probe",
+                base_type: "DeliveryAgent",
+                factory: "Tests.DeliveryProbeFactory",
+                assembly: lib("route-probe").display().to_string(),
+                enabled: true,
+                params: vec![
+                    ("log", log.display().to_string()),
+                    ("panic", panic.to_string()),
+                ],
+            },
+        ]
+    };
+    dir.write(
+        "agents.config",
+        &agents_xml(5000, &entries("OnOpenConnection")),
+    );
+    let mta = Mta::start(
+        &dir,
+        &format!(
+            "[agents]\ntransport = \"agents.config\"\nreload_debounce_ms = 50\n{FAST_RETRY}\n[[delivery_agent_connectors]]\nname = \"Probe\"\naddress_spaces = [\"PROBE:*;1\"]\ndelivery_protocol = \"PROBE\"\n"
+        ),
+        &[],
+    );
+    let queue = dir.path("mta-data/queue/delivery-agent-Probe");
+    for (n, event) in ["OnOpenConnection", "OnDeliverMailItem"].iter().enumerate() {
+        if n > 0 {
+            dir.replace(
+                "agents.config",
+                agents_xml(5000, &entries(event)).as_bytes(),
+            );
+            assert!(wait_until(WAIT, || mta.generation("transport") == 2));
+        }
+        send(
+            &mta,
+            "alice@example.test",
+            &[&format!("p{n}@probe.test")],
+            &format!("panic in {event}"),
+        );
+        assert!(
+            wait_until(WAIT, || mta
+                .log()
+                .matches(&format!("delivery probe panics in {event}"))
+                .count()
+                >= 1),
+            "{}",
+            mta.log()
+        );
+        assert!(
+            wait_until(WAIT, || std::fs::read_dir(&queue)
+                .map(|d| d.count())
+                .unwrap_or(0)
+                >= 1),
+            "the copy waits for a retry"
+        );
+    }
+    // The fixed agent delivers everything that waited; a panic in OnCloseConnection after the
+    // ack does not undo the delivery.
+    dir.replace(
+        "agents.config",
+        agents_xml(5000, &entries("OnCloseConnection")).as_bytes(),
+    );
+    assert!(wait_until(WAIT, || mta.generation("transport") == 3));
+    assert!(
+        wait_until(WAIT, || std::fs::read_dir(&queue)
+            .map(|d| d.count())
+            .unwrap_or(1)
+            == 0),
+        "{}",
+        mta.log()
+    );
+    let delivered = probe_log(&log)
+        .iter()
+        .filter(|l| *l == "OnDeliverMailItem")
+        .count();
+    assert!(delivered >= 2, "{:?}", probe_log(&log));
+    assert!(mta
+        .log()
+        .contains("delivery probe panics in OnCloseConnection"));
+    assert!(
+        !mta.maildir("alice")
+            .iter()
+            .any(|m| m.contains("Undeliverable")),
+        "nothing failed"
+    );
+}

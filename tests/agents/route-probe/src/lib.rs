@@ -123,4 +123,58 @@ impl RoutingAgent for RouteProbe {
     }
 }
 
-export_agents!("Tests.RouteProbeFactory" => RouteProbe);
+export_agents!(
+    "Tests.RouteProbeFactory" => RouteProbe,
+    "Tests.DeliveryProbeFactory" => DeliveryProbe,
+);
+
+/// A delivery agent for the `PROBE` protocol: acks every recipient, or panics in the event named
+/// by its `panic` parameter; logs each event to `log`.
+#[derive(Clone)]
+pub struct DeliveryProbe {
+    params: Parameters,
+}
+
+impl DeliveryProbe {
+    fn visit(&self, event: &str) -> AgentResult {
+        if let Some(path) = self.params.get("log") {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?
+                .write_all(format!("{event}\n").as_bytes())?;
+        }
+        if self.params.get("panic") == Some(event) {
+            panic!("delivery probe panics in {event}");
+        }
+        Ok(())
+    }
+}
+
+#[agent]
+impl DeliveryAgent for DeliveryProbe {
+    const DELIVERY_PROTOCOL: &'static str = "PROBE";
+
+    fn create(parameters: &Parameters) -> Result<Self, AgentError> {
+        Ok(Self {
+            params: parameters.clone(),
+        })
+    }
+
+    fn on_open_connection(&mut self, event: &mut OpenConnectionEvent<'_>) -> AgentResult {
+        self.visit("OnOpenConnection")?;
+        event.register_connection("probe", &SmtpResponse::new(250, "2.0.0", "ok")?)
+    }
+
+    fn on_deliver_mail_item(&mut self, event: &mut DeliverMailItemEvent<'_>) -> AgentResult {
+        self.visit("OnDeliverMailItem")?;
+        event.ack_mail_item(
+            AckStatus::Success,
+            &SmtpResponse::new(250, "2.0.0", "probed")?,
+        )
+    }
+
+    fn on_close_connection(&mut self, _event: &mut CloseConnectionEvent<'_>) -> AgentResult {
+        self.visit("OnCloseConnection")
+    }
+}
