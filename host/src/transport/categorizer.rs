@@ -400,20 +400,14 @@ impl Categorizer {
             )
             .await
             .unwrap_or_else(|e| {
-                item.envelope
-                    .recipients
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.clone(),
-                            Outcome::Retry(reply(
-                                451,
-                                "4.4.1",
-                                &format!("Mailbox Transport unavailable: {e}"),
-                            )),
-                        )
-                    })
-                    .collect()
+                delivery::all(
+                    &item,
+                    Outcome::Retry(reply(
+                        451,
+                        "4.4.1",
+                        &format!("Mailbox Transport unavailable: {e}"),
+                    )),
+                )
             }),
             NextHop::Send(name) => {
                 match self.config.send_connectors.iter().find(|c| &c.name == name) {
@@ -638,18 +632,12 @@ enum Next {
 }
 
 fn gone(item: &MailItem, name: &str) -> Outcomes {
-    item.envelope
-        .recipients
-        .iter()
-        .map(|r| {
-            (
-                r.clone(),
-                Outcome::Retry(reply(
-                    451,
-                    "4.4.0",
-                    &format!("Connector {name} no longer exists"),
-                )),
-            )
-        })
-        .collect()
+    delivery::all(
+        item,
+        Outcome::Retry(reply(
+            451,
+            "4.4.0",
+            &format!("Connector {name} no longer exists"),
+        )),
+    )
 }

@@ -39,7 +39,8 @@ fn reply(code: u16, enhanced: &str, text: &str) -> SmtpResponse {
     SmtpResponse::new(code, enhanced, text).expect("static reply is valid")
 }
 
-fn all(item: &MailItem, outcome: Outcome) -> Outcomes {
+/// The same outcome for every recipient of `item`.
+pub fn all(item: &MailItem, outcome: Outcome) -> Outcomes {
     item.envelope
         .recipients
         .iter()
