@@ -409,20 +409,21 @@ fn a_foreign_connector_writes_replay_files_to_its_drop_directory() {
         mta.log()
     );
     std::fs::create_dir_all(&drop_dir).unwrap();
-    assert!(
-        wait_until(WAIT, || std::fs::read_dir(&drop_dir)
-            .map(|d| d.count())
-            .unwrap_or(0)
-            == 1),
-        "{}",
-        mta.log()
+    // The finished file (the connector writes a hidden .tmp first, then renames it).
+    let finished = || {
+        std::fs::read_dir(&drop_dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "eml"))
+    };
+    assert!(wait_until(WAIT, || finished().is_some()), "{}", mta.log());
+    let file = finished().unwrap();
+    assert_eq!(
+        std::fs::read_dir(&drop_dir).unwrap().count(),
+        1,
+        "one file, no leftovers"
     );
-    let file = std::fs::read_dir(&drop_dir)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
     let name = file.file_name().unwrap().to_string_lossy().into_owned();
     assert!(
         name.starts_with("mta.example.test-") && name.ends_with("Z.0.eml"),
@@ -482,24 +483,20 @@ fn the_text_messaging_pair_forks_mobile_recipients_to_their_gateway() {
         &["alice@example.test", "+15551234@mobile.example.test"],
         "disk full",
     );
-    assert!(
-        wait_until(WAIT, || std::fs::read_dir(&spool)
-            .map(|d| d.count())
-            .unwrap_or(0)
-            == 1),
-        "{}",
-        mta.log()
-    );
-    assert!(wait_until(WAIT, || mta.maildir("alice").len() == 1));
-    let text = std::fs::read_to_string(
+    // The finished text (the agent writes a hidden .tmp first, then renames it).
+    let texts = || -> Vec<std::path::PathBuf> {
         std::fs::read_dir(&spool)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path(),
-    )
-    .unwrap();
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "sms"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(wait_until(WAIT, || texts().len() == 1), "{}", mta.log());
+    assert!(wait_until(WAIT, || mta.maildir("alice").len() == 1));
+    let text = std::fs::read_to_string(&texts()[0]).unwrap();
     assert_eq!(
         text,
         "To: +15551234\nFrom: ops@elsewhere.test\n\ndisk full: body of disk full\n"
