@@ -247,7 +247,11 @@ fn agents_panicking_in_every_smtp_event_never_take_the_host_down() {
     let log = dir.path("probe.log");
     let events = [
         "OnConnect",
+        "OnHeloCommand",
         "OnEhloCommand",
+        "OnStartTlsCommand",
+        "OnAuthCommand",
+        "OnEndOfAuthentication",
         "OnMailCommand",
         "OnRcptCommand",
         "OnDataCommand",
@@ -265,7 +269,7 @@ fn agents_panicking_in_every_smtp_event_never_take_the_host_down() {
     );
     let mut mta = Mta::start(
         &dir,
-        "[agents]\ntransport = \"agents.config\"\nreload_debounce_ms = 50\n",
+        "[agents]\ntransport = \"agents.config\"\nreload_debounce_ms = 50\n[tls]\nstarttls = false\n[auth]\nrequire_tls = false\n[[auth.users]]\nname = \"u\"\npassword = \"p\"\n",
         &[],
     );
     for (n, event) in events.iter().enumerate() {
@@ -280,7 +284,10 @@ fn agents_panicking_in_every_smtp_event_never_take_the_host_down() {
         let (mut smtp, greeting) = Smtp::connect(mta.transport);
         if greeting.code == 220 {
             for line in [
+                "HELO c.test",
                 "EHLO c.test",
+                "STARTTLS",
+                "AUTH PLAIN AHUAcA==",
                 "NOOP",
                 "RSET",
                 "HELP",
@@ -289,6 +296,8 @@ fn agents_panicking_in_every_smtp_event_never_take_the_host_down() {
                 "DATA",
             ] {
                 let r = smtp.cmd(line);
+                // A faulted command gets 451 4.3.0 (STARTTLS without TLS gets 454); none is
+                // refused for good, and the session goes on.
                 assert!(
                     r.code == 0 || r.code < 500 || r.code == 503 || r.code == 554,
                     "{event} {line}: {r:?}"

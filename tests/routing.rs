@@ -950,3 +950,58 @@ fn a_delivery_agent_panicking_in_any_event_defers_and_loses_nothing() {
         "nothing failed"
     );
 }
+
+#[test]
+fn a_routing_agent_panicking_in_any_event_sends_the_item_to_poison_after_two_faults() {
+    let dir = TestDir::new("routing-panic");
+    let log = dir.path("route.log");
+    let events = [
+        "OnSubmittedMessage",
+        "OnResolvedMessage",
+        "OnRoutedMessage",
+        "OnCategorizedMessage",
+    ];
+    dir.write(
+        "agents.config",
+        &agents_xml(5000, &[route_probe(&log).param("panic_event", events[0])]),
+    );
+    let mta = Mta::start(
+        &dir,
+        &format!("[agents]\ntransport = \"agents.config\"\nreload_debounce_ms = 50\n{FAST_RETRY}"),
+        &[],
+    );
+    let poison = dir.path("mta-data/queue/poison");
+    for (n, event) in events.iter().enumerate() {
+        if n > 0 {
+            dir.replace(
+                "agents.config",
+                agents_xml(5000, &[route_probe(&log).param("panic_event", event)]).as_bytes(),
+            );
+            assert!(
+                wait_until(WAIT, || mta.generation("transport") == n as u64 + 1),
+                "{event}"
+            );
+        }
+        send(
+            &mta,
+            "a@elsewhere.test",
+            &["alice@example.test"],
+            &format!("panic {n}"),
+        );
+        assert!(
+            wait_until(WAIT, || std::fs::read_dir(&poison)
+                .map(|d| d.count())
+                .unwrap_or(0)
+                == n + 1),
+            "{event}: {}",
+            mta.log()
+        );
+        assert!(mta
+            .log()
+            .contains(&format!("route probe panics in {event}")));
+    }
+    assert!(
+        mta.maildir("alice").is_empty(),
+        "nothing was delivered half-categorized"
+    );
+}

@@ -32,6 +32,13 @@ impl RouteProbe {
         Ok(())
     }
 
+    /// Panics when the `panic_event` parameter names this event.
+    fn maybe_panic(&self, event: &str) {
+        if self.params.get("panic_event") == Some(event) {
+            panic!("route probe panics in {event}");
+        }
+    }
+
     fn subject_is(&self, key: &str, item: &MailItem<'_>) -> bool {
         self.params
             .get(key)
@@ -50,6 +57,7 @@ impl RoutingAgent for RouteProbe {
 
     fn on_submitted_message(&mut self, event: &mut SubmittedMessageEvent<'_>) -> AgentResult {
         self.seen.push("OnSubmittedMessage");
+        self.maybe_panic("OnSubmittedMessage");
         let item = event.mail_item();
         self.log("OnSubmittedMessage", &item)?;
         let (delete, fork, expand) = (
@@ -85,6 +93,7 @@ impl RoutingAgent for RouteProbe {
 
     fn on_resolved_message(&mut self, event: &mut ResolvedMessageEvent<'_>) -> AgentResult {
         self.seen.push("OnResolvedMessage");
+        self.maybe_panic("OnResolvedMessage");
         let item = event.mail_item();
         self.log("OnResolvedMessage", &item)?;
         let panic = self.subject_is("panic_subject", &item);
@@ -109,11 +118,13 @@ impl RoutingAgent for RouteProbe {
 
     fn on_routed_message(&mut self, event: &mut RoutedMessageEvent<'_>) -> AgentResult {
         self.seen.push("OnRoutedMessage");
+        self.maybe_panic("OnRoutedMessage");
         self.log("OnRoutedMessage", &event.mail_item())
     }
 
     fn on_categorized_message(&mut self, event: &mut CategorizedMessageEvent<'_>) -> AgentResult {
         self.seen.push("OnCategorizedMessage");
+        self.maybe_panic("OnCategorizedMessage");
         self.log("OnCategorizedMessage", &event.mail_item())?;
         if self.params.get("stamp") == Some("true") {
             let seen = self.seen.join(",");
