@@ -1005,3 +1005,107 @@ fn a_routing_agent_panicking_in_any_event_sends_the_item_to_poison_after_two_fau
         "nothing was delivered half-categorized"
     );
 }
+
+#[test]
+fn notify_decides_which_failures_are_reported() {
+    let dir = TestDir::new("notify");
+    let mta = Mta::start(&dir, "", &[]);
+    let mut looping = String::new();
+    for i in 0..21 {
+        looping.push_str(&format!(
+            "Received: from hop{i}.test; Wed, 25 Nov 2026 10:00:00 +0000\r\n"
+        ));
+    }
+    for (notify, subject) in [
+        ("NEVER", "never"),
+        ("SUCCESS,DELAY", "no failure"),
+        ("FAILURE", "failure"),
+    ] {
+        let mut smtp = Smtp::ehlo(mta.transport);
+        assert_eq!(smtp.cmd("MAIL FROM:<bob@example.test>").code, 250);
+        assert_eq!(
+            smtp.cmd(&format!("RCPT TO:<alice@example.test> NOTIFY={notify}"))
+                .code,
+            250
+        );
+        assert_eq!(smtp.cmd("DATA").code, 354);
+        smtp.send(format!("{looping}Subject: {subject}\r\n\r\nx\r\n.\r\n").as_bytes());
+        assert_eq!(smtp.read_reply().code, 250);
+        smtp.quit();
+    }
+    assert!(
+        wait_until(WAIT, || mta
+            .maildir("bob")
+            .iter()
+            .any(|m| m.contains("Undeliverable: failure"))),
+        "{}",
+        mta.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let reports = mta.maildir("bob");
+    assert_eq!(
+        reports.len(),
+        1,
+        "NOTIFY=NEVER and a NOTIFY without FAILURE get no report: {reports:?}"
+    );
+    assert_eq!(
+        mta.log().matches("Delivery failed.").count(),
+        3,
+        "every failure is logged"
+    );
+}
+
+#[test]
+fn a_message_needing_smtputf8_fails_towards_a_next_hop_without_it() {
+    let (port, messages, _) = seven_bit_server();
+    let dir = TestDir::new("smtputf8");
+    let mta = Mta::start(
+        &dir,
+        &format!(
+            "{FAST_RETRY}\n[[send_connectors]]\nname = \"Old\"\naddress_spaces = [\"SMTP:old.test;1\"]\nsmart_hosts = [\"127.0.0.1:{port}\"]\ntls = \"none\"\n"
+        ),
+        &[],
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    assert_eq!(
+        smtp.cmd("MAIL FROM:<alice@example.test> SMTPUTF8").code,
+        250
+    );
+    assert_eq!(smtp.cmd("RCPT TO:<d\u{e4}n@old.test>").code, 250);
+    assert_eq!(smtp.cmd("DATA").code, 354);
+    smtp.send("Subject: gr\u{fc}\u{df}e\r\n\r\nx\r\n.\r\n".as_bytes());
+    assert_eq!(smtp.read_reply().code, 250);
+    smtp.quit();
+    assert!(
+        wait_until(WAIT, || mta
+            .maildir("alice")
+            .iter()
+            .any(|m| m.contains("Status: 5.6.7"))),
+        "{}",
+        mta.log()
+    );
+    assert!(
+        messages.lock().unwrap().is_empty(),
+        "nothing was sent to the next hop"
+    );
+}
+
+#[test]
+fn config_check_refuses_a_dns_server_without_a_port() {
+    let dir = TestDir::new("dns-check");
+    dir.write("mta.toml", "[routing]\ndns_servers = [\"8.8.8.8\"]\n");
+    let (code, _, err) = run_mta(
+        &dir.0,
+        &[
+            "--config",
+            dir.path("mta.toml").to_str().unwrap(),
+            "config",
+            "check",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("[routing] dns_servers: \"8.8.8.8\" is not ip:port"),
+        "{err}"
+    );
+}

@@ -14,6 +14,13 @@ pub fn run(config: &HostConfig) -> anyhow::Result<ExitCode> {
     if let Err(e) = crate::routing::Router::new(config, organization) {
         host_problems.push(format!("routing: {e}"));
     }
+    for server in &config.routing.dns_servers {
+        if server.parse::<std::net::SocketAddr>().is_err() {
+            host_problems.push(format!(
+                "[routing] dns_servers: {server:?} is not ip:port (such as \"127.0.0.1:53\")"
+            ));
+        }
+    }
     for (name, listener) in [
         ("frontend", &config.frontend),
         ("transport", &config.transport),

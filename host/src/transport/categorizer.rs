@@ -554,6 +554,22 @@ impl Categorizer {
         for (r, why) in &failures {
             tracing::info!(message = if kind == dsn::Kind::Failed { "Delivery failed." } else { "Delivery delayed; sender notified." }, queue_id = %item.id, recipient = %r.address, reply = %why);
         }
+        // NOTIFY (RFC 3461): NEVER asks for no report; a list without FAILURE (or DELAY) asks
+        // for none of that kind. Without NOTIFY, failures are reported and delays too.
+        let wanted = |r: &EnvelopeRecipient| match r.notify.as_deref().map(str::to_ascii_uppercase)
+        {
+            None => true,
+            Some(n) if n.contains("NEVER") => false,
+            Some(n) => n.contains(if kind == dsn::Kind::Failed {
+                "FAILURE"
+            } else {
+                "DELAY"
+            }),
+        };
+        let failures: Vec<_> = failures.into_iter().filter(|(r, _)| wanted(r)).collect();
+        if failures.is_empty() {
+            return;
+        }
         if let Some(report) = dsn::notification(
             item,
             &failures,

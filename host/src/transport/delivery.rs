@@ -70,6 +70,18 @@ pub async fn smtp(
             Some(c) => c,
             None => Client::connect_with(address, helo, Duration::from_secs(60), tls).await?,
         };
+        // A message that needs SMTPUTF8 cannot go to a next hop without it (RFC 6531 3.2).
+        if item.envelope.smtputf8 && !client.offers("SMTPUTF8") && needs_smtputf8(item) {
+            pool.put(address, tls, client);
+            return Ok(all(
+                item,
+                Outcome::Fail(reply(
+                    553,
+                    "5.6.7",
+                    "The next hop does not support SMTPUTF8, which this message needs",
+                )),
+            ));
+        }
         // Content conversion: a next hop without 8BITMIME gets 7-bit content (RFC 6152).
         let item = if !client.offers("8BITMIME") && !item.message.to_bytes().is_ascii() {
             match seven_bit(item) {
@@ -132,6 +144,17 @@ pub async fn smtp(
             (r.clone(), outcome)
         })
         .collect())
+}
+
+/// Whether the envelope or the header fields hold non-ASCII text (what SMTPUTF8 is for).
+fn needs_smtputf8(item: &MailItem) -> bool {
+    !item.envelope.from.is_ascii()
+        || item
+            .envelope
+            .recipients
+            .iter()
+            .any(|r| !r.address.is_ascii())
+        || item.message.fields().iter().any(|f| !f.value().is_ascii())
 }
 
 /// MAIL and RCPT parameters: the envelope's, where the next hop understands them (BODY with
