@@ -103,11 +103,9 @@ impl Journal {
             }
         }
         let next = segments.last().map_or(1, |(n, _)| n + 1);
-        // Segments with nothing live are already finished.
-        for (number, path) in &segments {
-            if !counts.contains_key(number) {
-                let _ = fs::remove_file(path);
-            }
+        // Every segment is tracked; finished ones go once all older ones have gone (below).
+        for (number, _) in &segments {
+            counts.entry(*number).or_default();
         }
         let mut writer = Writer {
             dir: dir.to_path_buf(),
@@ -118,6 +116,7 @@ impl Journal {
             location,
         };
         writer.counts.entry(next).or_default();
+        writer.collect();
         let (sender, receiver) = mpsc::channel();
         std::thread::Builder::new()
             .name("queue-journal".into())
@@ -217,14 +216,26 @@ impl Writer {
         }
     }
 
-    /// One item of `segment` is done; a finished segment other than the current one goes.
+    /// One item of `segment` is done.
     fn release(&mut self, segment: u64) {
         if let Some(count) = self.counts.get_mut(&segment) {
             *count = count.saturating_sub(1);
-            if *count == 0 && segment != self.current {
-                self.counts.remove(&segment);
-                let _ = fs::remove_file(segment_path(&self.dir, segment));
+        }
+        self.collect();
+    }
+
+    /// Deletes finished segments, oldest first, stopping at the first with live items. Only a
+    /// prefix may go: a segment's `done` records can refer to items of older segments, and
+    /// deleting it while those remain would bring the items back after a crash.
+    fn collect(&mut self) {
+        let mut numbers: Vec<u64> = self.counts.keys().copied().collect();
+        numbers.sort_unstable();
+        for number in numbers {
+            if number == self.current || self.counts.get(&number) != Some(&0) {
+                break;
             }
+            self.counts.remove(&number);
+            let _ = fs::remove_file(segment_path(&self.dir, number));
         }
     }
 
@@ -232,15 +243,11 @@ impl Writer {
         let next = self.current + 1;
         match open_segment(&self.dir, next) {
             Ok(file) => {
-                let old = self.current;
                 self.file = file;
                 self.current = next;
                 self.size = 0;
                 self.counts.entry(next).or_default();
-                if self.counts.get(&old) == Some(&0) {
-                    self.counts.remove(&old);
-                    let _ = fs::remove_file(segment_path(&self.dir, old));
-                }
+                self.collect();
             }
             Err(e) => tracing::error!(message = "Cannot open a new journal segment.", error = %e),
         }
@@ -326,6 +333,36 @@ mod tests {
             message: Message::parse(format!("Subject: {id}\r\n\r\nx\r\n").as_bytes()),
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_done_record_is_never_deleted_before_the_item_it_finishes() {
+        let dir = std::env::temp_dir().join(format!("mta-journal-prefix-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let settle = || std::thread::sleep(std::time::Duration::from_millis(50));
+        {
+            let (j, _) = Journal::open(&dir).unwrap(); // segment 1
+            j.append(&item("A"), 0).await.unwrap();
+            j.append(&item("B"), 0).await.unwrap();
+        }
+        settle();
+        {
+            let (j, _) = Journal::open(&dir).unwrap(); // segment 2: done(A), C
+            j.done("A");
+            j.append(&item("C"), 0).await.unwrap();
+        }
+        settle();
+        {
+            let (j, _) = Journal::open(&dir).unwrap(); // segment 3: done(C), D
+            j.done("C");
+            j.append(&item("D"), 0).await.unwrap();
+        }
+        settle();
+        // Segment 2 has nothing live, but holds A's done record while segment 1 (B) remains.
+        let (_j, recovered) = Journal::open(&dir).unwrap();
+        let ids: Vec<String> = recovered.iter().map(|(i, _)| i.id.clone()).collect();
+        assert_eq!(ids, ["B", "D"]);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
