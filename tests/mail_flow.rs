@@ -73,6 +73,29 @@ fn mail_waits_while_mailbox_transport_is_down_and_drains_when_it_is_back() {
         "{}",
         mta.log()
     );
+    // The operator sees them waiting.
+    let config = mta.config.to_str().unwrap().to_string();
+    let (code, out, err) = run_mta(&dir.0, &["--config", &config, "queue", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("delivery-mailbox"))
+        .unwrap_or_default();
+    assert_eq!(row.split_whitespace().nth(1), Some("3"), "{out}");
+    let submission = out.lines().find(|l| l.starts_with("submission")).unwrap_or_default();
+    assert_eq!(submission.split_whitespace().nth(1), Some("0"), "handed over, out of the journal: {out}");
+    let (code, out, _) = run_mta(
+        &dir.0,
+        &["--config", &config, "queue", "show", "delivery-mailbox"],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("to alice@example.test") && l.contains("next hop mailbox"))
+            .count(),
+        3,
+        "{out}"
+    );
     mta.stop();
     mta.spawn(&[]);
     assert!(

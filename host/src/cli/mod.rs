@@ -3,6 +3,7 @@
 mod agent;
 mod check;
 mod connector;
+mod queue;
 mod run;
 
 use crate::config::HostConfig;
@@ -43,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: connector::ConnectorCommand,
     },
+    /// Show what waits in the Transport service's queues.
+    Queue {
+        #[command(subcommand)]
+        command: queue::QueueCommand,
+    },
     /// Check configuration files.
     Config {
         #[command(subcommand)]
@@ -71,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(config, args),
         Command::Agent { command } => agent::run(&config, command),
         Command::Connector { command } => connector::run(&config, command),
+        Command::Queue { command } => queue::run(&config, command),
         Command::Config {
             command: ConfigCommand::Check,
         } => check::run(&config),

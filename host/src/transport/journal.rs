@@ -254,6 +254,39 @@ impl Writer {
     }
 }
 
+/// The items accepted and not yet done, read without changing anything (for `mta queue`, while
+/// the server may be running).
+pub fn live_items(dir: &Path) -> io::Result<Vec<(MailItem, u32)>> {
+    let mut segments: Vec<(u64, PathBuf)> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                Some((name.strip_suffix(".log")?.parse::<u64>().ok()?, e.path()))
+            })
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    segments.sort();
+    let mut live: Vec<(String, Vec<u8>)> = Vec::new();
+    for (_, path) in &segments {
+        for (kind, payload) in read_records(path).unwrap_or_default() {
+            let Some((id, rest)) = split_id(&payload) else {
+                continue;
+            };
+            live.retain(|(i, _)| *i != id);
+            if kind == APPEND {
+                live.push((id, rest.to_vec()));
+            }
+        }
+    }
+    Ok(live
+        .into_iter()
+        .filter_map(|(id, bytes)| decode(&id, &bytes).ok())
+        .collect())
+}
+
 fn segment_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:012}.log"))
 }

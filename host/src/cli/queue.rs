@@ -1,0 +1,114 @@
+//! `mta queue list` and `mta queue show QUEUE`: what waits in the Transport service's queues
+//! (Exchange's Get-Queue and Get-Message), read from disk without disturbing a running server.
+
+use crate::config::HostConfig;
+use crate::message::MailItem;
+use crate::transport::journal;
+use crate::transport::submission_queue::QueueDir;
+use clap::Subcommand;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// Every queue with the number of items and the age of the oldest.
+    List,
+    /// The items of one queue (`submission`, `deferred`, `delivery-...`, `unreachable`,
+    /// `quarantine`, `poison`): id, age, attempts, sender, recipients, next hop.
+    Show {
+        /// The queue's name, as `mta queue list` prints it.
+        queue: String,
+    },
+}
+
+/// The items of a queue, by name.
+fn items(config: &HostConfig, queue: &str) -> anyhow::Result<Vec<(MailItem, u32)>> {
+    let root = config.data_dir.join("queue");
+    if queue == "submission" {
+        return Ok(journal::live_items(&root.join("journal"))?);
+    }
+    let dir = root.join(queue);
+    if !dir.is_dir() {
+        anyhow::bail!("no queue named {queue:?} under {}", root.display());
+    }
+    let q = QueueDir::open(&config.data_dir, queue)?;
+    Ok(q.ids()?
+        .into_iter()
+        .filter_map(|id| q.load(&id).ok())
+        .collect())
+}
+
+fn age(item: &MailItem) -> String {
+    if item.trace.received_ms == 0 {
+        return "-".into();
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now
+        .saturating_sub(Duration::from_millis(item.trace.received_ms))
+        .as_secs();
+    match secs {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s => format!("{}h", s / 3600),
+    }
+}
+
+pub fn run(config: &HostConfig, command: QueueCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        QueueCommand::List => {
+            let root = config.data_dir.join("queue");
+            let mut names = vec!["submission".to_string()];
+            if let Ok(entries) = std::fs::read_dir(&root) {
+                let mut others: Vec<String> = entries
+                    .filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n != "journal" && n != "tmp")
+                    .collect();
+                others.sort();
+                names.extend(others);
+            }
+            println!("{:<40} {:>8} {:>10}", "QUEUE", "ITEMS", "OLDEST");
+            for name in names {
+                let list = items(config, &name).unwrap_or_default();
+                let oldest = list
+                    .iter()
+                    .filter(|(i, _)| i.trace.received_ms > 0)
+                    .min_by_key(|(i, _)| i.trace.received_ms)
+                    .map(|(i, _)| age(i))
+                    .unwrap_or_else(|| "-".into());
+                println!("{:<40} {:>8} {:>10}", name, list.len(), oldest);
+            }
+        }
+        QueueCommand::Show { queue } => {
+            for (item, attempts) in items(config, &queue)? {
+                let rcpts: Vec<&str> = item
+                    .envelope
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.as_str())
+                    .collect();
+                println!(
+                    "{}  age {}  attempts {}  from <{}>  to {}{}{}",
+                    item.id,
+                    age(&item),
+                    attempts,
+                    item.envelope.from,
+                    rcpts.join(", "),
+                    item.trace
+                        .next_hop
+                        .as_deref()
+                        .map(|h| format!("  next hop {h}"))
+                        .unwrap_or_default(),
+                    item.quarantine
+                        .as_deref()
+                        .map(|q| format!("  quarantined: {q}"))
+                        .unwrap_or_default(),
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
