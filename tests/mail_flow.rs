@@ -82,8 +82,15 @@ fn mail_waits_while_mailbox_transport_is_down_and_drains_when_it_is_back() {
         .find(|l| l.starts_with("delivery-mailbox"))
         .unwrap_or_default();
     assert_eq!(row.split_whitespace().nth(1), Some("3"), "{out}");
-    let submission = out.lines().find(|l| l.starts_with("submission")).unwrap_or_default();
-    assert_eq!(submission.split_whitespace().nth(1), Some("0"), "handed over, out of the journal: {out}");
+    let submission = out
+        .lines()
+        .find(|l| l.starts_with("submission"))
+        .unwrap_or_default();
+    assert_eq!(
+        submission.split_whitespace().nth(1),
+        Some("0"),
+        "handed over, out of the journal: {out}"
+    );
     let (code, out, _) = run_mta(
         &dir.0,
         &["--config", &config, "queue", "show", "delivery-mailbox"],
