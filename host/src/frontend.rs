@@ -5,6 +5,7 @@
 use crate::message::MailItem;
 use crate::smtp::receive::{BoxFuture, Sink};
 use crate::smtp::send::{Client, SendError};
+use crate::transport::delivery::parameters;
 use mta_agent_sdk::SmtpResponse;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -29,34 +30,6 @@ impl ProxySink {
     async fn relay(&self, item: MailItem) -> Result<SmtpResponse, SmtpResponse> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let message = item.message.to_bytes();
-        let mut params = String::new();
-        if let Some(body) = &item.envelope.body_type {
-            params.push_str(&format!(" BODY={body}"));
-        }
-        if item.envelope.smtputf8 {
-            params.push_str(" SMTPUTF8");
-        }
-        if let Some(ret) = &item.envelope.ret {
-            params.push_str(&format!(" RET={ret}"));
-        }
-        if let Some(envid) = &item.envelope.envid {
-            params.push_str(&format!(" ENVID={envid}"));
-        }
-        let recipients: Vec<(String, String)> = item
-            .envelope
-            .recipients
-            .iter()
-            .map(|r| {
-                let mut p = String::new();
-                if let Some(n) = &r.notify {
-                    p.push_str(&format!(" NOTIFY={n}"));
-                }
-                if let Some(o) = &r.orcpt {
-                    p.push_str(&format!(" ORCPT={o}"));
-                }
-                (r.address.clone(), p)
-            })
-            .collect();
         for i in 0..self.nodes.len() {
             let node = &self.nodes[(start + i) % self.nodes.len()];
             let mut client = match Client::connect(node, &self.hostname, Duration::from_secs(30))
@@ -68,6 +41,8 @@ impl ProxySink {
                     continue;
                 }
             };
+            // The node's EHLO decides which envelope parameters it gets, as for any next hop.
+            let (params, recipients) = parameters(&client, &item);
             let sent = client
                 .send_mail(&item.envelope.from, &params, &recipients, &message)
                 .await;

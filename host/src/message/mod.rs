@@ -191,6 +191,11 @@ impl Message {
         self.fields.iter().map(|f| f.raw.len()).sum::<usize>() + 2 + self.body.len()
     }
 
+    /// Whether every byte of the message is 7-bit ASCII, without copying it.
+    pub fn is_ascii(&self) -> bool {
+        self.fields.iter().all(|f| f.raw.is_ascii()) && self.body.is_ascii()
+    }
+
     /// Whether the message is empty.
     pub fn is_empty(&self) -> bool {
         self.fields.is_empty() && self.body.is_empty()

@@ -83,7 +83,7 @@ pub async fn smtp(
             ));
         }
         // Content conversion: a next hop without 8BITMIME gets 7-bit content (RFC 6152).
-        let item = if !client.offers("8BITMIME") && !item.message.to_bytes().is_ascii() {
+        let item = if !client.offers("8BITMIME") && !item.message.is_ascii() {
             match seven_bit(item) {
                 Some(copy) => std::borrow::Cow::Owned(copy),
                 None => {
@@ -159,7 +159,7 @@ fn needs_smtputf8(item: &MailItem) -> bool {
 
 /// MAIL and RCPT parameters: the envelope's, where the next hop understands them (BODY with
 /// 8BITMIME, SMTPUTF8, and RET, ENVID, NOTIFY, ORCPT with DSN).
-fn parameters(client: &Client, item: &MailItem) -> (String, Vec<(String, String)>) {
+pub(crate) fn parameters(client: &Client, item: &MailItem) -> (String, Vec<(String, String)>) {
     let mut params = String::new();
     if let Some(body) = &item.envelope.body_type {
         if client.offers("8BITMIME") {
