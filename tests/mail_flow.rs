@@ -189,12 +189,17 @@ fn standard_clients_deliver_into_maildirs_other_tools_can_read() {
     assert!(wait_until(WAIT, || mta.maildir("alice").len() == 1
         && mta.maildir("bob").len() == 1));
     let message = &mta.maildir("alice")[0];
-    assert!(message.contains("Subject: from python\r\n"));
+    assert!(message.contains("Subject: from python\n"));
     assert!(
-        message.contains("\r\n.leading dot\r\n"),
+        message.contains("\n.leading dot\n"),
         "dot-stuffing undone exactly once: {message:?}"
     );
-    assert!(message.starts_with("Received: from "), "{message}");
+    assert!(
+        message.starts_with(
+            "Return-Path: <x@elsewhere.test>\nDelivered-To: alice@example.test\nReceived: from "
+        ),
+        "{message}"
+    );
     for sub in ["tmp", "new", "cur"] {
         assert!(dir
             .path(&format!("mta-data/mailboxes/alice/{sub}"))

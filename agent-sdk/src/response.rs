@@ -7,7 +7,11 @@ use std::fmt;
 /// Both codes are checked when the response is built: the reply code is three digits with a first
 /// digit of 2 to 5 and a second of 0 to 5 (RFC 5321 §4.2); the enhanced status code is
 /// `class.subject.detail` (RFC 3463) whose class equals the reply code's first digit. A 3xx reply
-/// has no enhanced code. The text may hold several lines (separated by `\n`) and no CR.
+/// has no enhanced code. The text may hold several lines (separated by `\n`) of at most 500
+/// characters and no other control character than TAB.
+///
+/// Text that comes from outside (a remote server's reply, an error message, a file) goes through
+/// [`SmtpResponse::sanitized`], which never fails.
 ///
 /// ```
 /// use mta_agent_sdk::SmtpResponse;
@@ -66,6 +70,11 @@ impl SmtpResponse {
         if text.contains('\r') {
             return Err(InvalidResponse("response text must not contain CR".into()));
         }
+        if let Some(c) = text.chars().find(|&c| is_forbidden(c)) {
+            return Err(InvalidResponse(format!(
+                "response text must not contain the control character {c:?}"
+            )));
+        }
         if let Some(line) = text.split('\n').find(|line| line.len() > MAX_LINE) {
             return Err(InvalidResponse(format!(
                 "response line of {} characters is over the limit of {MAX_LINE}",
@@ -78,6 +87,62 @@ impl SmtpResponse {
             text,
         })
     }
+
+    /// Builds a response from anything, never failing: the form to use for text that came from
+    /// outside (a remote server, an agent's error, a file, a DNS name).
+    ///
+    /// An invalid reply code becomes 451 (554 for a 5xx class), an enhanced code that is not
+    /// valid for the class becomes `class.0.0`, control characters become spaces, lines are cut
+    /// at 500 characters and at most [`MAX_LINES`](Self::MAX_LINES) lines are kept.
+    ///
+    /// ```
+    /// use mta_agent_sdk::SmtpResponse;
+    ///
+    /// let r = SmtpResponse::sanitized(550, "4.1.1", "no such\r\nuser\u{0}here");
+    /// assert_eq!(r.to_string(), "550 5.0.0 no such / user here");
+    /// assert_eq!(SmtpResponse::sanitized(999, "", "odd").code(), 451);
+    /// ```
+    pub fn sanitized(code: u16, enhanced: &str, text: &str) -> Self {
+        let code = match (code / 100, code / 10 % 10) {
+            (2..=5, 0..=5) => code,
+            (5, _) => 554,
+            _ => 451,
+        };
+        let class = code / 100;
+        let enhanced = if class == 3 {
+            String::new()
+        } else if validate_enhanced(class, enhanced).is_ok() {
+            enhanced.to_string()
+        } else {
+            format!("{class}.0.0")
+        };
+        let mut lines: Vec<String> = Vec::new();
+        for line in text.split('\n').take(Self::MAX_LINES) {
+            let mut clean = String::with_capacity(line.len().min(MAX_LINE));
+            for c in line.chars() {
+                if c == '\r' {
+                    continue;
+                }
+                let c = if is_forbidden(c) || c == '\t' { ' ' } else { c };
+                if clean.len() + c.len_utf8() > MAX_LINE {
+                    break;
+                }
+                clean.push(c);
+            }
+            lines.push(clean.trim_end().to_string());
+        }
+        while lines.len() > 1 && lines.last().is_some_and(String::is_empty) {
+            lines.pop();
+        }
+        Self {
+            code,
+            enhanced,
+            text: lines.join("\n"),
+        }
+    }
+
+    /// The most lines [`sanitized`](Self::sanitized) keeps.
+    pub const MAX_LINES: usize = 20;
 
     /// The three-digit reply code.
     pub fn code(&self) -> u16 {
@@ -126,6 +191,11 @@ impl SmtpResponse {
         }
         out
     }
+}
+
+/// Control characters a reply line may not carry (TAB and the line separator LF excepted).
+fn is_forbidden(c: char) -> bool {
+    c.is_control() && c != '\t' && c != '\n'
 }
 
 fn validate_enhanced(class: u16, enhanced: &str) -> Result<(), InvalidResponse> {
@@ -198,10 +268,45 @@ mod tests {
     fn text_is_checked_and_multiline_goes_to_the_wire() {
         assert!(SmtpResponse::new(550, "5.7.1", "a\rb").is_err());
         assert!(SmtpResponse::new(550, "5.7.1", "x".repeat(501)).is_err());
+        assert!(SmtpResponse::new(550, "5.7.1", "nul\0").is_err());
+        assert!(SmtpResponse::new(550, "5.7.1", "tab\tok").is_ok());
         let response = SmtpResponse::new(550, "5.7.1", "first\nsecond").unwrap();
         assert_eq!(
             response.to_wire(),
             "550-5.7.1 first\r\n550 5.7.1 second\r\n"
+        );
+    }
+
+    #[test]
+    fn sanitized_never_fails_and_always_gives_a_valid_response() {
+        let long = "é".repeat(400);
+        let many = "line\n".repeat(100);
+        let table: &[(u16, &str, &str)] = &[
+            (550, "5.1.1", "fine"),
+            (550, "4.1.1", "class differs"),
+            (999, "9.9.9", "bad code"),
+            (561, "5.6.1", "bad second digit"),
+            (354, "3.0.0", "go ahead"),
+            (250, "", "no enhanced code"),
+            (421, "4.4.2", "a\r\nb\u{1b}[31mred\u{7f}"),
+            (550, "5.7.1", &long),
+            (451, "4.3.0", &many),
+            (0, "", ""),
+        ];
+        for &(code, enhanced, text) in table {
+            let r = SmtpResponse::sanitized(code, enhanced, text);
+            let again = SmtpResponse::new(r.code(), r.enhanced_code(), r.text());
+            assert_eq!(again.as_ref(), Ok(&r), "{code} {enhanced} {text:?}");
+            assert!(r.text().split('\n').count() <= SmtpResponse::MAX_LINES);
+            assert!(r
+                .to_wire()
+                .split("\r\n")
+                .all(|l| !l.contains(['\r', '\n']) && l.len() <= 512));
+        }
+        assert_eq!(SmtpResponse::sanitized(561, "5.6.1", "x").code(), 554);
+        assert_eq!(
+            SmtpResponse::sanitized(550, "5.7.1", &long).text().len(),
+            500
         );
     }
 }

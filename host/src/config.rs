@@ -104,6 +104,10 @@ pub struct ListenerConfig {
     /// Front End only: the Transport nodes to relay to (default: this host's Transport).
     #[serde(default)]
     pub transport_nodes: Option<Vec<String>>,
+    /// Transport only: the Front End nodes, which may name their client with XCLIENT
+    /// (default: loopback).
+    #[serde(default)]
+    pub frontend_nodes: Option<Vec<crate::net::IpRange>>,
 }
 
 impl ListenerConfig {
@@ -118,6 +122,7 @@ impl ListenerConfig {
             session_timeout_secs: None,
             max_connections_per_ip: None,
             permission_groups: None,
+            frontend_nodes: None,
             transport_nodes: None,
         }
     }
@@ -158,6 +163,9 @@ pub struct RoutingConfig {
     pub retry_max_ms: u64,
     /// DNS servers (`ip:port`) for MX lookups (default: the system's resolver configuration).
     pub dns_servers: Vec<String>,
+    /// How long an idle outbound connection is kept for the next message to the same next hop,
+    /// in ms; then it is closed with QUIT.
+    pub idle_connection_ms: u64,
 }
 
 impl Default for RoutingConfig {
@@ -172,6 +180,7 @@ impl Default for RoutingConfig {
             retry_base_ms: 500,
             retry_max_ms: 600_000,
             dns_servers: Vec::new(),
+            idle_connection_ms: 20_000,
         }
     }
 }
@@ -337,6 +346,21 @@ impl Default for AuthConfig {
             require_tls: true,
             users: Vec::new(),
         }
+    }
+}
+
+impl AuthConfig {
+    /// Whether `user` and `password` name a configured user. Every entry is compared, each in
+    /// time independent of where the bytes differ.
+    pub fn verify(&self, user: &str, password: &str) -> bool {
+        fn same(a: &[u8], b: &[u8]) -> bool {
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        }
+        self.users.iter().fold(false, |found, u| {
+            let hit = same(u.name.as_bytes(), user.as_bytes())
+                & same(u.password.as_bytes(), password.as_bytes());
+            found | hit
+        })
     }
 }
 

@@ -1,81 +1,277 @@
-//! Front End Transport: a stateless SMTP proxy. It runs the Front End agents, then hands each
-//! transaction to a Transport node of the pool and answers the client's DATA with that node's
-//! answer, so a 250 from us means a Transport node has the message durably. It stores nothing.
+//! Front End Transport: a stateless SMTP proxy that relays each session to a Transport node in
+//! real time, as Exchange's Front End does.
+//!
+//! At the client's first MAIL FROM the Front End opens an SMTP session with a node of its pool
+//! (round-robin, failing over to the next node that cannot be reached), names the client with
+//! XCLIENT when the node offers it, and relays MAIL. Each RCPT TO, DATA and the message are
+//! relayed as they come, and the client gets the node's own reply to each: a recipient that
+//! Transport (or one of its agents) refuses is refused to the client at RCPT, and a 250 after
+//! the data means a Transport node has the message durably. With no node reachable, MAIL gets
+//! `451 4.4.0`. It stores nothing.
 
-use crate::message::MailItem;
-use crate::smtp::receive::{BoxFuture, Sink};
+use crate::message::{Envelope, EnvelopeRecipient, MailItem};
+use crate::smtp::receive::{ready, BoxFuture, Sink, Transactions};
+use crate::smtp::reply;
 use crate::smtp::send::{Client, SendError};
-use crate::transport::delivery::parameters;
+use crate::smtp::session::MailRequest;
+use crate::smtp::xtext;
+use crate::transport::delivery::{mail_parameters, rcpt_parameters};
 use mta_agent_sdk::SmtpResponse;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Relays to a pool of Transport nodes: round-robin, failing over to the next on connect errors.
+/// How long the Front End waits for a Transport node.
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The pool of Transport nodes.
 pub struct ProxySink {
     nodes: Vec<String>,
     next: AtomicUsize,
     hostname: String,
+    transactions: AtomicU64,
 }
 
 impl ProxySink {
     /// A proxy to `nodes` (`ip:port`).
-    pub fn new(nodes: Vec<String>, hostname: &str) -> Self {
-        Self {
+    pub fn new(nodes: Vec<String>, hostname: &str) -> Arc<Self> {
+        Arc::new(Self {
             nodes,
             next: AtomicUsize::new(0),
             hostname: hostname.to_string(),
-        }
+            transactions: AtomicU64::new(0),
+        })
     }
 
-    async fn relay(&self, item: MailItem) -> Result<SmtpResponse, SmtpResponse> {
+    /// A session with a node that answers, the client named to it with XCLIENT.
+    async fn connect(&self, xclient: &str) -> Option<Client> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let message = item.message.to_bytes();
         for i in 0..self.nodes.len() {
             let node = &self.nodes[(start + i) % self.nodes.len()];
-            let mut client = match Client::connect(node, &self.hostname, Duration::from_secs(30))
-                .await
-            {
-                Ok(c) => c,
+            match Client::connect_naming(node, &self.hostname, TIMEOUT, xclient).await {
+                Ok(client) => return Some(client),
                 Err(e) => {
                     tracing::warn!(message = "Transport node unavailable; trying the next.", node = %node, error = %e);
-                    continue;
                 }
-            };
-            // The node's EHLO decides which envelope parameters it gets, as for any next hop.
-            let (params, recipients) = parameters(&client, &item);
-            let sent = client
-                .send_mail(&item.envelope.from, &params, &recipients, &message)
-                .await;
-            client.quit().await;
-            return match sent {
-                Ok(sent) => match sent.data {
-                    Some(reply) if reply.is_success() => Ok(reply),
-                    Some(reply) => Err(reply),
-                    None => Err(sent
-                        .recipients
-                        .into_iter()
-                        .find_map(|(_, r)| r.err())
-                        .unwrap_or_else(|| {
-                            temporary("No recipient accepted by the Transport service")
-                        })),
-                },
-                Err(SendError::Rejected(_, reply)) => Err(reply),
-                Err(e) => {
-                    tracing::warn!(message = "Relay to Transport failed.", node = %node, error = %e);
-                    Err(temporary("Transport service unavailable, try again later"))
-                }
-            };
+            }
         }
-        Err(temporary("No Transport service available, try again later"))
+        None
     }
 }
 
-fn temporary(text: &str) -> SmtpResponse {
-    SmtpResponse::new(451, "4.4.0", text).expect("valid")
+/// A [`ProxySink`] shared by the Front End's sessions.
+#[derive(Clone)]
+pub struct FrontEndSink(pub Arc<ProxySink>);
+
+impl Sink for FrontEndSink {
+    fn open(&self) -> Box<dyn Transactions> {
+        Box::new(Relay {
+            proxy: Arc::clone(&self.0),
+            upstream: None,
+            named: String::new(),
+            in_data: false,
+        })
+    }
+
+    fn submit(&self, _item: MailItem) -> BoxFuture<'_, Result<SmtpResponse, SmtpResponse>> {
+        ready(Err(reply(
+            554,
+            "5.3.3",
+            "The Front End stores nothing and takes no submissions",
+        )))
+    }
 }
 
-impl Sink for ProxySink {
-    fn accept(&self, item: MailItem) -> BoxFuture<'_, Result<SmtpResponse, SmtpResponse>> {
-        Box::pin(self.relay(item))
+/// One client session's relay: the Transport session it opened, if any.
+struct Relay {
+    proxy: Arc<ProxySink>,
+    upstream: Option<Client>,
+    /// The XCLIENT attributes the upstream session was opened with.
+    named: String,
+    /// DATA was accepted upstream and the message not sent yet.
+    in_data: bool,
+}
+
+fn unavailable() -> SmtpResponse {
+    reply(
+        451,
+        "4.4.0",
+        "No Transport service available, try again later",
+    )
+}
+
+/// XCLIENT attributes naming the Front End's client (values in xtext).
+fn xclient_attributes(request: &MailRequest) -> String {
+    let client = &request.client;
+    let addr = match client.remote.ip() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("IPV6:{v6}"),
+    };
+    let mut out = format!("ADDR={addr} PORT={}", client.remote.port());
+    out.push_str(&format!(
+        " PROTO={}",
+        if client.esmtp { "ESMTP" } else { "SMTP" }
+    ));
+    if let Some(helo) = client.helo_name() {
+        out.push_str(&format!(" HELO={}", xtext::encode(helo)));
+    }
+    if let Some(user) = &client.authenticated {
+        out.push_str(&format!(" LOGIN={}", xtext::encode(user)));
+    }
+    out.push_str(if request.trusted {
+        " TRUSTED=YES"
+    } else {
+        " TRUSTED=NO"
+    });
+    out
+}
+
+impl Relay {
+    /// Drops the upstream session after a broken connection.
+    fn lost(&mut self, e: &SendError) -> SmtpResponse {
+        tracing::warn!(message = "Relay to Transport failed.", error = %e);
+        self.upstream = None;
+        self.in_data = false;
+        match e {
+            SendError::Rejected(_, r) => r.clone(),
+            _ => reply(
+                451,
+                "4.4.0",
+                "Transport service unavailable, try again later",
+            ),
+        }
+    }
+
+    /// Sends one command upstream; its reply, or the loss of the session as a 451.
+    async fn relay(&mut self, line: &str) -> Result<SmtpResponse, SmtpResponse> {
+        let Some(client) = self.upstream.as_mut() else {
+            return Err(unavailable());
+        };
+        match client.command(line).await {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.lost(&e)),
+        }
+    }
+}
+
+impl Transactions for Relay {
+    fn mail<'a>(
+        &'a mut self,
+        request: &'a MailRequest,
+    ) -> BoxFuture<'a, Result<String, SmtpResponse>> {
+        Box::pin(async move {
+            let named = xclient_attributes(request);
+            if self.upstream.is_some() && self.named != named {
+                // The client is not who it was (it authenticated, or started TLS): name it
+                // again in a new session.
+                if let Some(old) = self.upstream.take() {
+                    old.quit().await;
+                }
+            }
+            if self.upstream.is_none() {
+                self.upstream = self.proxy.connect(&named).await;
+                self.named = named;
+            }
+            let Some(client) = self.upstream.as_ref() else {
+                return Err(unavailable());
+            };
+            let envelope = Envelope {
+                from: request.from.address.clone(),
+                envid: request.from.envid.clone(),
+                ret: request.from.ret,
+                body_type: request.from.body,
+                smtputf8: request.from.smtputf8,
+                size: request.from.size,
+                ..Envelope::default()
+            };
+            let line = format!(
+                "MAIL FROM:<{}>{}",
+                envelope.from,
+                mail_parameters(client, &envelope)
+            );
+            let r = self.relay(&line).await?;
+            if !r.is_success() {
+                return Err(r);
+            }
+            let n = self.proxy.transactions.fetch_add(1, Ordering::Relaxed) + 1;
+            Ok(format!("frontend-{n}"))
+        })
+    }
+
+    fn rcpt<'a>(
+        &'a mut self,
+        recipient: &'a EnvelopeRecipient,
+    ) -> BoxFuture<'a, Result<(), SmtpResponse>> {
+        Box::pin(async move {
+            let Some(client) = self.upstream.as_ref() else {
+                return Err(unavailable());
+            };
+            let line = format!(
+                "RCPT TO:<{}>{}",
+                recipient.address,
+                rcpt_parameters(client, recipient)
+            );
+            let r = self.relay(&line).await?;
+            if r.is_success() {
+                Ok(())
+            } else {
+                Err(r)
+            }
+        })
+    }
+
+    fn data(&mut self) -> BoxFuture<'_, Result<(), SmtpResponse>> {
+        Box::pin(async move {
+            let r = self.relay("DATA").await?;
+            if r.code() == 354 {
+                self.in_data = true;
+                Ok(())
+            } else {
+                Err(r)
+            }
+        })
+    }
+
+    fn message(&mut self, item: MailItem) -> BoxFuture<'_, Vec<SmtpResponse>> {
+        Box::pin(async move {
+            let Some(client) = self.upstream.as_mut() else {
+                return vec![unavailable()];
+            };
+            let bytes = item.message.to_bytes();
+            drop(item);
+            self.in_data = false;
+            match client.message(&bytes, 1).await {
+                Ok(mut replies) => vec![replies.pop().unwrap_or_else(unavailable)],
+                Err(e) => vec![self.lost(&e)],
+            }
+        })
+    }
+
+    fn reset(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.in_data {
+                // DATA cannot be taken back: ending the session makes Transport drop the
+                // message it was receiving.
+                self.in_data = false;
+                self.upstream = None;
+                return;
+            }
+            if let Some(client) = self.upstream.as_mut() {
+                if let Err(e) = client.reset().await {
+                    self.lost(&e);
+                }
+            }
+        })
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(client) = self.upstream.take() {
+                if !self.in_data {
+                    client.quit().await;
+                }
+            }
+        })
     }
 }

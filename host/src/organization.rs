@@ -2,6 +2,7 @@
 //! follow from them (unknown users, no open relay).
 
 use crate::config::OrganizationConfig;
+use crate::smtp::reply;
 use mta_agent_sdk::SmtpResponse;
 use std::collections::HashSet;
 
@@ -24,20 +25,41 @@ pub enum RecipientKind {
 }
 
 impl Organization {
-    /// From the host configuration: mailboxes exist in every accepted domain.
+    /// From the host configuration: mailboxes exist in every accepted domain, and so does
+    /// `postmaster` (RFC 5321 4.5.1), listed or not.
     pub fn new(config: &OrganizationConfig) -> Self {
+        let mut mailboxes: HashSet<String> = config
+            .mailboxes
+            .iter()
+            .map(|m| m.to_ascii_lowercase())
+            .collect();
+        mailboxes.insert("postmaster".into());
         Self {
             domains: config
                 .accepted_domains
                 .iter()
                 .map(|d| d.to_ascii_lowercase())
                 .collect(),
-            mailboxes: config
-                .mailboxes
-                .iter()
-                .map(|m| m.to_ascii_lowercase())
-                .collect(),
+            mailboxes,
         }
+    }
+
+    /// The mailbox names, sorted.
+    pub fn mailboxes(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.mailboxes.iter().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The postmaster's address, in the first accepted domain.
+    pub fn postmaster(&self) -> String {
+        format!(
+            "postmaster@{}",
+            self.domains
+                .first()
+                .map(String::as_str)
+                .unwrap_or("localhost")
+        )
     }
 
     /// The accepted domains.
@@ -95,10 +117,6 @@ impl Organization {
             _ => None,
         }
     }
-}
-
-fn reply(code: u16, enhanced: &str, text: &str) -> SmtpResponse {
-    SmtpResponse::new(code, enhanced, text).expect("static reply is valid")
 }
 
 #[cfg(test)]

@@ -3,14 +3,14 @@
 
 use crate::agents::AgentHost;
 use crate::config::{HostConfig, ListenerConfig};
-use crate::frontend::ProxySink;
+use crate::frontend::{FrontEndSink, ProxySink};
 use crate::mailbox::delivery::{MailboxPolicy, MailboxSink, OrganizationPolicy};
 use crate::mailbox::store::MailboxStore;
 use crate::net::IpRange;
 use crate::organization::Organization;
 use crate::service::Service;
 use crate::smtp::receive::{self, ReceiveConfig, Receiver};
-use crate::transport::{Queues, SubmissionSink};
+use crate::transport::{Queues, SubmissionSink, TransportSink};
 use anyhow::Context;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,8 +29,10 @@ fn receive_config(
     service: Service,
     config: &HostConfig,
     listener: &ListenerConfig,
+    organization: &Organization,
 ) -> anyhow::Result<ReceiveConfig> {
     let mut rc = ReceiveConfig::new(service, &config.hostname);
+    rc.postmaster = organization.postmaster();
     if let Some(groups) = &listener.permission_groups {
         rc.permissions = crate::smtp::receive::Permissions::from_names(groups)
             .map_err(|e| anyhow::anyhow!("[{}] permission_groups: {e}", service.as_str()))?;
@@ -58,6 +60,10 @@ fn receive_config(
         .remote_ranges
         .clone()
         .or_else(|| (service == Service::Mailbox).then(loopback));
+    if service == Service::Transport {
+        // The Front End and Mailbox Transport nodes name their clients with XCLIENT.
+        rc.xclient_hosts = listener.frontend_nodes.clone().unwrap_or_else(loopback);
+    }
     Ok(rc)
 }
 
@@ -105,28 +111,30 @@ pub async fn run(
             config.data_dir.join("mailboxes"),
             &config.hostname,
         ));
-        for mailbox in &config.organization.mailboxes {
+        for mailbox in organization.mailboxes() {
             store
-                .create(mailbox)
+                .create(&mailbox)
                 .with_context(|| format!("creating the mailbox {mailbox}"))?;
         }
         let outbox = crate::mailbox::submission::OutboxSubmission {
             store: Arc::clone(&store),
-            mailboxes: config.organization.mailboxes.clone(),
+            mailboxes: organization.mailboxes(),
             organization: Arc::clone(&organization),
             transport: config.transport.listen.clone(),
             hostname: config.hostname.clone(),
+            progress: config.data_dir.join("queue").join("outbox"),
         };
         tokio::spawn(outbox.run(
             Duration::from_millis(config.directories.poll_interval_ms),
             shutdown.clone(),
         ));
         let receiver = Receiver::new(
-            receive_config(Service::Mailbox, &config, &config.mailbox)?,
+            receive_config(Service::Mailbox, &config, &config.mailbox, &organization)?,
             None,
             Arc::new(MailboxSink {
                 store,
                 organization: Arc::clone(&organization),
+                deliveries: Default::default(),
             }),
             Arc::new(MailboxPolicy(Arc::clone(&organization))),
         );
@@ -149,7 +157,7 @@ pub async fn run(
             wake_tx.clone(),
         ));
         tokio::spawn(categorizer.run(recovered, wake_rx));
-        let submission: Arc<SubmissionSink> = Arc::new(SubmissionSink::new(queues, wake_tx));
+        let submission = TransportSink(Arc::new(SubmissionSink::new(queues, wake_tx)));
         let poll = Duration::from_millis(config.directories.poll_interval_ms);
         let formats: [(
             Option<&std::path::Path>,
@@ -171,7 +179,7 @@ pub async fn run(
                 tokio::spawn(crate::directories::watch(
                     dir.to_path_buf(),
                     format,
-                    submission.clone(),
+                    Arc::new(submission.clone()),
                     poll,
                     config.directories.max_per_poll,
                     shutdown.clone(),
@@ -179,9 +187,14 @@ pub async fn run(
             }
         }
         let receiver = Receiver::with_security(
-            receive_config(Service::Transport, &config, &config.transport)?,
+            receive_config(
+                Service::Transport,
+                &config,
+                &config.transport,
+                &organization,
+            )?,
             agents.get(&Service::Transport).cloned(),
-            submission,
+            Arc::new(submission),
             Arc::new(OrganizationPolicy(Arc::clone(&organization))),
             tls.clone(),
             Arc::clone(&auth),
@@ -198,9 +211,9 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| vec![config.transport.listen.clone()]);
         let receiver = Receiver::with_security(
-            receive_config(Service::FrontEnd, &config, &config.frontend)?,
+            receive_config(Service::FrontEnd, &config, &config.frontend, &organization)?,
             agents.get(&Service::FrontEnd).cloned(),
-            Arc::new(ProxySink::new(nodes, &config.hostname)),
+            Arc::new(FrontEndSink(ProxySink::new(nodes, &config.hostname))),
             Arc::new(OrganizationPolicy(Arc::clone(&organization))),
             tls.clone(),
             Arc::clone(&auth),

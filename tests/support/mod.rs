@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod peer;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -477,6 +479,11 @@ impl Smtp {
         smtp
     }
 
+    /// The client's own port (what the server sees as the remote port).
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().unwrap().port()
+    }
+
     /// The socket, for writes that may fail.
     pub fn stream(&mut self) -> &mut TcpStream {
         &mut self.stream
@@ -578,4 +585,71 @@ pub fn run_mta(dir: &Path, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// `bytes` with every CRLF turned into LF: how a message looks in a Maildir file.
+pub fn lf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Raw bytes of the files in a mailbox's `new/`, sorted by name (time of delivery).
+pub fn maildir_files(dir: &Path) -> Vec<Vec<u8>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("new"))
+        .map(|r| r.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files.iter().filter_map(|f| std::fs::read(f).ok()).collect()
+}
+
+/// The body of a stored message: what follows the first empty line (LF or CRLF endings).
+pub fn body_of(message: &[u8]) -> &[u8] {
+    for (i, w) in message.windows(2).enumerate() {
+        if w == b"\n\n" {
+            return &message[i + 2..];
+        }
+        if i + 4 <= message.len() && &message[i..i + 4] == b"\r\n\r\n" {
+            return &message[i + 4..];
+        }
+    }
+    &[]
+}
+
+/// Runs a Python script; panics with its output when it fails. Returns its standard output.
+pub fn python(script: &str) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Mta {
+    /// Raw bytes of the messages in a mailbox's `new/`, oldest first.
+    pub fn maildir_raw(&self, mailbox: &str) -> Vec<Vec<u8>> {
+        maildir_files(&self.dir.join("mta-data/mailboxes").join(mailbox))
+    }
+
+    /// How many files a queue directory (`queue/<name>/`) holds.
+    pub fn queued(&self, queue: &str) -> usize {
+        std::fs::read_dir(self.dir.join("mta-data/queue").join(queue))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
 }

@@ -169,8 +169,17 @@ impl EventHost for CallContext {
     }
 
     fn set_mail_from(&mut self, address: RStr<'_>) -> RResult<(), RString> {
+        let address = address.as_str();
+        if !address.is_empty() {
+            if let Err(e) = crate::smtp::address::check_mailbox(address) {
+                return RResult::RErr(format!("{address:?} is not a mailbox address: {e}").into());
+            }
+        }
         self.item_mut()
-            .map(|i| i.envelope.from = address.to_string())
+            .map(|i| {
+                i.envelope.from = address.to_string();
+                i.envelope.smtputf8 |= !address.is_ascii();
+            })
             .into()
     }
 
@@ -178,26 +187,23 @@ impl EventHost for CallContext {
         let Some(item) = self.item() else {
             return RVec::new();
         };
-        let s = |o: &Option<String>| RString::from(o.as_deref().unwrap_or(""));
+        let s = |o: Option<String>| RString::from(o.unwrap_or_default());
         item.envelope
             .recipients
             .iter()
             .map(|r| FfiRecipient {
                 address: r.address.as_str().into(),
-                orcpt: s(&r.orcpt),
-                notify: s(&r.notify),
-                routing_override: s(&r.routing_override),
+                orcpt: s(r.orcpt.as_ref().map(ToString::to_string)),
+                notify: s(r.notify.map(|n| n.to_string())),
+                routing_override: s(r.routing_override.clone()),
             })
             .collect()
     }
 
     fn add_recipient(&mut self, address: RStr<'_>) -> RResult<(), RString> {
         let address = address.as_str().trim();
-        if address.is_empty()
-            || !address.contains('@')
-            || address.contains(['<', '>', ' ', '\r', '\n'])
-        {
-            return RResult::RErr(format!("{address:?} is not a mailbox address").into());
+        if let Err(e) = crate::smtp::address::check_mailbox(address) {
+            return RResult::RErr(format!("{address:?} is not a mailbox address: {e}").into());
         }
         self.item_mut()
             .map(|i| {

@@ -23,9 +23,11 @@ pub(crate) fn addresses(message: &mail_parser::Message<'_>, field: &str) -> Vec<
         "Sender" => message.sender(),
         _ => None,
     };
+    // Every address must pass the same check as one in RCPT TO.
     list.map(|l| {
         l.iter()
             .filter_map(|a| a.address().map(str::to_string))
+            .filter(|a| crate::smtp::address::check_mailbox(a).is_ok())
             .collect()
     })
     .unwrap_or_default()
@@ -65,14 +67,7 @@ impl Format for Pickup {
         }
         message.remove_header("Bcc");
         if message.header("Message-ID").is_none() {
-            let id = format!(
-                "<{}.{}@{}>",
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos()),
-                std::process::id(),
-                self.hostname
-            );
+            let id = crate::message::new_message_id(&self.hostname);
             message
                 .add_header("Message-ID", &id)
                 .map_err(|e| e.to_string())?;
@@ -82,10 +77,12 @@ impl Format for Pickup {
                 .add_header("Date", &crate::message::date::rfc2822_now())
                 .map_err(|e| e.to_string())?;
         }
+        let smtputf8 = !from.is_ascii() || recipients.iter().any(|r| !r.address.is_ascii());
         Ok(MailItem {
             envelope: Envelope {
                 from,
                 recipients,
+                smtputf8,
                 ..Envelope::default()
             },
             message,

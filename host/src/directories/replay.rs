@@ -4,37 +4,18 @@
 
 use super::Format;
 use crate::message::{Envelope, EnvelopeRecipient, MailItem, Message};
+use crate::smtp::command::{self, Command};
 
 /// The replay format.
 pub struct Replay;
-
-/// `<addr> PARAM=VALUE ...` -> (addr, params).
-fn path_and_params(value: &str) -> Result<(String, Vec<(String, String)>), String> {
-    let value = value.trim();
-    let (path, rest) = if let Some(stripped) = value.strip_prefix('<') {
-        let end = stripped
-            .find('>')
-            .ok_or_else(|| format!("unterminated address in {value:?}"))?;
-        (stripped[..end].to_string(), &stripped[end + 1..])
-    } else {
-        let end = value.find(' ').unwrap_or(value.len());
-        (value[..end].to_string(), &value[end..])
-    };
-    let params = rest
-        .split_whitespace()
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (k.to_ascii_uppercase(), v.to_string()),
-            None => (p.to_ascii_uppercase(), String::new()),
-        })
-        .collect();
-    Ok((path, params))
-}
 
 impl Format for Replay {
     fn name(&self) -> &'static str {
         "replay"
     }
 
+    /// The envelope fields are read with the very parser of MAIL FROM and RCPT TO, so a replay
+    /// file's parameters are checked and decoded as a client's would be.
     fn read(&self, raw: &[u8]) -> Result<MailItem, String> {
         let mut message = Message::parse(raw);
         let mut envelope = Envelope::default();
@@ -43,32 +24,27 @@ impl Format for Replay {
         for field in message.fields() {
             match field.name().to_ascii_lowercase().as_str() {
                 "x-sender" => {
-                    let (path, params) = path_and_params(&field.value())?;
-                    for (k, v) in params {
-                        match k.as_str() {
-                            "RET" => envelope.ret = Some(v),
-                            "ENVID" => envelope.envid = Some(v),
-                            "BODY" => envelope.body_type = Some(v),
-                            "SMTPUTF8" => envelope.smtputf8 = true,
-                            _ => {}
-                        }
-                    }
-                    sender = Some(path);
+                    let line = format!("MAIL FROM:{}", field.value());
+                    let Ok(Command::Mail(from)) = command::parse(&line) else {
+                        return Err(format!("X-Sender: {}", refusal(&line)));
+                    };
+                    envelope.ret = from.ret;
+                    envelope.envid = from.envid;
+                    envelope.body_type = from.body;
+                    envelope.smtputf8 = from.smtputf8;
+                    sender = Some(from.address);
                 }
                 "x-receiver" => {
-                    let (path, params) = path_and_params(&field.value())?;
-                    if path.is_empty() {
-                        return Err("empty X-Receiver".into());
-                    }
-                    let mut r = EnvelopeRecipient::new(&path);
-                    for (k, v) in params {
-                        match k.as_str() {
-                            "NOTIFY" => r.notify = Some(v),
-                            "ORCPT" => r.orcpt = Some(v),
-                            _ => {}
-                        }
-                    }
-                    envelope.recipients.push(r);
+                    let line = format!("RCPT TO:{}", field.value());
+                    let Ok(Command::Rcpt(to)) = command::parse(&line) else {
+                        return Err(format!("X-Receiver: {}", refusal(&line)));
+                    };
+                    envelope.recipients.push(EnvelopeRecipient {
+                        address: to.address,
+                        notify: to.notify,
+                        orcpt: to.orcpt,
+                        ..EnvelopeRecipient::default()
+                    });
                 }
                 _ => break,
             }
@@ -87,6 +63,14 @@ impl Format for Replay {
     }
 }
 
+/// Why a command line was refused, for the log.
+fn refusal(line: &str) -> String {
+    match command::parse(line) {
+        Err(r) => r.to_string(),
+        Ok(_) => "not an address".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,11 +81,14 @@ mod tests {
             .read(b"X-Sender: <a@elsewhere.test> RET=HDRS ENVID=e1\r\nX-Receiver: <alice@example.test> NOTIFY=FAILURE\r\nX-Receiver: <bob@example.test>\r\nSubject: r\r\n\r\nbody\r\n")
             .unwrap();
         assert_eq!(item.envelope.from, "a@elsewhere.test");
-        assert_eq!(item.envelope.ret.as_deref(), Some("HDRS"));
+        assert_eq!(
+            item.envelope.ret,
+            Some(crate::message::parameters::Ret::Headers)
+        );
         assert_eq!(item.envelope.recipients.len(), 2);
         assert_eq!(
-            item.envelope.recipients[0].notify.as_deref(),
-            Some("FAILURE")
+            item.envelope.recipients[0].notify.map(|n| n.to_string()),
+            Some("FAILURE".to_string())
         );
         assert_eq!(item.message.to_bytes(), b"Subject: r\r\n\r\nbody\r\n");
     }
@@ -118,5 +105,8 @@ mod tests {
         );
         assert!(Replay.read(b"Subject: no envelope\r\n\r\nx").is_err());
         assert!(Replay.read(b"X-Sender: <a@b.test>\r\n\r\nx").is_err());
+        assert!(Replay
+            .read(b"X-Sender: <a@b.test> ENVID=a+0D+0A\r\nX-Receiver: <a@b.test>\r\n\r\nx")
+            .is_err());
     }
 }

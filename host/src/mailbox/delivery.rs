@@ -1,11 +1,18 @@
-//! Mailbox Transport delivery: takes SMTP from Transport and writes each recipient's copy into
-//! its Maildir before answering; it never queues.
+//! Mailbox Transport delivery: takes LMTP (RFC 2033) from Transport and writes each
+//! recipient's copy into its Maildir before answering for that recipient; it never queues.
+//!
+//! One reply per recipient after the data means a delivery that fails for one mailbox (a full
+//! disk, a broken Maildir) is retried for that recipient only: the others are never delivered
+//! twice.
 
-use crate::mailbox::store::MailboxStore;
+use crate::mailbox::store::{MailboxStore, StoredCopy};
 use crate::message::MailItem;
 use crate::organization::Organization;
-use crate::smtp::receive::{BoxFuture, RecipientPolicy, Sink};
+use crate::smtp::receive::{ready, BoxFuture, RecipientPolicy, Sink, Transactions};
+use crate::smtp::reply;
+use crate::smtp::session::MailRequest;
 use mta_agent_sdk::SmtpResponse;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Delivers into the mailbox store.
@@ -14,48 +21,94 @@ pub struct MailboxSink {
     pub store: Arc<MailboxStore>,
     /// Which addresses are mailboxes.
     pub organization: Arc<Organization>,
+    /// Numbers the deliveries, for the Received field's id.
+    pub deliveries: Arc<AtomicU64>,
+}
+
+struct Delivery {
+    store: Arc<MailboxStore>,
+    organization: Arc<Organization>,
+    deliveries: Arc<AtomicU64>,
 }
 
 impl Sink for MailboxSink {
-    fn accept(&self, item: MailItem) -> BoxFuture<'_, Result<SmtpResponse, SmtpResponse>> {
-        Box::pin(async move {
-            let store = Arc::clone(&self.store);
-            let organization = Arc::clone(&self.organization);
-            let delivered = tokio::task::spawn_blocking(move || -> std::io::Result<usize> {
-                let bytes = item.message.to_bytes();
-                let mut n = 0;
-                for r in &item.envelope.recipients {
-                    if let Some(mailbox) = organization.mailbox_of(&r.address) {
-                        let path = store.deliver(&mailbox, &bytes)?;
-                        tracing::info!(message = "Delivered.", recipient = %r.address, path = %path.display());
-                        n += 1;
-                    }
-                }
-                Ok(n)
-            })
-            .await;
-            match delivered {
-                Ok(Ok(n)) => {
-                    Ok(
-                        SmtpResponse::new(250, "2.6.0", format!("Delivered to {n} mailbox(es)"))
-                            .expect("valid"),
-                    )
-                }
-                Ok(Err(e)) if e.raw_os_error() == Some(28) => {
-                    Err(
-                        SmtpResponse::new(452, "4.3.1", "Insufficient system storage")
-                            .expect("valid"),
-                    )
-                }
-                _ => {
-                    Err(
-                        SmtpResponse::new(451, "4.3.0", "Mailbox delivery failed, try again later")
-                            .expect("valid"),
-                    )
-                }
-            }
+    fn open(&self) -> Box<dyn Transactions> {
+        Box::new(Delivery {
+            store: Arc::clone(&self.store),
+            organization: Arc::clone(&self.organization),
+            deliveries: Arc::clone(&self.deliveries),
         })
     }
+
+    fn submit(&self, _item: MailItem) -> BoxFuture<'_, Result<SmtpResponse, SmtpResponse>> {
+        ready(Err(reply(
+            554,
+            "5.3.3",
+            "Mailbox Transport takes messages over LMTP only",
+        )))
+    }
+}
+
+impl Transactions for Delivery {
+    fn mail<'a>(
+        &'a mut self,
+        _request: &'a MailRequest,
+    ) -> BoxFuture<'a, Result<String, SmtpResponse>> {
+        let n = self.deliveries.fetch_add(1, Ordering::Relaxed) + 1;
+        ready(Ok(format!("mailbox-{n}")))
+    }
+
+    fn message(&mut self, item: MailItem) -> BoxFuture<'_, Vec<SmtpResponse>> {
+        let store = Arc::clone(&self.store);
+        let organization = Arc::clone(&self.organization);
+        Box::pin(async move {
+            let recipients = item.envelope.recipients.len();
+            let delivered =
+                tokio::task::spawn_blocking(move || deliver(&store, &organization, &item)).await;
+            delivered.unwrap_or_else(|_| {
+                vec![reply(451, "4.3.0", "Mailbox delivery failed, try again later"); recipients]
+            })
+        })
+    }
+}
+
+/// Writes each recipient's copy; one reply per recipient. Two addresses of one mailbox get one
+/// copy.
+fn deliver(
+    store: &MailboxStore,
+    organization: &Organization,
+    item: &MailItem,
+) -> Vec<SmtpResponse> {
+    let copy = StoredCopy::new(&item.message);
+    let mut done: Vec<(String, SmtpResponse)> = Vec::new();
+    item.envelope
+        .recipients
+        .iter()
+        .map(|r| {
+            let Some(mailbox) = organization.mailbox_of(&r.address) else {
+                return reply(550, "5.1.1", "Recipient address rejected: user unknown");
+            };
+            if let Some((_, answer)) = done.iter().find(|(m, _)| *m == mailbox) {
+                return answer.clone();
+            }
+            let answer = match store.deliver(&mailbox, &item.envelope.from, &r.address, &copy) {
+                Ok(path) => {
+                    tracing::info!(message = "Delivered.", recipient = ?r.address, queue_id = %item.id, path = %path.display());
+                    reply(250, "2.0.0", &format!("Delivered to {mailbox}"))
+                }
+                Err(e) if e.raw_os_error() == Some(28) => {
+                    tracing::error!(message = "Mailbox delivery failed: disk full.", recipient = ?r.address);
+                    reply(452, "4.3.1", "Insufficient system storage")
+                }
+                Err(e) => {
+                    tracing::error!(message = "Mailbox delivery failed.", recipient = ?r.address, error = %e);
+                    reply(451, "4.3.0", "Mailbox delivery failed, try again later")
+                }
+            };
+            done.push((mailbox, answer.clone()));
+            answer
+        })
+        .collect()
 }
 
 /// Mailbox delivery takes only our mailboxes, never relays.

@@ -3,7 +3,12 @@
 //! Delivery follows the Maildir protocol so that ordinary Maildir tools read what we write: the
 //! message is written to `tmp/` under a unique name and fsync'd, then renamed into `new/`, and
 //! the directory is fsync'd; only then is the delivery reported done.
+//!
+//! Files are stored as Postfix and Dovecot store them: LF line endings (each CRLF of the
+//! message becomes LF; a bare CR or LF stays as it is), a `Return-Path:` with the envelope
+//! sender first (RFC 5321 4.4), then `Delivered-To:` with the recipient.
 
+use crate::message::Message;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,6 +21,37 @@ pub struct MailboxStore {
     root: PathBuf,
     hostname: String,
     counter: AtomicU64,
+}
+
+/// A message as stored: LF line endings, converted once for all of its recipients.
+pub struct StoredCopy(Vec<u8>);
+
+impl StoredCopy {
+    /// The message's bytes with every CRLF turned into LF.
+    pub fn new(message: &Message) -> Self {
+        Self(to_lf(&message.to_bytes()))
+    }
+}
+
+/// `bytes` with every CRLF pair turned into LF.
+pub fn to_lf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some(at) = memchr::memmem::find(rest, b"\r\n") {
+        out.extend_from_slice(&rest[..at]);
+        out.push(b'\n');
+        rest = &rest[at + 2..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// An address as written in a trace field: without line breaks or angle brackets.
+fn trace_address(address: &str) -> String {
+    address
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '<' | '>'))
+        .collect()
 }
 
 impl MailboxStore {
@@ -44,26 +80,48 @@ impl MailboxStore {
         Ok(())
     }
 
-    /// Delivers `message` into the inbox of `mailbox`; returns the file's path in `new/`.
-    pub fn deliver(&self, mailbox: &str, message: &[u8]) -> std::io::Result<PathBuf> {
-        self.deliver_to(&self.maildir(mailbox), message)
+    /// Delivers `copy` into the inbox of `mailbox` for `recipient`, from the envelope sender
+    /// `from`; returns the file's path in `new/`.
+    pub fn deliver(
+        &self,
+        mailbox: &str,
+        from: &str,
+        recipient: &str,
+        copy: &StoredCopy,
+    ) -> std::io::Result<PathBuf> {
+        let head = format!(
+            "Return-Path: <{}>\nDelivered-To: {}\n",
+            trace_address(from),
+            trace_address(recipient)
+        );
+        self.write(&self.maildir(mailbox), &[head.as_bytes(), &copy.0])
     }
 
-    /// Delivers into the Maildir folder `folder`.
+    /// Delivers a message as it is (already in LF form) into the Maildir folder `folder`.
     pub fn deliver_to(&self, folder: &Path, message: &[u8]) -> std::io::Result<PathBuf> {
+        self.write(folder, &[message])
+    }
+
+    fn write(&self, folder: &Path, parts: &[&[u8]]) -> std::io::Result<PathBuf> {
         for sub in ["tmp", "new", "cur"] {
             fs::create_dir_all(folder.join(sub))?;
         }
         let name = self.unique_name();
         let tmp = folder.join("tmp").join(&name);
         let new = folder.join("new").join(&name);
-        {
+        let written = (|| {
             let mut file = File::create(&tmp)?;
-            file.write_all(message)?;
+            for part in parts {
+                file.write_all(part)?;
+            }
             file.sync_all()?;
+            fs::rename(&tmp, &new)?;
+            File::open(folder.join("new"))?.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
-        fs::rename(&tmp, &new)?;
-        File::open(folder.join("new"))?.sync_all()?;
         Ok(new)
     }
 
@@ -81,5 +139,17 @@ impl MailboxStore {
             self.counter.fetch_add(1, Ordering::Relaxed),
             self.hostname
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crlf_becomes_lf_and_the_rest_stays() {
+        assert_eq!(to_lf(b"a\r\nb\rc\nd\r\r\n"), b"a\nb\rc\nd\r\n");
+        assert_eq!(to_lf(b""), b"");
+        assert_eq!(trace_address("a\r\n>b@c"), "ab@c");
     }
 }

@@ -2,14 +2,30 @@
 //! Maildir folder) are submitted over SMTP to the Transport service, then moved to `.Sent`.
 //!
 //! The envelope comes from the header fields, as for the pickup directory; the sender is the
-//! mailbox's own address unless `From` names another address in our domains. `Bcc` is removed.
-//! A message stays in the outbox until Transport answered 250, so nothing is lost if Transport
-//! is down; a permanent refusal leaves it in the outbox's `cur/` flagged (`:2,F`) and logged.
+//! mailbox's own address unless `From` names another address of the same mailbox. `Bcc` is
+//! removed. Transport is told who submits with XCLIENT `LOGIN` (the mailbox's address), as a
+//! client that authenticated.
+//!
+//! Every recipient ends one way or another, and only once:
+//! - taken by Transport: done;
+//! - refused for good (5xx): the mailbox gets a non-delivery report naming it;
+//! - too many for one transaction (452): sent at once in the next transaction;
+//! - refused for now (4xx), or Transport down: the message stays in the outbox and is tried
+//!   again at the next poll, for those recipients only.
+//!
+//! Which recipients are done is written (fsync'd) to `<data_dir>/queue/outbox/<mailbox>/`
+//! after each transaction, so a crash or a retry never sends to them again. When none is left,
+//! the message moves to `.Sent` (or, if no recipient took it, stays flagged `F` in the outbox).
 
 use crate::directories::pickup::addresses;
-use crate::mailbox::store::MailboxStore;
+use crate::mailbox::store::{MailboxStore, StoredCopy};
+use crate::message::{EnvelopeRecipient, MailItem, Message};
 use crate::organization::Organization;
-use crate::smtp::send::Client;
+use crate::smtp::send::{Client, SendError};
+use crate::transport::delivery::Diagnosis;
+use crate::transport::dsn;
+use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +40,23 @@ pub struct OutboxSubmission {
     pub organization: Arc<Organization>,
     /// Where Transport listens.
     pub transport: String,
-    /// Our name, for EHLO.
+    /// Our name, for EHLO and reports.
     pub hostname: String,
+    /// Where the recipients already handed over are recorded.
+    pub progress: PathBuf,
+}
+
+/// What became of the recipients of one pass.
+#[derive(Default)]
+struct Pass {
+    /// Taken, or reported: never sent to again.
+    done: BTreeSet<String>,
+    /// Refused for good, for the report.
+    refused: Vec<(EnvelopeRecipient, Diagnosis)>,
+    /// To try again later.
+    waiting: usize,
+    /// At least one recipient was taken.
+    sent: bool,
 }
 
 impl OutboxSubmission {
@@ -45,16 +76,20 @@ impl OutboxSubmission {
         }
     }
 
-    async fn submit(&self, mailbox: &str, path: &Path) {
-        let Ok(raw) = std::fs::read(path) else { return };
-        let own = format!(
+    fn own_address(&self, mailbox: &str) -> String {
+        format!(
             "{mailbox}@{}",
             self.organization
                 .domains()
                 .first()
                 .map(String::as_str)
                 .unwrap_or("localhost")
-        );
+        )
+    }
+
+    async fn submit(&self, mailbox: &str, path: &Path) {
+        let Ok(raw) = std::fs::read(path) else { return };
+        let own = self.own_address(mailbox);
         let Some(parsed) = mail_parser::MessageParser::default().parse_headers(&raw) else {
             return self.refused(path, "not a message");
         };
@@ -62,74 +97,236 @@ impl OutboxSubmission {
             .into_iter()
             .next()
             .filter(|a| self.organization.mailbox_of(a).as_deref() == Some(mailbox))
-            .unwrap_or(own);
-        let mut recipients: Vec<(String, String)> = Vec::new();
+            .unwrap_or_else(|| own.clone());
+        let mut recipients: Vec<String> = Vec::new();
         for field in ["To", "Cc", "Bcc"] {
             for a in addresses(&parsed, field) {
-                if !recipients.iter().any(|(r, _)| r.eq_ignore_ascii_case(&a)) {
-                    recipients.push((a, String::new()));
+                if !recipients.iter().any(|r| r.eq_ignore_ascii_case(&a)) {
+                    recipients.push(a);
                 }
             }
         }
         if recipients.is_empty() {
             return self.refused(path, "no recipient in To, Cc or Bcc");
         }
-        let mut message = crate::message::Message::parse(&raw);
+        let mut message = Message::parse(&raw);
         message.remove_header("Bcc");
-        let result = async {
-            let mut client =
-                Client::connect(&self.transport, &self.hostname, Duration::from_secs(60)).await?;
-            let sent = client
-                .send_mail(&from, "", &recipients, &message.to_bytes())
-                .await;
-            client.quit().await;
-            sent
+        let progress = self.progress_file(mailbox, path);
+        let already = read_progress(&progress);
+        let todo: Vec<String> = recipients
+            .into_iter()
+            .filter(|r| !already.contains(&r.to_ascii_lowercase()))
+            .collect();
+        let pass = match self
+            .transactions(&own, &from, &todo, &message, &progress, &already)
+            .await
+        {
+            Ok(pass) => pass,
+            Err(e) => {
+                tracing::warn!(message = "Outbox submission deferred.", mailbox, error = %e);
+                return;
+            }
+        };
+        if !pass.refused.is_empty() {
+            self.report(mailbox, &from, &message, &pass.refused);
         }
-        .await;
-        match result {
-            Ok(sent) if sent.data.as_ref().is_some_and(|r| r.is_success()) => {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let base = name.split(":2,").next().unwrap_or(&name).to_string();
-                let sent_dir = self.store.maildir(mailbox).join(".Sent").join("cur");
-                let _ = std::fs::create_dir_all(&sent_dir);
-                match std::fs::rename(path, sent_dir.join(format!("{base}:2,S"))) {
-                    Ok(()) => tracing::info!(
-                        message = "Submitted from outbox.",
-                        mailbox,
-                        recipients = recipients.len()
-                    ),
-                    Err(e) => {
-                        tracing::error!(message = "Submitted, but could not move to Sent.", mailbox, error = %e)
+        if pass.waiting > 0 {
+            tracing::warn!(
+                message = "Outbox submission deferred for some recipients.",
+                mailbox,
+                waiting = pass.waiting
+            );
+            return;
+        }
+        let _ = std::fs::remove_file(&progress);
+        if pass.sent || !already.is_empty() {
+            self.move_to_sent(mailbox, path, todo.len());
+        } else {
+            self.refused(path, "Transport refused every recipient");
+        }
+    }
+
+    /// Sends `todo` in as many transactions as Transport's recipient limit needs.
+    async fn transactions(
+        &self,
+        own: &str,
+        from: &str,
+        todo: &[String],
+        message: &Message,
+        progress: &Path,
+        already: &BTreeSet<String>,
+    ) -> Result<Pass, SendError> {
+        let mut pass = Pass {
+            done: already.clone(),
+            ..Pass::default()
+        };
+        // The mailbox's owner submits: Transport is told so, as of a client that
+        // authenticated.
+        let attributes = format!(
+            "ADDR=127.0.0.1 LOGIN={} TRUSTED=NO",
+            crate::smtp::xtext::encode(own)
+        );
+        let mut client = Client::connect_naming(
+            &self.transport,
+            &self.hostname,
+            Duration::from_secs(60),
+            &attributes,
+        )
+        .await?;
+        let bytes = message.to_bytes();
+        let mut pending: Vec<String> = todo.to_vec();
+        while !pending.is_empty() {
+            let rcpts: Vec<(String, String)> =
+                pending.iter().map(|r| (r.clone(), String::new())).collect();
+            let sent = match client.transaction(from, "", &rcpts, &bytes).await {
+                Ok(sent) => sent,
+                Err(SendError::Rejected(_, r)) if r.is_permanent() => {
+                    // The sender itself is refused: every recipient is.
+                    for rcpt in pending.drain(..) {
+                        pass.done.insert(rcpt.to_ascii_lowercase());
+                        pass.refused
+                            .push((EnvelopeRecipient::new(&rcpt), Diagnosis::local(r.clone())));
+                    }
+                    break;
+                }
+                Err(e) => {
+                    pass.waiting += pending.len();
+                    write_progress(progress, &pass.done);
+                    client.quit().await;
+                    return if pass.done.len() > already.len() {
+                        Ok(pass)
+                    } else {
+                        Err(e)
+                    };
+                }
+            };
+            let mut again = Vec::new();
+            for (rcpt, result) in pending.iter().zip(sent.recipients) {
+                match result {
+                    Ok(_) => {
+                        pass.sent = true;
+                        pass.done.insert(rcpt.to_ascii_lowercase());
+                    }
+                    Err(r) if r.code() == 452 || r.enhanced_code() == "4.5.3" => {
+                        again.push(rcpt.clone())
+                    }
+                    Err(r) if r.is_permanent() => {
+                        pass.done.insert(rcpt.to_ascii_lowercase());
+                        pass.refused
+                            .push((EnvelopeRecipient::new(rcpt), Diagnosis::local(r)));
+                    }
+                    Err(r) => {
+                        tracing::info!(message = "Outbox recipient deferred.", recipient = ?rcpt, reply = %r);
+                        pass.waiting += 1;
                     }
                 }
             }
-            Ok(sent) => {
-                let reply = sent
-                    .data
-                    .or_else(|| sent.recipients.into_iter().find_map(|(_, r)| r.err()));
-                match reply {
-                    Some(r) if r.is_permanent() => self.refused(path, &r.to_string()),
-                    other => {
-                        tracing::warn!(message = "Outbox submission deferred.", mailbox, reply = ?other.map(|r| r.to_string()))
-                    }
-                }
+            write_progress(progress, &pass.done);
+            if again.len() == pending.len() {
+                pass.waiting += again.len();
+                break;
             }
-            Err(e) if e.is_permanent() => self.refused(path, &e.to_string()),
-            Err(e) => tracing::warn!(message = "Outbox submission deferred.", mailbox, error = %e),
+            pending = again;
+        }
+        client.quit().await;
+        Ok(pass)
+    }
+
+    /// Delivers a non-delivery report for `refused` into the mailbox's inbox.
+    fn report(
+        &self,
+        mailbox: &str,
+        from: &str,
+        message: &Message,
+        refused: &[(EnvelopeRecipient, Diagnosis)],
+    ) {
+        let mut item = MailItem {
+            message: message.clone(),
+            ..MailItem::default()
+        };
+        item.envelope.from = from.to_string();
+        item.envelope.recipients = refused.iter().map(|(r, _)| r.clone()).collect();
+        item.trace.received_ms = crate::transport::delivery::now_ms();
+        item.trace.vouched = true;
+        let Some(report) = dsn::notification(
+            &item,
+            refused,
+            dsn::Kind::Failed,
+            &self.hostname,
+            &self.organization.postmaster(),
+        ) else {
+            return;
+        };
+        let copy = StoredCopy::new(&report.message);
+        match self.store.deliver(mailbox, "", from, &copy) {
+            Ok(path) => {
+                tracing::info!(message = "Outbox recipients refused; report delivered to the mailbox.", mailbox, refused = refused.len(), path = %path.display())
+            }
+            Err(e) => {
+                tracing::error!(message = "Cannot deliver the report for refused outbox recipients.", mailbox, error = %e)
+            }
+        }
+    }
+
+    fn progress_file(&self, mailbox: &str, path: &Path) -> PathBuf {
+        self.progress.join(mailbox).join(base_name(path))
+    }
+
+    fn move_to_sent(&self, mailbox: &str, path: &Path, recipients: usize) {
+        let sent_dir = self.store.maildir(mailbox).join(".Sent").join("cur");
+        let _ = std::fs::create_dir_all(&sent_dir);
+        match std::fs::rename(path, sent_dir.join(format!("{}:2,S", base_name(path)))) {
+            Ok(()) => tracing::info!(message = "Submitted from outbox.", mailbox, recipients),
+            Err(e) => {
+                tracing::error!(message = "Submitted, but could not move to Sent.", mailbox, error = %e)
+            }
         }
     }
 
     fn refused(&self, path: &Path, why: &str) {
         tracing::warn!(message = "Outbox message refused; flagged in the outbox.", path = %path.display(), reason = why);
-        if let (Some(dir), Some(name)) = (path.parent().and_then(Path::parent), path.file_name()) {
-            let name = name.to_string_lossy();
-            let base = name.split(":2,").next().unwrap_or(&name);
+        if let Some(dir) = path.parent().and_then(Path::parent) {
             let _ = std::fs::create_dir_all(dir.join("cur"));
-            let _ = std::fs::rename(path, dir.join("cur").join(format!("{base}:2,F")));
+            let _ = std::fs::rename(
+                path,
+                dir.join("cur").join(format!("{}:2,F", base_name(path))),
+            );
         }
+    }
+}
+
+/// A Maildir file's unique name, without its flags.
+fn base_name(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    name.split(":2,").next().unwrap_or(&name).to_string()
+}
+
+/// The recipients already handed over, lower case.
+fn read_progress(path: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Records the recipients handed over, durably (write aside, fsync, rename).
+fn write_progress(path: &Path, done: &BTreeSet<String>) {
+    let Some(dir) = path.parent() else { return };
+    let written = (|| -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let tmp = path.with_extension("tmp");
+        let mut file = std::fs::File::create(&tmp)?;
+        for r in done {
+            writeln!(file, "{r}")?;
+        }
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = written {
+        tracing::error!(message = "Cannot record outbox progress.", path = %path.display(), error = %e);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The mail item: a message, its envelope and the property bag agents share along the pipeline.
 
+use super::parameters::{Body, Notify, Orcpt, Ret};
 use super::Message;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -9,15 +10,33 @@ use std::collections::BTreeMap;
 pub struct EnvelopeRecipient {
     /// The address.
     pub address: String,
-    /// ORCPT (RFC 3461).
+    /// ORCPT (RFC 3461), decoded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub orcpt: Option<String>,
-    /// NOTIFY (RFC 3461), comma-separated.
+    pub orcpt: Option<Orcpt>,
+    /// NOTIFY (RFC 3461).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub notify: Option<String>,
+    pub notify: Option<Notify>,
     /// The routing domain a routing agent set for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing_override: Option<String>,
+    /// The last answer about this recipient while it waits for a retry (for the report if it
+    /// expires).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt: Option<LastAttempt>,
+}
+
+/// A remote answer kept with a waiting recipient.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastAttempt {
+    /// The reply code.
+    pub code: u16,
+    /// The enhanced status code.
+    pub enhanced: String,
+    /// The reply text.
+    pub text: String,
+    /// The host that answered, if it was a remote one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_mta: Option<String>,
 }
 
 impl EnvelopeRecipient {
@@ -37,15 +56,15 @@ pub struct Envelope {
     pub from: String,
     /// The recipients.
     pub recipients: Vec<EnvelopeRecipient>,
-    /// ENVID (RFC 3461).
+    /// ENVID (RFC 3461), decoded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub envid: Option<String>,
-    /// RET (RFC 3461): FULL or HDRS.
+    /// RET (RFC 3461).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ret: Option<String>,
-    /// BODY: 7BIT, 8BITMIME or BINARYMIME.
+    pub ret: Option<Ret>,
+    /// BODY (RFC 6152).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body_type: Option<String>,
+    pub body_type: Option<Body>,
     /// SMTPUTF8 was requested.
     #[serde(default)]
     pub smtputf8: bool,
@@ -86,9 +105,36 @@ pub struct Trace {
     /// Agent faults while categorizing it.
     #[serde(default)]
     pub faults: u32,
+    /// Whether someone vouched for the sender: the client authenticated or was a trusted
+    /// server, or the message came from this host (a directory, an agent, a mailbox). Only then
+    /// may a failure report carry the whole message back (RET=FULL): otherwise anyone could
+    /// make this host send any content to any address by forging the sender.
+    #[serde(default)]
+    pub vouched: bool,
 }
 
 impl MailItem {
+    /// A new message an agent submitted, its addresses checked like any client's.
+    pub fn submitted(from: &str, recipients: &[String], mime: &[u8]) -> Result<Self, String> {
+        use crate::smtp::address::check_mailbox;
+        if !from.is_empty() {
+            check_mailbox(from).map_err(|e| format!("sender {from:?}: {e}"))?;
+        }
+        if recipients.is_empty() {
+            return Err("a submitted message needs a recipient".into());
+        }
+        let mut item = MailItem::default();
+        for r in recipients {
+            check_mailbox(r).map_err(|e| format!("recipient {r:?}: {e}"))?;
+            item.envelope.recipients.push(EnvelopeRecipient::new(r));
+        }
+        item.envelope.from = from.to_string();
+        item.envelope.smtputf8 = !from.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
+        item.message = Message::parse(mime);
+        item.trace.vouched = true;
+        Ok(item)
+    }
+
     /// Whether `address` is a recipient (ignoring case).
     pub fn has_recipient(&self, address: &str) -> bool {
         self.envelope

@@ -1,15 +1,40 @@
 //! Messages and mail items: what flows through the pipeline.
 //!
-//! A [`Message`] keeps its header fields as the raw bytes that arrived (folding and all), so a
-//! message passes through unchanged except where an agent or the host edits it; values are
-//! unfolded only when read. A [`MailItem`] is a message with its envelope and property bag.
+//! A [`Message`] keeps its header fields, the blank line after them and the body as the exact
+//! bytes that arrived (folding, bare LF or CR and all), so a message passes every hop byte for
+//! byte except where an agent or the host edits it; values are unfolded only when read. A
+//! [`MailItem`] is a message with its envelope and property bag.
 
 pub mod date;
 mod mail_item;
+pub mod parameters;
 
-pub use mail_item::{Envelope, EnvelopeRecipient, MailItem, Trace};
+pub use mail_item::{Envelope, EnvelopeRecipient, LastAttempt, MailItem, Trace};
 
-/// One header field, as raw bytes ending in CRLF.
+/// A new Message-ID (`<nanoseconds.pid.counter@hostname>`), unique on this host.
+pub fn new_message_id(hostname: &str) -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let hostname: String = hostname
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+        .collect();
+    format!(
+        "<{}.{}.{}@{}>",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        if hostname.is_empty() {
+            "localhost".into()
+        } else {
+            hostname
+        }
+    )
+}
+
+/// One header field, as the raw bytes of its lines (with their own line endings; a field the
+/// host writes ends in CRLF).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeaderField {
     name: String,
@@ -30,7 +55,8 @@ impl HeaderField {
         &self.name
     }
 
-    /// The value: unfolded, with the leading and trailing white space removed.
+    /// The value: unfolded, other control characters turned into spaces, with the leading and
+    /// trailing white space removed.
     pub fn value(&self) -> String {
         let raw = String::from_utf8_lossy(&self.raw);
         let after_colon = raw.split_once(':').map_or("", |(_, v)| v);
@@ -42,11 +68,21 @@ impl HeaderField {
             }
             out.push_str(line.trim_matches([' ', '\t']));
         }
-        out.trim().to_string()
+        out.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>()
+            .trim()
+            .to_string()
+    }
+
+    /// The raw bytes of the field, line endings included.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
     }
 }
 
-/// Checks an edit of a header field: a name of printable ASCII without colon, a one-line value.
+/// Checks an edit of a header field: a name of printable ASCII without colon, a one-line value
+/// without control characters (TAB excepted).
 pub fn check_field(name: &str, value: &str) -> Result<(), String> {
     if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
         return Err(format!(
@@ -56,21 +92,30 @@ pub fn check_field(name: &str, value: &str) -> Result<(), String> {
     if value.contains(['\r', '\n']) {
         return Err(format!("header field {name}: the value must be one line"));
     }
+    if value.chars().any(|c| c.is_control() && c != '\t') {
+        return Err(format!(
+            "header field {name}: the value must not contain control characters"
+        ));
+    }
     Ok(())
 }
 
-/// A message: header fields, then the body.
+/// A message: header fields, the blank line that ends them, then the body.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Message {
     fields: Vec<HeaderField>,
+    /// The empty line after the header block as it came (`CRLF`, `LF`), or nothing when the
+    /// header block ended otherwise (at a line that is not a field, or at the end).
+    separator: Vec<u8>,
     body: Vec<u8>,
 }
 
 impl Message {
-    /// Parses raw bytes. Lenient, as an MTA must be: a line without a colon in the header block
-    /// ends it (it and the rest become the body).
+    /// Parses raw bytes, keeping them all. Lenient, as an MTA must be: a line that is not a
+    /// field ends the header block (it and the rest become the body).
     pub fn parse(raw: &[u8]) -> Self {
         let mut fields: Vec<HeaderField> = Vec::new();
+        let mut separator = Vec::new();
         let mut pos = 0;
         while pos < raw.len() {
             let end = raw[pos..]
@@ -83,13 +128,13 @@ impl Message {
                 .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
                 .unwrap_or(line);
             if content.is_empty() {
+                separator = line.to_vec();
                 pos = end;
                 break;
             }
             if matches!(content[0], b' ' | b'\t') {
                 if let Some(last) = fields.last_mut() {
-                    last.raw.extend_from_slice(content);
-                    last.raw.extend_from_slice(b"\r\n");
+                    last.raw.extend_from_slice(line);
                     pos = end;
                     continue;
                 }
@@ -98,11 +143,9 @@ impl Message {
                 Some(colon)
                     if colon > 0 && content[..colon].iter().all(|&b| (33..=126).contains(&b)) =>
                 {
-                    let mut raw_field = content.to_vec();
-                    raw_field.extend_from_slice(b"\r\n");
                     fields.push(HeaderField {
                         name: String::from_utf8_lossy(&content[..colon]).into_owned(),
-                        raw: raw_field,
+                        raw: line.to_vec(),
                     });
                     pos = end;
                 }
@@ -111,7 +154,20 @@ impl Message {
         }
         Self {
             fields,
+            separator,
             body: raw[pos.min(raw.len())..].to_vec(),
+        }
+    }
+
+    /// Before a field is added: the last field must end its line, and a message that had no
+    /// header block gets the blank line that separates one from the body.
+    fn make_room(&mut self) {
+        if let Some(last) = self.fields.last_mut() {
+            if !last.raw.ends_with(b"\n") {
+                last.raw.extend_from_slice(b"\r\n");
+            }
+        } else if self.separator.is_empty() && !self.body.is_empty() {
+            self.separator = b"\r\n".to_vec();
         }
     }
 
@@ -139,13 +195,18 @@ impl Message {
     /// Appends a field at the end of the header block.
     pub fn add_header(&mut self, name: &str, value: &str) -> Result<(), String> {
         check_field(name, value)?;
+        self.make_room();
         self.fields.push(HeaderField::new(name, value));
         Ok(())
     }
 
-    /// Puts a field first (trace fields such as Received).
-    pub fn prepend_header(&mut self, name: &str, value: &str) {
+    /// Puts a field first (trace fields such as Received). The value is the host's own: it is
+    /// checked like an agent's edit, and a value that fails the check is not written.
+    pub fn prepend_header(&mut self, name: &str, value: &str) -> Result<(), String> {
+        check_field(name, value)?;
+        self.make_room();
         self.fields.insert(0, HeaderField::new(name, value));
+        Ok(())
     }
 
     /// Replaces the first field of this name, removes the others; appends if there is none.
@@ -164,7 +225,10 @@ impl Message {
                     i - 1 == first || !f.name.eq_ignore_ascii_case(name)
                 });
             }
-            None => self.fields.push(HeaderField::new(name, value)),
+            None => {
+                self.make_room();
+                self.fields.push(HeaderField::new(name, value));
+            }
         }
         Ok(())
     }
@@ -184,16 +248,40 @@ impl Message {
     /// Replaces the body.
     pub fn set_body(&mut self, body: Vec<u8>) {
         self.body = body;
+        if self.separator.is_empty() && !self.body.is_empty() {
+            if let Some(last) = self.fields.last_mut() {
+                if !last.raw.ends_with(b"\n") {
+                    last.raw.extend_from_slice(b"\r\n");
+                }
+            }
+            self.separator = b"\r\n".to_vec();
+        }
+    }
+
+    /// The header block alone, as bytes (for a report that carries headers only).
+    pub fn header_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for f in &self.fields {
+            out.extend_from_slice(&f.raw);
+        }
+        out
     }
 
     /// The size in bytes of [`to_bytes`](Self::to_bytes).
     pub fn len(&self) -> usize {
-        self.fields.iter().map(|f| f.raw.len()).sum::<usize>() + 2 + self.body.len()
+        self.fields.iter().map(|f| f.raw.len()).sum::<usize>()
+            + self.separator.len()
+            + self.body.len()
     }
 
     /// Whether every byte of the message is 7-bit ASCII, without copying it.
     pub fn is_ascii(&self) -> bool {
         self.fields.iter().all(|f| f.raw.is_ascii()) && self.body.is_ascii()
+    }
+
+    /// Whether the message has the blank line that ends a header block.
+    pub fn has_separator(&self) -> bool {
+        !self.separator.is_empty()
     }
 
     /// Whether the message is empty.
@@ -213,7 +301,7 @@ impl Message {
         for f in &self.fields {
             out.extend_from_slice(&f.raw);
         }
-        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.separator);
         out.extend_from_slice(&self.body);
     }
 }
@@ -239,14 +327,43 @@ mod tests {
         assert_eq!(m.remove_header("B"), 1);
         assert!(m.add_header("Bad Name", "x").is_err());
         assert!(m.add_header("X", "a\r\nInjected: yes").is_err());
-        m.prepend_header("Received", "from x");
+        m.prepend_header("Received", "from x").unwrap();
         assert_eq!(m.fields()[0].name(), "Received");
+        assert!(m.prepend_header("Received", "from x\r\nBcc: y").is_err());
     }
 
     #[test]
     fn no_header_block() {
-        let m = Message::parse(b"just a body line\r\n");
+        let mut m = Message::parse(b"just a body line\r\n");
         assert!(m.fields().is_empty());
         assert_eq!(m.body(), b"just a body line\r\n");
+        assert_eq!(m.to_bytes(), b"just a body line\r\n");
+        m.prepend_header("Received", "x").unwrap();
+        assert_eq!(m.to_bytes(), b"Received: x\r\n\r\njust a body line\r\n");
+    }
+
+    #[test]
+    fn every_byte_survives_a_parse() {
+        let table: &[&[u8]] = &[
+            b"A: 1\nB: 2\n\nbody\n",
+            b"A: 1\r\n folded\n\r\nbody",
+            b"A: 1\r\nnot a field\r\nB: 2\r\n",
+            b"A: 1\rB: 2\r\n\r\n\x00\r\r\n",
+            b"A: no newline at the end",
+            b"",
+            b"\r\n",
+        ];
+        for raw in table {
+            let m = Message::parse(raw);
+            assert_eq!(m.to_bytes(), *raw, "{:?}", String::from_utf8_lossy(raw));
+            assert_eq!(m.len(), raw.len());
+        }
+        let mut m = Message::parse(b"A: no newline at the end");
+        m.add_header("B", "2").unwrap();
+        assert_eq!(m.to_bytes(), b"A: no newline at the end\r\nB: 2\r\n");
+        assert_eq!(
+            Message::parse(b"A: x\ry\r\n\r\n").header("a").unwrap(),
+            "x y"
+        );
     }
 }

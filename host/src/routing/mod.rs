@@ -12,6 +12,7 @@ pub mod topology;
 use crate::config::HostConfig;
 use crate::message::EnvelopeRecipient;
 use crate::organization::{Organization, RecipientKind};
+use crate::smtp::reply;
 use address_space::{AddressSpace, RouteAddress};
 use mta_agent_sdk::SmtpResponse;
 use selection::{Candidate, Selection};
@@ -92,10 +93,6 @@ pub struct Router {
     topology: Topology,
     candidates: Vec<Candidate>,
     hops: Vec<NextHop>,
-}
-
-fn reply(code: u16, enhanced: &str, text: &str) -> SmtpResponse {
-    SmtpResponse::new(code, enhanced, text).expect("static reply is valid")
 }
 
 impl Router {

@@ -10,8 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 /// What DNS says about delivering to a domain.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Exchangers {
-    /// Addresses to try, in order (by MX preference, then as resolved).
-    Hosts(Vec<SocketAddr>),
+    /// Hosts to try, in order (by MX preference, then as resolved): each exchanger's name and
+    /// one of its addresses.
+    Hosts(Vec<(String, SocketAddr)>),
     /// The domain does not exist, or publishes a null MX: never deliverable.
     NoMail(String),
     /// DNS did not answer: try again later.
@@ -87,7 +88,10 @@ impl MxResolver {
         let mut last_error = String::new();
         for name in names {
             match self.resolver.lookup_ip(name.as_str()).await {
-                Ok(ips) => addrs.extend(ips.iter().map(|ip: IpAddr| SocketAddr::new(ip, port))),
+                Ok(ips) => addrs.extend(
+                    ips.iter()
+                        .map(|ip: IpAddr| (name.clone(), SocketAddr::new(ip, port))),
+                ),
                 Err(e) => last_error = format!("{name}: {e}"),
             }
         }

@@ -1,14 +1,16 @@
 //! Idle SMTP client connections kept for the next message to the same next hop, so that a busy
 //! queue does not open a connection (and repeat the greeting, EHLO and STARTTLS) per message.
+//!
+//! A connection is kept at most the pool's idle time; a timer then closes it with QUIT, as it
+//! does every connection the pool lets go (too many idle ones, a stop), so next hops never see
+//! a connection simply dropped.
 
 use crate::smtp::send::{Client, TlsMode};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// How long an idle connection is kept: well under the usual server idle timeouts (5 min).
-const IDLE: Duration = Duration::from_secs(20);
 /// Idle connections kept per next hop.
 const MAX_IDLE: usize = 64;
 
@@ -16,17 +18,64 @@ const MAX_IDLE: usize = 64;
 const PER_DESTINATION: usize = 20;
 
 /// Idle connections by next hop, and the per-destination connection limits.
-#[derive(Default)]
 pub struct Pool {
     idle: Mutex<HashMap<String, Vec<(Instant, Client)>>>,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    idle_for: Duration,
 }
 
 fn key(address: &str, tls: TlsMode) -> String {
     format!("{address}|{tls:?}")
 }
 
+/// Says QUIT on each connection, off the caller's task.
+fn close(clients: Vec<Client>) {
+    if clients.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for client in clients {
+            client.quit().await;
+        }
+    });
+}
+
 impl Pool {
+    /// A pool keeping idle connections for `idle_for`, with the timer that closes them after.
+    /// Must be called inside the tokio runtime.
+    pub fn new(idle_for: Duration) -> Arc<Self> {
+        let pool = Arc::new(Self {
+            idle: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
+            idle_for,
+        });
+        let weak: Weak<Pool> = Arc::downgrade(&pool);
+        let tick = (idle_for / 2).max(Duration::from_millis(50));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(pool) = weak.upgrade() else { return };
+                close(pool.expired());
+            }
+        });
+        pool
+    }
+
+    /// Takes every connection idle for longer than the pool keeps them.
+    fn expired(&self) -> Vec<Client> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for list in idle.values_mut() {
+            let (old, fresh): (Vec<_>, Vec<_>) = std::mem::take(list)
+                .into_iter()
+                .partition(|(since, _)| since.elapsed() >= self.idle_for);
+            *list = fresh;
+            out.extend(old.into_iter().map(|(_, c)| c));
+        }
+        idle.retain(|_, list| !list.is_empty());
+        out
+    }
+
     /// Waits for a connection slot to `address` (at most [`PER_DESTINATION`] at once).
     pub async fn slot(&self, address: &str) -> Option<OwnedSemaphorePermit> {
         let limit = {
@@ -44,21 +93,45 @@ impl Pool {
     pub fn take(&self, address: &str, tls: TlsMode) -> Option<Client> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&key(address, tls))?;
+        let mut stale = Vec::new();
+        let mut found = None;
         while let Some((since, client)) = list.pop() {
-            if since.elapsed() < IDLE {
-                return Some(client);
+            if since.elapsed() < self.idle_for {
+                found = Some(client);
+                break;
             }
+            stale.push(client);
         }
-        None
+        drop(idle);
+        close(stale);
+        found
     }
 
     /// Keeps a connection whose last transaction ended cleanly.
     pub fn put(&self, address: &str, tls: TlsMode, client: Client) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(key(address, tls)).or_default();
-        list.retain(|(since, _)| since.elapsed() < IDLE);
-        if list.len() < MAX_IDLE {
-            list.push((Instant::now(), client));
+        if list.len() >= MAX_IDLE {
+            let (_, oldest) = list.remove(0);
+            drop(idle);
+            close(vec![oldest]);
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            idle.entry(key(address, tls))
+                .or_default()
+                .push((Instant::now(), client));
+            return;
         }
+        list.push((Instant::now(), client));
+    }
+
+    /// Closes every idle connection (at a stop).
+    pub fn close_all(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let all: Vec<Client> = idle
+            .drain()
+            .flat_map(|(_, list)| list.into_iter().map(|(_, c)| c))
+            .collect();
+        drop(idle);
+        close(all);
     }
 }

@@ -1,9 +1,15 @@
-//! SMTP send: a client for one transaction at a time, used between our services (Front End to
-//! Transport, Transport to Mailbox Transport, Mailbox submission to Transport).
+//! SMTP and LMTP send: the client used between our services (Front End to Transport,
+//! Transport to Mailbox Transport over LMTP, outbox submission to Transport) and towards next
+//! hops (send connectors).
 //!
-//! Replies are parsed with `smtp-proto`; the message is dot-stuffed on the way out. Every reply
-//! is kept, so the caller can pass the next hop's own answer back to its client.
+//! It behaves as servers expect of a client: EHLO, falling back to HELO when the server does
+//! not know EHLO; commands pipelined only when the server offers PIPELINING; the message
+//! dot-stuffed by [`crate::smtp::data::dot_stuff`]; QUIT before every close it decides on.
+//! Replies are parsed with `smtp-proto` and kept whole (made safe by
+//! [`SmtpResponse::sanitized`], whatever the server sent), so the caller can pass the next
+//! hop's own answer back to its client.
 
+use crate::smtp::reply;
 use crate::smtp::stream::Stream;
 use mta_agent_sdk::SmtpResponse;
 use smtp_proto::response::parser::ResponseReceiver;
@@ -32,13 +38,12 @@ impl SendError {
     }
 }
 
-/// The outcome for each recipient, and the final answer to the message.
+/// What became of each recipient of a transaction, in the order given.
 #[derive(Debug)]
 pub struct Sent {
-    /// Per recipient: `Ok` or the server's refusal.
-    pub recipients: Vec<(String, Result<(), SmtpResponse>)>,
-    /// The answer after the message data (when at least one recipient was taken).
-    pub data: Option<SmtpResponse>,
+    /// `Ok`: the server took the message for this recipient (its reply); `Err`: it refused
+    /// the recipient, or the message, with this reply.
+    pub recipients: Vec<Result<SmtpResponse, SmtpResponse>>,
 }
 
 /// Whether a connection uses STARTTLS.
@@ -55,44 +60,56 @@ pub enum TlsMode {
     Required,
 }
 
-/// One SMTP client connection.
+/// SMTP, or LMTP (RFC 2033: LHLO, and a reply per recipient after the data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// SMTP.
+    Smtp,
+    /// LMTP.
+    Lmtp,
+}
+
+/// One client connection.
 pub struct Client {
     peer: String,
     stream: Stream,
     input: Vec<u8>,
     timeout: Duration,
     extensions: Vec<String>,
+    esmtp: bool,
+    protocol: Protocol,
     /// Whether the session runs over TLS.
     pub tls: bool,
 }
 
 impl Client {
-    /// Connects and reads the greeting, then says EHLO as `helo`.
+    /// Connects over SMTP without TLS, reads the greeting, says EHLO as `helo`.
     pub async fn connect(addr: &str, helo: &str, timeout: Duration) -> Result<Self, SendError> {
-        Self::connect_with(addr, helo, timeout, TlsMode::None).await
+        Self::connect_with(addr, helo, timeout, TlsMode::None, Protocol::Smtp).await
     }
 
-    /// Connects, says EHLO, and negotiates STARTTLS as `tls` says.
+    /// Connects, says EHLO (or LHLO), and negotiates STARTTLS as `tls` says.
     pub async fn connect_with(
         addr: &str,
         helo: &str,
         timeout: Duration,
         tls: TlsMode,
+        protocol: Protocol,
     ) -> Result<Self, SendError> {
-        let mut client = Self::open(addr, helo, timeout).await?;
+        let mut client = Self::open(addr, helo, timeout, protocol, None).await?;
         if tls == TlsMode::None {
             return Ok(client);
         }
         if !client.offers("STARTTLS") {
             if tls == TlsMode::Required {
+                client.quit_ref().await;
                 return Err(SendError::Rejected(
                     addr.into(),
-                    SmtpResponse::new(
+                    reply(
                         451,
                         "4.7.4",
                         "The server does not offer STARTTLS, which this connector requires",
-                    )
-                    .expect("valid"),
+                    ),
                 ));
             }
             return Ok(client);
@@ -101,13 +118,31 @@ impl Client {
             Ok(()) => Ok(client),
             Err(e) if tls == TlsMode::Opportunistic => {
                 tracing::info!(message = "STARTTLS failed; sending in plain text.", peer = %addr, error = %e);
-                Self::open(addr, helo, timeout).await
+                Self::open(addr, helo, timeout, protocol, None).await
             }
             Err(e) => Err(e),
         }
     }
 
-    async fn open(addr: &str, helo: &str, timeout: Duration) -> Result<Self, SendError> {
+    /// Connects to one of our Transport nodes as a Front End (or Mailbox Transport) node:
+    /// XCLIENT first, naming the client (`attributes`), then EHLO. A node that does not take
+    /// XCLIENT from us is used all the same, as a plain SMTP server.
+    pub async fn connect_naming(
+        addr: &str,
+        helo: &str,
+        timeout: Duration,
+        attributes: &str,
+    ) -> Result<Self, SendError> {
+        Self::open(addr, helo, timeout, Protocol::Smtp, Some(attributes)).await
+    }
+
+    async fn open(
+        addr: &str,
+        helo: &str,
+        timeout: Duration,
+        protocol: Protocol,
+        xclient: Option<&str>,
+    ) -> Result<Self, SendError> {
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| SendError::Connect(addr.into(), std::io::ErrorKind::TimedOut.into()))?
@@ -119,23 +154,60 @@ impl Client {
             input: Vec::with_capacity(4096),
             timeout,
             extensions: Vec::new(),
+            esmtp: false,
+            protocol,
             tls: false,
         };
-        client.expect_ok().await?;
-        client.ehlo(helo).await?;
+        let greeting = client.read_reply().await?;
+        if greeting.code() != 220 {
+            client.quit_ref().await;
+            return Err(SendError::Rejected(addr.into(), greeting));
+        }
+        if let Some(attributes) = xclient {
+            let r = client.command(&format!("XCLIENT {attributes}")).await?;
+            match r.code() {
+                220 => {}
+                // The node does not take XCLIENT from us: go on as a plain client.
+                500..=504 | 550 => {
+                    tracing::debug!(message = "XCLIENT not taken.", peer = %addr, reply = %r)
+                }
+                _ => {
+                    client.quit_ref().await;
+                    return Err(SendError::Rejected(addr.into(), r));
+                }
+            }
+        }
+        client.hello(helo).await?;
         Ok(client)
     }
 
-    async fn ehlo(&mut self, helo: &str) -> Result<(), SendError> {
-        self.send(format!("EHLO {helo}\r\n").as_bytes()).await?;
-        let reply = self.expect_ok().await?;
-        self.extensions = reply
-            .text()
-            .lines()
-            .skip(1)
-            .map(|l| l.trim().to_ascii_uppercase())
-            .collect();
-        Ok(())
+    /// EHLO (LHLO for LMTP); HELO when the server does not know EHLO (RFC 5321 4.1.4).
+    async fn hello(&mut self, helo: &str) -> Result<(), SendError> {
+        let verb = match self.protocol {
+            Protocol::Lmtp => "LHLO",
+            Protocol::Smtp => "EHLO",
+        };
+        let r = self.command(&format!("{verb} {helo}")).await?;
+        if r.is_success() {
+            self.esmtp = true;
+            self.extensions = r
+                .text()
+                .lines()
+                .skip(1)
+                .map(|l| l.trim().to_ascii_uppercase())
+                .collect();
+            return Ok(());
+        }
+        if self.protocol == Protocol::Smtp && r.is_permanent() {
+            let r = self.command(&format!("HELO {helo}")).await?;
+            if r.is_success() {
+                self.esmtp = false;
+                self.extensions.clear();
+                return Ok(());
+            }
+            return Err(SendError::Rejected(self.peer.clone(), r));
+        }
+        Err(SendError::Rejected(self.peer.clone(), r))
     }
 
     /// Whether the server offered an extension (`8BITMIME`, `STARTTLS`, `SIZE`...).
@@ -145,9 +217,13 @@ impl Client {
             .any(|e| e.split_whitespace().next() == Some(keyword))
     }
 
+    /// The server's address, as connected to.
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
     async fn starttls(&mut self, helo: &str) -> Result<(), SendError> {
-        self.send(b"STARTTLS\r\n").await?;
-        let go = self.read_reply().await?;
+        let go = self.command("STARTTLS").await?;
         if go.code() != 220 {
             return Err(SendError::Rejected(self.peer.clone(), go));
         }
@@ -162,9 +238,8 @@ impl Client {
             .rsplit_once(':')
             .map_or(self.peer.as_str(), |(h, _)| h)
             .to_string();
-        let name = rustls::pki_types::ServerName::try_from(host).unwrap_or_else(|_| {
-            rustls::pki_types::ServerName::try_from("localhost").expect("valid name")
-        });
+        let name = rustls::pki_types::ServerName::try_from(host)
+            .unwrap_or_else(|_| rustls::pki_types::ServerName::from(std::net::Ipv4Addr::LOCALHOST));
         let connector = tokio_rustls::TlsConnector::from(crate::tls::client_config());
         let tls = tokio::time::timeout(self.timeout, connector.connect(name, tcp))
             .await
@@ -173,58 +248,140 @@ impl Client {
         self.stream = Stream::ClientTls(Box::new(tls));
         self.tls = true;
         self.input.clear();
-        self.ehlo(helo).await
+        self.hello(helo).await
     }
 
-    /// Sends one message: MAIL, RCPT for each recipient, DATA.
-    pub async fn send_mail(
+    /// Sends one command line and reads its reply.
+    pub async fn command(&mut self, line: &str) -> Result<SmtpResponse, SendError> {
+        let mut bytes = Vec::with_capacity(line.len() + 2);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        self.send(&bytes).await?;
+        self.read_reply().await
+    }
+
+    /// Sends the message data (after a 354) and reads the reply to it: one for SMTP, one per
+    /// accepted recipient (`accepted`) for LMTP.
+    pub async fn message(
+        &mut self,
+        message: &[u8],
+        accepted: usize,
+    ) -> Result<Vec<SmtpResponse>, SendError> {
+        let mut stuffed = Vec::new();
+        crate::smtp::data::dot_stuff(message, &mut stuffed);
+        self.send(&stuffed).await?;
+        drop(stuffed);
+        let replies = match self.protocol {
+            Protocol::Smtp => 1,
+            Protocol::Lmtp => accepted.max(1),
+        };
+        let mut out = Vec::with_capacity(replies);
+        for _ in 0..replies {
+            out.push(self.read_reply().await?);
+        }
+        Ok(out)
+    }
+
+    /// One transaction: MAIL, RCPT for each recipient (pipelined when the server offers it),
+    /// DATA and the message. `mail_params` and each recipient's parameters are already
+    /// encoded for the wire (see `transport::delivery::parameters`).
+    pub async fn transaction(
         &mut self,
         from: &str,
         mail_params: &str,
         recipients: &[(String, String)],
         message: &[u8],
     ) -> Result<Sent, SendError> {
-        let mut commands = format!("MAIL FROM:<{from}>{mail_params}\r\n");
-        for (rcpt, params) in recipients {
-            commands.push_str(&format!("RCPT TO:<{rcpt}>{params}\r\n"));
-        }
-        // PIPELINING: MAIL and every RCPT in one write, then read the replies in order.
-        self.send(commands.as_bytes()).await?;
-        let mail = self.read_reply().await?;
-        let mut outcome = Vec::new();
-        for (rcpt, _) in recipients {
-            let r = self.read_reply().await?;
-            outcome.push((rcpt.clone(), if r.is_success() { Ok(()) } else { Err(r) }));
-        }
+        let mail_line = format!("MAIL FROM:<{from}>{mail_params}");
+        let rcpt_lines: Vec<String> = recipients
+            .iter()
+            .map(|(rcpt, params)| format!("RCPT TO:<{rcpt}>{params}"))
+            .collect();
+        let (mail, rcpts) = if self.offers("PIPELINING") {
+            let mut commands = String::with_capacity(64 * (rcpt_lines.len() + 1));
+            for line in std::iter::once(&mail_line).chain(&rcpt_lines) {
+                commands.push_str(line);
+                commands.push_str("\r\n");
+            }
+            self.send(commands.as_bytes()).await?;
+            let mail = self.read_reply().await?;
+            let mut rcpts = Vec::with_capacity(rcpt_lines.len());
+            for _ in &rcpt_lines {
+                rcpts.push(self.read_reply().await?);
+            }
+            (mail, rcpts)
+        } else {
+            let mail = self.command(&mail_line).await?;
+            let mut rcpts = Vec::with_capacity(rcpt_lines.len());
+            if mail.is_success() {
+                for line in &rcpt_lines {
+                    rcpts.push(self.command(line).await?);
+                }
+            }
+            (mail, rcpts)
+        };
         if !mail.is_success() {
-            self.send(b"RSET\r\n").await?;
-            let _ = self.read_reply().await?;
+            self.reset().await?;
             return Err(SendError::Rejected(self.peer.clone(), mail));
         }
-        if outcome.iter().all(|(_, r)| r.is_err()) {
-            self.send(b"RSET\r\n").await?;
-            let _ = self.read_reply().await?;
+        let accepted = rcpts.iter().filter(|r| r.is_success()).count();
+        if accepted == 0 {
+            self.reset().await?;
             return Ok(Sent {
-                recipients: outcome,
-                data: None,
+                recipients: rcpts.into_iter().map(Err).collect(),
             });
         }
-        self.send(b"DATA\r\n").await?;
-        let go = self.read_reply().await?;
+        let go = self.command("DATA").await?;
         if go.code() != 354 {
-            return Err(SendError::Rejected(self.peer.clone(), go));
+            self.reset().await?;
+            return Ok(Sent {
+                recipients: rcpts
+                    .into_iter()
+                    .map(|r| Err(if r.is_success() { go.clone() } else { r }))
+                    .collect(),
+            });
         }
-        let stuffed = dot_stuff(message);
-        self.send(&stuffed).await?;
-        let data = self.read_reply().await?;
-        Ok(Sent {
-            recipients: outcome,
-            data: Some(data),
-        })
+        let mut data = self.message(message, accepted).await?.into_iter();
+        let single = match self.protocol {
+            Protocol::Smtp => data.next(),
+            Protocol::Lmtp => None,
+        };
+        let recipients = rcpts
+            .into_iter()
+            .map(|r| {
+                if !r.is_success() {
+                    return Err(r);
+                }
+                let answer = single
+                    .clone()
+                    .or_else(|| data.next())
+                    .unwrap_or_else(|| reply(451, "4.4.0", "No reply for this recipient"));
+                if answer.is_success() {
+                    Ok(answer)
+                } else {
+                    Err(answer)
+                }
+            })
+            .collect();
+        Ok(Sent { recipients })
+    }
+
+    /// RSET, so the connection can carry another transaction.
+    pub async fn reset(&mut self) -> Result<(), SendError> {
+        let r = self.command("RSET").await?;
+        if r.is_success() {
+            Ok(())
+        } else {
+            Err(SendError::Rejected(self.peer.clone(), r))
+        }
     }
 
     /// Says QUIT and closes.
     pub async fn quit(mut self) {
+        self.quit_ref().await;
+    }
+
+    async fn quit_ref(&mut self) {
         if self.send(b"QUIT\r\n").await.is_ok() {
             let _ = self.read_reply().await;
         }
@@ -236,15 +393,6 @@ impl Client {
             .await
             .map_err(|_| SendError::Io(self.peer.clone(), "timed out".into()))?
             .map_err(|e| SendError::Io(self.peer.clone(), e.to_string()))
-    }
-
-    async fn expect_ok(&mut self) -> Result<SmtpResponse, SendError> {
-        let r = self.read_reply().await?;
-        if r.is_success() {
-            Ok(r)
-        } else {
-            Err(SendError::Rejected(self.peer.clone(), r))
-        }
     }
 
     /// Reads one (possibly multi-line) reply.
@@ -259,26 +407,11 @@ impl Client {
                         self.input.drain(..consumed);
                         let [class, subject, detail] = response.esc;
                         let enhanced = if class == 0 {
-                            default_enhanced(response.code)
+                            String::new()
                         } else {
                             format!("{class}.{subject}.{detail}")
                         };
-                        let text = response.message.replace('\r', "");
-                        return SmtpResponse::new(
-                            response.code,
-                            enhanced,
-                            text.trim_end().to_string(),
-                        )
-                        .or_else(|_| {
-                            SmtpResponse::new(
-                                response.code,
-                                default_enhanced(response.code),
-                                "(reply)",
-                            )
-                        })
-                        .map_err(|e| {
-                            SendError::Io(self.peer.clone(), format!("invalid reply: {e}"))
-                        });
+                        return Ok(reply(response.code, &enhanced, response.message.trim_end()));
                     }
                     Err(smtp_proto::Error::NeedsMoreData { .. }) => {
                         self.input.clear();
@@ -291,54 +424,13 @@ impl Client {
                     }
                 }
             }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(self.timeout, self.stream.read(&mut chunk))
+            let n = tokio::time::timeout(self.timeout, self.stream.read_buf(&mut self.input))
                 .await
                 .map_err(|_| SendError::Io(self.peer.clone(), "timed out".into()))?
                 .map_err(|e| SendError::Io(self.peer.clone(), e.to_string()))?;
             if n == 0 {
                 return Err(SendError::Io(self.peer.clone(), "connection closed".into()));
             }
-            self.input.extend_from_slice(&chunk[..n]);
         }
-    }
-}
-
-fn default_enhanced(code: u16) -> String {
-    match code / 100 {
-        2 => "2.0.0".into(),
-        4 => "4.0.0".into(),
-        5 => "5.0.0".into(),
-        _ => String::new(),
-    }
-}
-
-/// Dot-stuffs a message and appends the terminating CRLF "." CRLF.
-pub fn dot_stuff(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + 64);
-    let mut at_line_start = true;
-    for &b in message {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    if !message.is_empty() && !message.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dot_stuffing() {
-        assert_eq!(dot_stuff(b"a\r\n.b\r\n"), b"a\r\n..b\r\n.\r\n");
-        assert_eq!(dot_stuff(b".x"), b"..x\r\n.\r\n");
-        assert_eq!(dot_stuff(b""), b".\r\n");
     }
 }

@@ -12,6 +12,7 @@
 //! defers the item; an item that faulted agents twice goes to the Poison queue.
 
 use super::delivery::{self, AgentConnectors, Outcome, Outcomes};
+use super::delivery::{Diagnosis, Target};
 use super::dsn;
 use super::{Queues, Work};
 use crate::agents::context::CallContext;
@@ -21,8 +22,10 @@ use crate::config::HostConfig;
 use crate::message::{EnvelopeRecipient, MailItem};
 use crate::routing::{NextHop, Route, Router};
 use crate::service::Service;
+use crate::smtp::reply;
+use crate::smtp::send::Protocol;
 use crate::smtp::send::TlsMode;
-use mta_agent_sdk::{Action, AgentClass, Event, SmtpResponse};
+use mta_agent_sdk::{Action, AgentClass, Event};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +44,7 @@ pub struct Categorizer {
     agent_connectors: AgentConnectors,
     send_limits: std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>,
     /// Idle connections to next hops, reused.
-    pool: crate::smtp::pool::Pool,
+    pool: Arc<crate::smtp::pool::Pool>,
     /// For send connectors without smart hosts.
     mx: Option<crate::routing::mx::MxResolver>,
     config: HostConfig,
@@ -57,10 +60,6 @@ enum Origin {
     Memory,
     Deferred,
     Delivery(String),
-}
-
-fn reply(code: u16, enhanced: &str, text: &str) -> SmtpResponse {
-    SmtpResponse::new(code, enhanced, text).expect("static reply is valid")
 }
 
 impl Categorizer {
@@ -94,7 +93,9 @@ impl Categorizer {
                     (c.name.clone(), Arc::new(tokio::sync::Semaphore::new(n)))
                 })
                 .collect(),
-            pool: crate::smtp::pool::Pool::default(),
+            pool: crate::smtp::pool::Pool::new(Duration::from_millis(
+                config.routing.idle_connection_ms.max(1),
+            )),
             mx: config
                 .send_connectors
                 .iter()
@@ -184,18 +185,18 @@ impl Categorizer {
             }
             return;
         }
-        let mut failures: Vec<(EnvelopeRecipient, SmtpResponse)> = Vec::new();
+        let mut failures: Vec<(EnvelopeRecipient, Diagnosis)> = Vec::new();
         let mut agents = self
             .agents
             .as_ref()
             .map(|h| AgentSet::new(h.pipeline(), AgentClass::Routing));
 
         if item.message.count("Received") > MAX_HOPS {
-            let loop_reply = reply(
+            let loop_reply = Diagnosis::local(reply(
                 554,
                 "5.4.6",
                 "Routing loop detected: too many Received fields",
-            );
+            ));
             failures.extend(
                 item.envelope
                     .recipients
@@ -226,7 +227,11 @@ impl Categorizer {
                 for r in unknown {
                     failures.push((
                         r,
-                        reply(550, "5.1.1", "Recipient address rejected: user unknown"),
+                        Diagnosis::local(reply(
+                            550,
+                            "5.1.1",
+                            "Recipient address rejected: user unknown",
+                        )),
                     ));
                 }
                 if item.envelope.recipients.is_empty() {
@@ -282,7 +287,7 @@ impl Categorizer {
             match self.router.route(&r, size) {
                 Route::Hop(hop) => hops.entry(hop).or_default().push(r),
                 Route::Unreachable => unreachable.push(r),
-                Route::Fail(why) => failures.push((r, why)),
+                Route::Fail(why) => failures.push((r, Diagnosis::local(why))),
             }
         }
         if !unreachable.is_empty() {
@@ -344,17 +349,14 @@ impl Categorizer {
                     from,
                     recipients,
                     mime,
-                } => {
-                    let mut new = MailItem::default();
-                    new.envelope.from = from.clone();
-                    new.envelope.recipients = recipients
-                        .iter()
-                        .map(|r| EnvelopeRecipient::new(r))
-                        .collect();
-                    new.message = crate::message::Message::parse(mime);
-                    new.id = self.queues.new_id();
-                    let _ = self.submit(new).await;
-                }
+                } => match MailItem::submitted(from, recipients, mime) {
+                    Ok(new) => {
+                        let _ = self.submit(new).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(message = "Agent submission refused.", queue_id = %item.id, error = %e)
+                    }
+                },
                 _ => {}
             }
         }
@@ -391,24 +393,26 @@ impl Categorizer {
         origin: Origin,
     ) -> bool {
         let outcomes: Outcomes = match &hop {
-            NextHop::Mailbox => delivery::smtp(
-                &self.pool,
-                &self.config.mailbox.listen,
-                &self.config.hostname,
-                &item,
-                TlsMode::None,
-            )
-            .await
-            .unwrap_or_else(|e| {
-                delivery::all(
-                    &item,
-                    Outcome::Retry(reply(
-                        451,
-                        "4.4.1",
-                        &format!("Mailbox Transport unavailable: {e}"),
-                    )),
-                )
-            }),
+            NextHop::Mailbox => {
+                let target = Target {
+                    address: &self.config.mailbox.listen,
+                    name: None,
+                    tls: TlsMode::None,
+                    protocol: Protocol::Lmtp,
+                };
+                delivery::smtp(&self.pool, &target, &self.config.hostname, &item)
+                    .await
+                    .unwrap_or_else(|e| {
+                        delivery::all(
+                            &item,
+                            Outcome::retry(
+                                451,
+                                "4.4.1",
+                                &format!("Mailbox Transport unavailable: {e}"),
+                            ),
+                        )
+                    })
+            }
             NextHop::Send(name) => {
                 match self.config.send_connectors.iter().find(|c| &c.name == name) {
                     Some(c) => {
@@ -457,29 +461,33 @@ impl Categorizer {
             },
         };
         let mut failures = Vec::new();
-        let mut waiting = Vec::new();
-        let mut last_reason = None;
+        let mut waiting: Vec<(EnvelopeRecipient, Diagnosis)> = Vec::new();
         for (r, outcome) in outcomes {
             match outcome {
                 Outcome::Delivered => {}
                 Outcome::Fail(why) => failures.push((r, why)),
-                Outcome::Retry(why) => {
-                    last_reason = Some(why);
-                    waiting.push(r);
-                }
+                Outcome::Retry(why) => waiting.push((r, why)),
             }
         }
+        let last_reason = waiting.last().map(|(_, why)| why.clone());
         let age = Duration::from_millis(delivery::now_ms().saturating_sub(item.trace.received_ms));
         let expiry = Duration::from_secs(self.config.routing.expiration_hours * 3600);
         if !waiting.is_empty() && age >= expiry {
             // 4.4.7 is a persistent transient failure that has run out of time; the report says
-            // Action: failed with Status: 4.4.7, as RFC 3463 intends.
-            let expired = reply(
-                451,
-                "4.4.7",
-                "Message expired: delivery was not possible in time",
-            );
-            failures.extend(waiting.drain(..).map(|r| (r, expired.clone())));
+            // Action: failed with Status: 4.4.7, as RFC 3463 intends, and gives the last answer
+            // the next hop gave as its diagnostic.
+            failures.extend(waiting.drain(..).map(|(r, why)| {
+                let mut why = match (&why.remote_mta, &r.last_attempt) {
+                    // This attempt never reached the next hop: report what it said last.
+                    (None, Some(last)) if last.remote_mta.is_some() => Diagnosis::remote(
+                        reply(last.code, &last.enhanced, &last.text),
+                        last.remote_mta.as_deref(),
+                    ),
+                    _ => why,
+                };
+                why.status = Some("4.4.7".into());
+                (r, why)
+            }));
         }
         self.notify(&item, failures, dsn::Kind::Failed).await;
 
@@ -495,19 +503,25 @@ impl Categorizer {
         }
         let delay_notice = Duration::from_secs(self.config.routing.delay_notification_hours * 3600);
         if age >= delay_notice && !item.trace.delay_notified {
-            let reason = last_reason
-                .clone()
-                .unwrap_or_else(|| reply(451, "4.4.0", "Delivery delayed"));
-            let delayed: Vec<_> = waiting
-                .iter()
-                .map(|r| (r.clone(), reason.clone()))
-                .collect();
             let mut view = item.clone();
-            view.envelope.recipients = waiting.clone();
-            self.notify(&view, delayed, dsn::Kind::Delayed).await;
+            view.envelope.recipients = waiting.iter().map(|(r, _)| r.clone()).collect();
+            self.notify(&view, waiting.clone(), dsn::Kind::Delayed)
+                .await;
             item.trace.delay_notified = true;
         }
-        item.envelope.recipients = waiting;
+        // Each waiting recipient keeps its last answer, for the report if it expires.
+        item.envelope.recipients = waiting
+            .into_iter()
+            .map(|(mut r, why)| {
+                r.last_attempt = Some(crate::message::LastAttempt {
+                    code: why.response.code(),
+                    enhanced: why.response.enhanced_code().to_string(),
+                    text: why.response.text().to_string(),
+                    remote_mta: why.remote_mta,
+                });
+                r
+            })
+            .collect();
         item.trace.next_hop = Some(hop.key());
         let Ok(dir) = self.queues.delivery(&queue) else {
             return false;
@@ -527,7 +541,7 @@ impl Categorizer {
             });
             return false;
         }
-        tracing::info!(message = "Delivery deferred.", queue = %queue, queue_id = %id, attempts = attempts + 1, reason = %last_reason.map(|r| r.to_string()).unwrap_or_default());
+        tracing::info!(message = "Delivery deferred.", queue = %queue, queue_id = %id, attempts = attempts + 1, reason = %last_reason.map(|r| r.response.to_string()).unwrap_or_default());
         let base = self.config.routing.retry_base_ms.max(1);
         let delay = Duration::from_millis(
             base.saturating_mul(1 << attempts.min(16))
@@ -545,26 +559,27 @@ impl Categorizer {
     async fn notify(
         &self,
         item: &MailItem,
-        failures: Vec<(EnvelopeRecipient, SmtpResponse)>,
+        failures: Vec<(EnvelopeRecipient, Diagnosis)>,
         kind: dsn::Kind,
     ) {
         if failures.is_empty() {
             return;
         }
         for (r, why) in &failures {
-            tracing::info!(message = if kind == dsn::Kind::Failed { "Delivery failed." } else { "Delivery delayed; sender notified." }, queue_id = %item.id, recipient = %r.address, reply = %why);
+            tracing::info!(message = if kind == dsn::Kind::Failed { "Delivery failed." } else { "Delivery delayed; sender notified." }, queue_id = %item.id, recipient = ?r.address, reply = %why.response);
         }
         // NOTIFY (RFC 3461): NEVER asks for no report; a list without FAILURE (or DELAY) asks
         // for none of that kind. Without NOTIFY, failures are reported and delays too.
-        let wanted = |r: &EnvelopeRecipient| match r.notify.as_deref().map(str::to_ascii_uppercase)
-        {
+        let wanted = |r: &EnvelopeRecipient| match r.notify {
             None => true,
-            Some(n) if n.contains("NEVER") => false,
-            Some(n) => n.contains(if kind == dsn::Kind::Failed {
-                "FAILURE"
-            } else {
-                "DELAY"
-            }),
+            Some(n) if n.never => false,
+            Some(n) => {
+                if kind == dsn::Kind::Failed {
+                    n.failure
+                } else {
+                    n.delay
+                }
+            }
         };
         let failures: Vec<_> = failures.into_iter().filter(|(r, _)| wanted(r)).collect();
         if failures.is_empty() {
@@ -650,10 +665,6 @@ enum Next {
 fn gone(item: &MailItem, name: &str) -> Outcomes {
     delivery::all(
         item,
-        Outcome::Retry(reply(
-            451,
-            "4.4.0",
-            &format!("Connector {name} no longer exists"),
-        )),
+        Outcome::retry(451, "4.4.0", &format!("Connector {name} no longer exists")),
     )
 }

@@ -9,11 +9,12 @@ use crate::agents::context::CallContext;
 use crate::agents::dispatch::{dispatch_blocking, Blocking};
 use crate::agents::{AgentHost, AgentSet};
 use crate::config::{DeliveryAgentConnectorConfig, ForeignConnectorConfig, SendConnectorConfig};
-use crate::message::{EnvelopeRecipient, MailItem};
+use crate::message::{Envelope, EnvelopeRecipient, MailItem};
 use crate::routing::mx::{Exchangers, MxResolver};
 use crate::service::Service;
 use crate::smtp::pool::Pool;
-use crate::smtp::send::{Client, SendError, TlsMode};
+use crate::smtp::reply;
+use crate::smtp::send::{Client, Protocol, SendError, Sent, TlsMode};
 use mta_agent_sdk::{AckStatus, Action, AgentClass, Event, SmtpResponse};
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,23 +22,80 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+/// Why a recipient waits or failed: the reply, and which host gave it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnosis {
+    /// The reply (the remote server's own, or this host's).
+    pub response: SmtpResponse,
+    /// The remote MTA that answered (a report's Remote-MTA), when it was not this host.
+    pub remote_mta: Option<String>,
+    /// The status to report when it is not the reply's own (4.4.7 for an expired message,
+    /// whose reply is the last one the next hop gave).
+    pub status: Option<String>,
+}
+
+impl Diagnosis {
+    /// This host's own reply.
+    pub fn local(response: SmtpResponse) -> Self {
+        Self {
+            response,
+            remote_mta: None,
+            status: None,
+        }
+    }
+
+    /// A remote host's reply.
+    pub fn remote(response: SmtpResponse, host: Option<&str>) -> Self {
+        Self {
+            response,
+            remote_mta: host.map(str::to_string),
+            status: None,
+        }
+    }
+
+    /// The enhanced status code to report.
+    pub fn status(&self) -> &str {
+        self.status
+            .as_deref()
+            .unwrap_or_else(|| self.response.enhanced_code())
+    }
+}
+
 /// What became of one recipient.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Delivered (handed to the next hop, which took responsibility).
     Delivered,
     /// Not now: try again later.
-    Retry(SmtpResponse),
+    Retry(Diagnosis),
     /// Never: the sender gets a non-delivery report.
-    Fail(SmtpResponse),
+    Fail(Diagnosis),
+}
+
+impl Outcome {
+    /// A retry for this host's own reason.
+    pub fn retry(code: u16, enhanced: &str, text: &str) -> Self {
+        Outcome::Retry(Diagnosis::local(reply(code, enhanced, text)))
+    }
+
+    /// A failure for this host's own reason.
+    pub fn fail(code: u16, enhanced: &str, text: &str) -> Self {
+        Outcome::Fail(Diagnosis::local(reply(code, enhanced, text)))
+    }
+
+    /// A remote server's refusal: permanent (5xx) fails, anything else waits.
+    fn refused(response: SmtpResponse, host: Option<&str>) -> Self {
+        let diagnosis = Diagnosis::remote(response, host);
+        if diagnosis.response.is_permanent() {
+            Outcome::Fail(diagnosis)
+        } else {
+            Outcome::Retry(diagnosis)
+        }
+    }
 }
 
 /// The outcome of every recipient of an item.
 pub type Outcomes = Vec<(EnvelopeRecipient, Outcome)>;
-
-fn reply(code: u16, enhanced: &str, text: &str) -> SmtpResponse {
-    SmtpResponse::new(code, enhanced, text).expect("static reply is valid")
-}
 
 /// The same outcome for every recipient of `item`.
 pub fn all(item: &MailItem, outcome: Outcome) -> Outcomes {
@@ -48,102 +106,190 @@ pub fn all(item: &MailItem, outcome: Outcome) -> Outcomes {
         .collect()
 }
 
-/// SMTP to `address` (Mailbox Transport or a smart host) for every recipient of `item`.
+/// Whether a refusal means "too many recipients in this transaction" (RFC 5321 4.5.3.1.10:
+/// 452, which some old servers send as 552): the rest go in another transaction at once.
+fn too_many_recipients(response: &SmtpResponse) -> bool {
+    response.code() == 452
+        || response.enhanced_code() == "4.5.3"
+        || response.enhanced_code() == "5.5.3"
+}
+
+/// Where an SMTP or LMTP delivery goes.
+pub struct Target<'a> {
+    /// `host:port` to connect to.
+    pub address: &'a str,
+    /// The host's name, for a report's Remote-MTA (`None` for this host's own services).
+    pub name: Option<&'a str>,
+    /// STARTTLS.
+    pub tls: TlsMode,
+    /// SMTP or LMTP.
+    pub protocol: Protocol,
+}
+
+/// SMTP (or LMTP) to `target` for every recipient of `item`, in as many transactions as the
+/// server's recipient limit needs. `Err` when no transaction could even start (the host is
+/// unreachable), so the caller may try another host.
 pub async fn smtp(
     pool: &Pool,
-    address: &str,
+    target: &Target<'_>,
     helo: &str,
     item: &MailItem,
-    tls: TlsMode,
 ) -> Result<Outcomes, SendError> {
-    let _slot = pool.slot(address).await;
-    // A pooled connection may have been closed by the server meanwhile: then once more, fresh.
+    let _slot = pool.slot(target.address).await;
+    let mut outcomes: Outcomes = Vec::new();
+    let mut pending: Vec<EnvelopeRecipient> = item.envelope.recipients.clone();
+    while !pending.is_empty() {
+        let mut part = item.clone();
+        part.envelope.recipients = std::mem::take(&mut pending);
+        let (client, part, sent) = match one_transaction(pool, target, helo, part).await {
+            Ok(Attempt::Sent(pair, sent)) => {
+                let (client, part) = *pair;
+                (client, part, sent)
+            }
+            Ok(Attempt::Decided(more)) => {
+                outcomes.extend(more);
+                break;
+            }
+            Err(e) if outcomes.is_empty() => return Err(e),
+            Err(e) => {
+                let waiting = Outcome::Retry(Diagnosis::remote(
+                    reply(451, "4.4.2", &format!("Connection lost: {e}")),
+                    target.name,
+                ));
+                outcomes.extend(part_of(&item.envelope.recipients, &outcomes, waiting));
+                break;
+            }
+        };
+        let sent = match sent {
+            Ok(sent) => {
+                pool.put(target.address, target.tls, client);
+                sent
+            }
+            Err(SendError::Rejected(_, r)) => {
+                client.quit().await;
+                outcomes.extend(all(&part, Outcome::refused(r, target.name)));
+                break;
+            }
+            Err(e) => {
+                let waiting = Outcome::Retry(Diagnosis::remote(
+                    reply(451, "4.4.2", &format!("Connection lost: {e}")),
+                    target.name,
+                ));
+                outcomes.extend(all(&part, waiting));
+                break;
+            }
+        };
+        let mut again = Vec::new();
+        for (r, result) in part.envelope.recipients.iter().zip(sent.recipients) {
+            match result {
+                Ok(_) => outcomes.push((r.clone(), Outcome::Delivered)),
+                Err(response) if too_many_recipients(&response) => again.push(r.clone()),
+                Err(response) => {
+                    outcomes.push((r.clone(), Outcome::refused(response, target.name)))
+                }
+            }
+        }
+        if again.len() == part.envelope.recipients.len() {
+            // No progress at all: wait for a retry instead of looping.
+            let waiting = Outcome::Retry(Diagnosis::remote(
+                reply(452, "4.5.3", "Too many recipients"),
+                target.name,
+            ));
+            outcomes.extend(again.into_iter().map(|r| (r, waiting.clone())));
+            break;
+        }
+        pending = again;
+    }
+    Ok(outcomes)
+}
+
+/// The recipients of `all_recipients` without an outcome yet, each with `outcome`.
+fn part_of(all_recipients: &[EnvelopeRecipient], decided: &Outcomes, outcome: Outcome) -> Outcomes {
+    all_recipients
+        .iter()
+        .filter(|r| !decided.iter().any(|(d, _)| d.address == r.address))
+        .map(|r| (r.clone(), outcome.clone()))
+        .collect()
+}
+
+/// What one attempt at a transaction came to.
+enum Attempt {
+    /// The transaction ran (or failed once started): the client, the item as sent, the result.
+    Sent(Box<(Client, MailItem)>, Result<Sent, SendError>),
+    /// Decided without a transaction (the next hop cannot take this content).
+    Decided(Outcomes),
+}
+
+/// One transaction of `item` to `target`, on a pooled connection or a new one. A pooled
+/// connection may have been closed by the server meanwhile: then once more, fresh.
+async fn one_transaction(
+    pool: &Pool,
+    target: &Target<'_>,
+    helo: &str,
+    item: MailItem,
+) -> Result<Attempt, SendError> {
     let mut fresh_only = false;
-    let (client, item, sent) = loop {
+    loop {
         let pooled = if fresh_only {
             None
         } else {
-            pool.take(address, tls)
+            pool.take(target.address, target.tls)
         };
         let reused = pooled.is_some();
         let mut client = match pooled {
             Some(c) => c,
-            None => Client::connect_with(address, helo, Duration::from_secs(60), tls).await?,
+            None => {
+                Client::connect_with(
+                    target.address,
+                    helo,
+                    Duration::from_secs(60),
+                    target.tls,
+                    target.protocol,
+                )
+                .await?
+            }
         };
         // A message that needs SMTPUTF8 cannot go to a next hop without it (RFC 6531 3.2).
-        if item.envelope.smtputf8 && !client.offers("SMTPUTF8") && needs_smtputf8(item) {
-            pool.put(address, tls, client);
-            return Ok(all(
-                item,
-                Outcome::Fail(reply(
+        if item.envelope.smtputf8 && !client.offers("SMTPUTF8") && needs_smtputf8(&item) {
+            pool.put(target.address, target.tls, client);
+            return Ok(Attempt::Decided(all(
+                &item,
+                Outcome::fail(
                     553,
                     "5.6.7",
                     "The next hop does not support SMTPUTF8, which this message needs",
-                )),
-            ));
+                ),
+            )));
         }
         // Content conversion: a next hop without 8BITMIME gets 7-bit content (RFC 6152).
-        let item = if !client.offers("8BITMIME") && !item.message.is_ascii() {
-            match seven_bit(item) {
-                Some(copy) => std::borrow::Cow::Owned(copy),
+        let part = if !client.offers("8BITMIME") && !item.message.is_ascii() {
+            match seven_bit(&item) {
+                Some(copy) => copy,
                 None => {
-                    pool.put(address, tls, client);
-                    return Ok(all(
-                        item,
-                        Outcome::Fail(reply(554, "5.6.3", "The next hop does not accept 8-bit content and this message cannot be converted")),
-                    ));
+                    pool.put(target.address, target.tls, client);
+                    return Ok(Attempt::Decided(all(
+                        &item,
+                        Outcome::fail(554, "5.6.3", "The next hop does not accept 8-bit content and this message cannot be converted"),
+                    )));
                 }
             }
         } else {
-            std::borrow::Cow::Borrowed(item)
+            item.clone()
         };
-        let (params, rcpts) = parameters(&client, &item);
+        let (params, rcpts) = parameters(&client, &part);
         let sent = client
-            .send_mail(
-                &item.envelope.from,
+            .transaction(
+                &part.envelope.from,
                 &params,
                 &rcpts,
-                &item.message.to_bytes(),
+                &part.message.to_bytes(),
             )
             .await;
         match sent {
             Err(SendError::Io(..)) if reused => fresh_only = true,
-            sent => break (client, item, sent),
+            sent => return Ok(Attempt::Sent(Box::new((client, part)), sent)),
         }
-    };
-    let sent = match sent {
-        Ok(sent) => {
-            pool.put(address, tls, client);
-            sent
-        }
-        Err(SendError::Rejected(_, r)) if r.is_permanent() => {
-            client.quit().await;
-            return Ok(all(&item, Outcome::Fail(r)));
-        }
-        Err(SendError::Rejected(_, r)) => {
-            client.quit().await;
-            return Ok(all(&item, Outcome::Retry(r)));
-        }
-        Err(e) => return Err(e),
-    };
-    let data = sent.data.clone();
-    Ok(item
-        .envelope
-        .recipients
-        .iter()
-        .zip(sent.recipients)
-        .map(|(r, (_, rcpt))| {
-            let outcome = match (rcpt, &data) {
-                (Err(reply), _) if reply.is_permanent() => Outcome::Fail(reply),
-                (Err(reply), _) => Outcome::Retry(reply),
-                (Ok(()), Some(d)) if d.is_success() => Outcome::Delivered,
-                (Ok(()), Some(d)) if d.is_permanent() => Outcome::Fail(d.clone()),
-                (Ok(()), Some(d)) => Outcome::Retry(d.clone()),
-                (Ok(()), None) => Outcome::Retry(reply(451, "4.4.0", "Message data was not sent")),
-            };
-            (r.clone(), outcome)
-        })
-        .collect())
+    }
 }
 
 /// Whether the envelope or the header fields hold non-ASCII text (what SMTPUTF8 is for).
@@ -157,45 +303,53 @@ fn needs_smtputf8(item: &MailItem) -> bool {
         || item.message.fields().iter().any(|f| !f.value().is_ascii())
 }
 
-/// MAIL and RCPT parameters: the envelope's, where the next hop understands them (BODY with
-/// 8BITMIME, SMTPUTF8, and RET, ENVID, NOTIFY, ORCPT with DSN).
-pub(crate) fn parameters(client: &Client, item: &MailItem) -> (String, Vec<(String, String)>) {
+/// MAIL parameters, encoded for the wire: the envelope's, where the next hop understands them
+/// (BODY with 8BITMIME, SMTPUTF8, and RET and ENVID with DSN). ENVID is xtext-encoded again
+/// here: what a client sent never reaches a command line as it came.
+pub fn mail_parameters(client: &Client, envelope: &Envelope) -> String {
     let mut params = String::new();
-    if let Some(body) = &item.envelope.body_type {
+    if let Some(body) = envelope.body_type {
         if client.offers("8BITMIME") {
-            params.push_str(&format!(" BODY={body}"));
+            params.push_str(&format!(" BODY={}", body.as_str()));
         }
     }
-    if item.envelope.smtputf8 && client.offers("SMTPUTF8") {
+    if envelope.smtputf8 && client.offers("SMTPUTF8") {
         params.push_str(" SMTPUTF8");
     }
-    let dsn = client.offers("DSN");
-    if dsn {
-        if let Some(ret) = &item.envelope.ret {
-            params.push_str(&format!(" RET={ret}"));
+    if client.offers("DSN") {
+        if let Some(ret) = envelope.ret {
+            params.push_str(&format!(" RET={}", ret.as_str()));
         }
-        if let Some(envid) = &item.envelope.envid {
-            params.push_str(&format!(" ENVID={envid}"));
+        if let Some(envid) = &envelope.envid {
+            params.push_str(&format!(" ENVID={}", crate::smtp::xtext::encode(envid)));
         }
     }
+    params
+}
+
+/// RCPT parameters, encoded for the wire: NOTIFY and ORCPT (xtext) to a next hop with DSN.
+pub fn rcpt_parameters(client: &Client, recipient: &EnvelopeRecipient) -> String {
+    let mut p = String::new();
+    if client.offers("DSN") {
+        if let Some(n) = &recipient.notify {
+            p.push_str(&format!(" NOTIFY={n}"));
+        }
+        if let Some(o) = &recipient.orcpt {
+            p.push_str(&format!(" ORCPT={}", o.to_xtext()));
+        }
+    }
+    p
+}
+
+/// The MAIL parameters and each recipient with its RCPT parameters.
+fn parameters(client: &Client, item: &MailItem) -> (String, Vec<(String, String)>) {
     let rcpts = item
         .envelope
         .recipients
         .iter()
-        .map(|r| {
-            let mut p = String::new();
-            if dsn {
-                if let Some(n) = &r.notify {
-                    p.push_str(&format!(" NOTIFY={n}"));
-                }
-                if let Some(o) = &r.orcpt {
-                    p.push_str(&format!(" ORCPT={o}"));
-                }
-            }
-            (r.address.clone(), p)
-        })
+        .map(|r| (r.address.clone(), rcpt_parameters(client, r)))
         .collect();
-    (params, rcpts)
+    (mail_parameters(client, &item.envelope), rcpts)
 }
 
 /// A copy of a single-part text message with its body quoted-printable encoded, so that it is
@@ -270,42 +424,60 @@ pub async fn send_connector(
             Some(mx) => by_mx(pool, connector, helo, item, mx).await,
             None => all(
                 item,
-                Outcome::Retry(reply(451, "4.4.3", "No DNS resolver for MX routing")),
+                Outcome::retry(451, "4.4.3", "No DNS resolver for MX routing"),
             ),
         };
     }
-    first_answering(pool, connector, helo, item, &connector.smart_hosts).await
+    let hosts: Vec<(String, String)> = connector
+        .smart_hosts
+        .iter()
+        .map(|h| {
+            let name = h.rsplit_once(':').map_or(h.as_str(), |(name, _)| name);
+            (name.trim_matches(['[', ']']).to_string(), h.clone())
+        })
+        .collect();
+    first_answering(pool, connector, helo, item, &hosts).await
 }
 
-/// Tries `hosts` in order; the first that answers decides every recipient.
+/// Tries `hosts` (name, address) in order; the first that answers decides every recipient.
 async fn first_answering(
     pool: &Pool,
     connector: &SendConnectorConfig,
     helo: &str,
     item: &MailItem,
-    hosts: &[String],
+    hosts: &[(String, String)],
 ) -> Outcomes {
-    let mut last = String::new();
-    for host in hosts {
-        match smtp(pool, host, helo, item, connector.tls).await {
+    let mut last: Option<(String, SendError)> = None;
+    for (name, address) in hosts {
+        let target = Target {
+            address,
+            name: Some(name),
+            tls: connector.tls,
+            protocol: Protocol::Smtp,
+        };
+        match smtp(pool, &target, helo, item).await {
             Ok(outcomes) => return outcomes,
             Err(e) => {
-                tracing::info!(message = "Next hop unavailable.", connector = %connector.name, host = %host, error = %e);
-                last = e.to_string();
+                tracing::info!(message = "Next hop unavailable.", connector = %connector.name, host = %address, error = %e);
+                last = Some((name.clone(), e));
             }
         }
     }
-    all(
-        item,
-        Outcome::Retry(reply(
+    let diagnosis = match last {
+        // The host's own refusal (a 421 or 554 greeting, a refused EHLO) is what the report
+        // and the queue should show; as no host took the message, it waits either way.
+        Some((name, SendError::Rejected(_, response))) => Diagnosis::remote(response, Some(&name)),
+        other => Diagnosis::local(reply(
             451,
             "4.4.1",
             &format!(
-                "No host of send connector {} answered ({last})",
-                connector.name
+                "No host of send connector {} answered ({})",
+                connector.name,
+                other.map(|(_, e)| e.to_string()).unwrap_or_default()
             ),
         )),
-    )
+    };
+    all(item, Outcome::Retry(diagnosis))
 }
 
 /// One delivery per recipient domain, to its mail exchangers.
@@ -331,8 +503,11 @@ async fn by_mx(
         let mut part = item.clone();
         part.envelope.recipients = recipients;
         match mx.exchangers(&domain, connector.port).await {
-            Exchangers::Hosts(addrs) => {
-                let hosts: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            Exchangers::Hosts(hosts) => {
+                let hosts: Vec<(String, String)> = hosts
+                    .into_iter()
+                    .map(|(name, addr)| (name.trim_end_matches('.').to_string(), addr.to_string()))
+                    .collect();
                 outcomes.extend(first_answering(pool, connector, helo, &part, &hosts).await);
             }
             Exchangers::NoMail(why) => {
@@ -341,10 +516,10 @@ async fn by_mx(
                 } else {
                     (550, "5.1.2")
                 };
-                outcomes.extend(all(&part, Outcome::Fail(reply(code.0, code.1, &why))));
+                outcomes.extend(all(&part, Outcome::fail(code.0, code.1, &why)));
             }
             Exchangers::Unavailable(why) => {
-                outcomes.extend(all(&part, Outcome::Retry(reply(451, "4.4.3", &why))))
+                outcomes.extend(all(&part, Outcome::retry(451, "4.4.3", &why)))
             }
         }
     }
@@ -352,7 +527,8 @@ async fn by_mx(
 }
 
 /// Into a Foreign connector's drop directory, in replay format:
-/// `{host}-{id}-{yyyyMMddHHmmssZ}.{priority}.eml` with leading X-Sender / X-Receiver fields.
+/// `{host}-{id}-{yyyyMMddHHmmssZ}.{priority}.eml` with leading X-Sender / X-Receiver fields,
+/// whose parameters are encoded as in MAIL FROM and RCPT TO.
 pub fn foreign_connector(
     connector: &ForeignConnectorConfig,
     hostname: &str,
@@ -362,23 +538,20 @@ pub fn foreign_connector(
     if !dir.is_dir() {
         return all(
             item,
-            Outcome::Retry(reply(
+            Outcome::retry(
                 451,
                 "4.4.0",
                 &format!("Drop directory {} is missing", dir.display()),
-            )),
+            ),
         );
     }
-    let mut bytes = format!("X-Sender: <{}>\r\n", item.envelope.from).into_bytes();
-    for r in &item.envelope.recipients {
-        bytes.extend_from_slice(format!("X-Receiver: <{}>\r\n", r.address).as_bytes());
-    }
+    let mut bytes = replay_envelope(item).into_bytes();
     item.message.write_to(&mut bytes);
     if let Some(quota) = connector.quota_bytes {
         if directory_size(dir) + bytes.len() as u64 > quota {
             return all(
                 item,
-                Outcome::Retry(reply(452, "4.3.1", "Drop directory is over its quota")),
+                Outcome::retry(452, "4.3.1", "Drop directory is over its quota"),
             );
         }
     }
@@ -399,14 +572,44 @@ pub fn foreign_connector(
             let _ = std::fs::remove_file(&tmp);
             all(
                 item,
-                Outcome::Retry(reply(
+                Outcome::retry(
                     451,
                     "4.3.0",
                     &format!("Cannot write to the drop directory: {e}"),
-                )),
+                ),
             )
         }
     }
+}
+
+/// The leading X-Sender and X-Receiver fields of a replay file.
+fn replay_envelope(item: &MailItem) -> String {
+    let envelope = &item.envelope;
+    let mut out = format!("X-Sender: <{}>", envelope.from);
+    if let Some(ret) = envelope.ret {
+        out.push_str(&format!(" RET={}", ret.as_str()));
+    }
+    if let Some(envid) = &envelope.envid {
+        out.push_str(&format!(" ENVID={}", crate::smtp::xtext::encode(envid)));
+    }
+    if let Some(body) = envelope.body_type {
+        out.push_str(&format!(" BODY={}", body.as_str()));
+    }
+    if envelope.smtputf8 {
+        out.push_str(" SMTPUTF8");
+    }
+    out.push_str("\r\n");
+    for r in &envelope.recipients {
+        out.push_str(&format!("X-Receiver: <{}>", r.address));
+        if let Some(n) = &r.notify {
+            out.push_str(&format!(" NOTIFY={n}"));
+        }
+        if let Some(o) = &r.orcpt {
+            out.push_str(&format!(" ORCPT={}", o.to_xtext()));
+        }
+        out.push_str("\r\n");
+    }
+    out
 }
 
 fn directory_size(dir: &Path) -> u64 {
@@ -479,7 +682,7 @@ impl AgentConnectors {
         let nobody = || {
             all(
                 item,
-                Outcome::Retry(reply(451, "4.4.0", "No DeliveryAgent handled the queue")),
+                Outcome::retry(451, "4.4.0", "No DeliveryAgent handled the queue"),
             )
         };
         let Some(host) = &self.agents else {
@@ -520,11 +723,11 @@ impl AgentConnectors {
         let fault = |f: &crate::agents::Fault| {
             all(
                 item,
-                Outcome::Retry(reply(
+                Outcome::retry(
                     451,
                     "4.4.0",
                     &format!("Delivery agent fault: {}", f.message),
-                )),
+                ),
             )
         };
 
@@ -567,8 +770,8 @@ impl AgentConnectors {
             .collect();
         let of = |status: AckStatus, response: &SmtpResponse| match status {
             AckStatus::Success => Outcome::Delivered,
-            AckStatus::Retry => Outcome::Retry(response.clone()),
-            AckStatus::Fail => Outcome::Fail(response.clone()),
+            AckStatus::Retry => Outcome::Retry(Diagnosis::local(response.clone())),
+            AckStatus::Fail => Outcome::Fail(Diagnosis::local(response.clone())),
         };
         for action in &cx.actions {
             match action {
@@ -602,7 +805,7 @@ impl AgentConnectors {
             .into_iter()
             .map(|(r, o)| {
                 let outcome = o.unwrap_or_else(|| {
-                    Outcome::Retry(reply(451, "4.4.0", "DeliveryAgent returned without processing message"))
+                    Outcome::retry(451, "4.4.0", "DeliveryAgent returned without processing message")
                 });
                 if outcome == Outcome::Delivered {
                     tracing::info!(message = "Delivered by agent.", connector = %connector.name, recipient = %r.address, queue_id = %item.id, latency_ms);
@@ -625,8 +828,10 @@ impl AgentConnectors {
 /// A FailQueue or DeferQueue action, as an outcome for what is left.
 fn queue_action(actions: &[Action]) -> Option<Outcome> {
     actions.iter().find_map(|a| match a {
-        Action::FailQueue(r) => Some(Outcome::Fail(r.clone())),
-        Action::DeferQueue { response, .. } => Some(Outcome::Retry(response.clone())),
+        Action::FailQueue(r) => Some(Outcome::Fail(Diagnosis::local(r.clone()))),
+        Action::DeferQueue { response, .. } => {
+            Some(Outcome::Retry(Diagnosis::local(response.clone())))
+        }
         _ => None,
     })
 }

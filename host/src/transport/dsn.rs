@@ -3,11 +3,18 @@
 //!
 //! A notification goes to the envelope sender from the null sender `<>`, and never to the null
 //! sender: a message from `<>` that fails is only logged (no loops of bounces).
+//!
+//! It carries the whole original message (`message/rfc822`, 7bit or 8bit, never base64, as
+//! RFC 2046 5.2.1 requires) only when the sender asked for it (RET=FULL) **and** someone vouched
+//! for the sender (an authenticated client, a trusted server, this host's own directories and
+//! agents); otherwise only its header fields (`text/rfc822-headers`). So a forged sender can
+//! never make this host deliver arbitrary content to a third party.
 
+use super::delivery::Diagnosis;
+use crate::message::parameters::Ret;
 use crate::message::{Envelope, EnvelopeRecipient, MailItem, Message};
 use mail_builder::mime::MimePart;
 use mail_builder::MessageBuilder;
-use mta_agent_sdk::SmtpResponse;
 
 /// What a notification reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,10 +25,43 @@ pub enum Kind {
     Delayed,
 }
 
+/// Folds a field value so that no line passes 78 characters where it can break at a space,
+/// and none passes 998 where it cannot (RFC 5322 2.1.1).
+fn fold(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + value.len() / 64);
+    let mut line = 0usize;
+    for word in value.split(' ') {
+        let mut word = word;
+        if line > 0 && line + 1 + word.len() > 76 {
+            out.push_str("\r\n ");
+            line = 1;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        while line + word.len() > 900 {
+            let mut cut = 900usize.saturating_sub(line).clamp(1, word.len());
+            while !word.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            if cut == 0 {
+                cut = word.chars().next().map_or(word.len(), char::len_utf8);
+            }
+            out.push_str(&word[..cut]);
+            out.push_str("\r\n ");
+            word = &word[cut..];
+            line = 1;
+        }
+        out.push_str(word);
+        line += word.len();
+    }
+    out
+}
+
 /// Builds the notification for `failures` of `item`, or `None` when the sender is `<>`.
 pub fn notification(
     item: &MailItem,
-    failures: &[(EnvelopeRecipient, SmtpResponse)],
+    failures: &[(EnvelopeRecipient, Diagnosis)],
     kind: Kind,
     hostname: &str,
     postmaster: &str,
@@ -38,8 +78,12 @@ pub fn notification(
         Kind::Failed => "Your message could not be delivered to these recipients:\r\n\r\n".to_string(),
         Kind::Delayed => "Your message has not been delivered yet to these recipients. We keep trying; you need not resend it.\r\n\r\n".to_string(),
     };
-    for (r, response) in failures {
-        human.push_str(&format!("  {}: {}\r\n", r.address, response));
+    for (r, why) in failures {
+        human.push_str(&format!(
+            "  {}: {}\r\n",
+            r.address,
+            fold(&why.response.to_string())
+        ));
     }
     let arrival = crate::message::date::rfc2822(
         std::time::UNIX_EPOCH + std::time::Duration::from_millis(item.trace.received_ms),
@@ -49,33 +93,37 @@ pub fn notification(
         status.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
     }
     status.push_str(&format!("Arrival-Date: {arrival}\r\n"));
-    for (r, response) in failures {
+    for (r, why) in failures {
         status.push_str("\r\n");
         if let Some(orcpt) = &r.orcpt {
             status.push_str(&format!("Original-Recipient: {orcpt}\r\n"));
         }
         status.push_str(&format!("Final-Recipient: rfc822; {}\r\n", r.address));
         status.push_str(&format!("Action: {action}\r\n"));
-        let code = if response.enhanced_code().is_empty() {
-            if kind == Kind::Failed {
-                "5.0.0"
-            } else {
-                "4.0.0"
-            }
-        } else {
-            response.enhanced_code()
+        let code = match why.status() {
+            "" if kind == Kind::Failed => "5.0.0",
+            "" => "4.0.0",
+            code => code,
         };
         status.push_str(&format!("Status: {code}\r\n"));
-        status.push_str(&format!("Diagnostic-Code: smtp; {response}\r\n"));
+        if let Some(remote) = &why.remote_mta {
+            status.push_str(&format!("Remote-MTA: dns; {remote}\r\n"));
+        }
+        status.push_str(&format!(
+            "Diagnostic-Code: {}\r\n",
+            fold(&format!("smtp; {}", why.response))
+        ));
     }
-    let full = item.envelope.ret.as_deref() == Some("FULL");
+    let full = item.envelope.ret == Some(Ret::Full) && item.trace.vouched;
     let original = if full {
-        MimePart::new("message/rfc822", item.message.to_bytes())
+        let bytes = item.message.to_bytes();
+        let encoding = if bytes.is_ascii() { "7bit" } else { "8bit" };
+        MimePart::new("message/rfc822", bytes).transfer_encoding(encoding)
     } else {
-        let mut only_headers = item.message.clone();
-        only_headers.set_body(Vec::new());
-        let bytes = only_headers.to_bytes();
-        MimePart::new("text/rfc822-headers", bytes)
+        let mut headers = item.message.header_bytes();
+        let encoding = if headers.is_ascii() { "7bit" } else { "8bit" };
+        headers.extend_from_slice(b"\r\n");
+        MimePart::new("text/rfc822-headers", headers).transfer_encoding(encoding)
     };
     let report = MimePart::new(
         mail_builder::headers::content_type::ContentType::new("multipart/report")
@@ -86,10 +134,12 @@ pub fn notification(
             original.inline(),
         ],
     );
+    let message_id = crate::message::new_message_id(hostname);
     let bytes = MessageBuilder::new()
         .from(("Mail Delivery System", postmaster))
         .to(item.envelope.from.as_str())
         .subject(format!("{title}: {subject}"))
+        .message_id(message_id.trim_matches(['<', '>']))
         .header(
             "Auto-Submitted",
             mail_builder::headers::raw::Raw::new("auto-replied"),
@@ -101,6 +151,7 @@ pub fn notification(
         envelope: Envelope {
             from: String::new(),
             recipients: vec![EnvelopeRecipient::new(&item.envelope.from)],
+            smtputf8: !item.envelope.from.is_ascii(),
             ..Envelope::default()
         },
         message: Message::parse(&bytes),
@@ -111,6 +162,7 @@ pub fn notification(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::smtp::reply;
 
     fn item(from: &str) -> MailItem {
         MailItem {
@@ -119,6 +171,7 @@ mod tests {
                 from: from.into(),
                 recipients: vec![EnvelopeRecipient::new("x@far.test")],
                 envid: Some("env-7".into()),
+                ret: Some(Ret::Full),
                 ..Envelope::default()
             },
             message: Message::parse(
@@ -128,15 +181,18 @@ mod tests {
         }
     }
 
+    fn failure() -> (EnvelopeRecipient, Diagnosis) {
+        (
+            EnvelopeRecipient::new("x@far.test"),
+            Diagnosis::remote(reply(550, "5.1.1", "user unknown"), Some("mx.far.test")),
+        )
+    }
+
     #[test]
     fn a_non_delivery_report_is_a_valid_rfc3464_report() {
-        let failure = (
-            EnvelopeRecipient::new("x@far.test"),
-            SmtpResponse::new(550, "5.1.1", "user unknown").unwrap(),
-        );
         let ndr = notification(
             &item("a@example.test"),
-            std::slice::from_ref(&failure),
+            &[failure()],
             Kind::Failed,
             "mta.test",
             "postmaster@example.test",
@@ -147,12 +203,9 @@ mod tests {
         let raw = ndr.message.to_bytes();
         let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
         assert_eq!(parsed.subject(), Some("Undeliverable: hello"));
+        assert!(parsed.message_id().unwrap().ends_with("@mta.test"));
         let text = String::from_utf8_lossy(&raw);
-        assert!(
-            text.contains("multipart/report") && text.contains("report-type=\"delivery-status\"")
-                || text.contains("report-type=delivery-status"),
-            "{text}"
-        );
+        assert!(text.contains("report-type"), "{text}");
         assert!(
             text.contains("Final-Recipient: rfc822; x@far.test"),
             "{text}"
@@ -161,19 +214,50 @@ mod tests {
             text.contains("Action: failed") && text.contains("Status: 5.1.1"),
             "{text}"
         );
+        assert!(text.contains("Remote-MTA: dns; mx.far.test"), "{text}");
         assert!(text.contains("Original-Envelope-Id: env-7"));
         assert!(
             text.contains("text/rfc822-headers") && !text.contains("secret body"),
-            "headers only unless RET=FULL"
+            "headers only for a sender nobody vouched for, even with RET=FULL"
         );
         // never to the null sender
         assert!(notification(
             &item(""),
-            &[failure],
+            &[failure()],
             Kind::Failed,
             "mta.test",
             "postmaster@example.test"
         )
         .is_none());
+    }
+
+    #[test]
+    fn a_vouched_sender_gets_the_whole_message_unencoded() {
+        let mut original = item("a@example.test");
+        original.trace.vouched = true;
+        let ndr = notification(
+            &original,
+            &[failure()],
+            Kind::Failed,
+            "mta.test",
+            "pm@x.test",
+        )
+        .unwrap();
+        let text = String::from_utf8_lossy(&ndr.message.to_bytes()).into_owned();
+        assert!(text.contains("message/rfc822"), "{text}");
+        assert!(text.contains("secret body"), "{text}");
+        assert!(!text.to_ascii_lowercase().contains("base64"), "{text}");
+    }
+
+    #[test]
+    fn long_diagnostics_are_folded() {
+        let long = fold(&format!(
+            "smtp; 550 {} {}",
+            "x".repeat(2000),
+            "y ".repeat(100)
+        ));
+        assert!(long.split("\r\n").all(|l| l.len() <= 998), "{long}");
+        assert!(long.contains("xxxx"));
+        assert_eq!(fold("short value"), "short value");
     }
 }

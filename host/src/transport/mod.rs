@@ -17,7 +17,9 @@ pub mod journal;
 pub mod submission_queue;
 
 use crate::message::MailItem;
-use crate::smtp::receive::{BoxFuture, Sink};
+use crate::smtp::receive::{ready, BoxFuture, Sink, Transactions};
+use crate::smtp::reply;
+use crate::smtp::session::MailRequest;
 use journal::Journal;
 use mta_agent_sdk::SmtpResponse;
 use std::collections::HashMap;
@@ -116,37 +118,71 @@ impl SubmissionSink {
         Self { queues, work }
     }
 
-    /// Stores an item durably; the reply the client gets.
+    /// Stores an item durably (under its queue id, given one if it has none); the reply the
+    /// client gets.
     pub async fn enqueue(&self, mut item: MailItem) -> Result<SmtpResponse, SmtpResponse> {
-        item.id = self.queues.new_id();
+        if item.id.is_empty() {
+            item.id = self.queues.new_id();
+        }
         item.trace.received_ms = delivery::now_ms();
         match self.queues.journal.append(&item, 0).await {
             Ok(()) => {
                 let id = item.id.clone();
                 tracing::info!(message = "Message queued.", queue_id = %id);
                 let _ = self.work.send(Work::Fresh(Box::new(item), 0));
-                Ok(
-                    SmtpResponse::new(250, "2.6.0", format!("<{id}> Queued mail for delivery"))
-                        .expect("valid"),
-                )
+                Ok(reply(
+                    250,
+                    "2.6.0",
+                    &format!("<{id}> Queued mail for delivery"),
+                ))
             }
             Err(e) if e.raw_os_error() == Some(28) => {
                 tracing::error!(message = "Queue disk full.", error = %e);
-                Err(SmtpResponse::new(452, "4.3.1", "Insufficient system storage").expect("valid"))
+                Err(reply(452, "4.3.1", "Insufficient system storage"))
             }
             Err(e) => {
                 tracing::error!(message = "Queue write failed.", error = %e);
-                Err(
-                    SmtpResponse::new(451, "4.3.0", "Queue write failed, try again later")
-                        .expect("valid"),
-                )
+                Err(reply(451, "4.3.0", "Queue write failed, try again later"))
             }
         }
     }
 }
 
-impl Sink for SubmissionSink {
-    fn accept(&self, item: MailItem) -> BoxFuture<'_, Result<SmtpResponse, SmtpResponse>> {
-        Box::pin(self.enqueue(item))
+/// One session's transactions on Transport: each gets its queue id at MAIL (so Received can
+/// name it), and is queued at the end of the data.
+struct Submission {
+    sink: Arc<SubmissionSink>,
+}
+
+impl Transactions for Submission {
+    fn mail<'a>(
+        &'a mut self,
+        _request: &'a MailRequest,
+    ) -> BoxFuture<'a, Result<String, SmtpResponse>> {
+        ready(Ok(self.sink.queues.new_id()))
+    }
+
+    fn message(&mut self, item: MailItem) -> BoxFuture<'_, Vec<SmtpResponse>> {
+        Box::pin(async move {
+            match self.sink.enqueue(item).await {
+                Ok(r) | Err(r) => vec![r],
+            }
+        })
+    }
+}
+
+/// The Transport service's sink, shared by its sessions, directories and agents.
+#[derive(Clone)]
+pub struct TransportSink(pub Arc<SubmissionSink>);
+
+impl Sink for TransportSink {
+    fn open(&self) -> Box<dyn Transactions> {
+        Box::new(Submission {
+            sink: Arc::clone(&self.0),
+        })
+    }
+
+    fn submit(&self, item: MailItem) -> BoxFuture<'_, Result<SmtpResponse, SmtpResponse>> {
+        Box::pin(self.0.enqueue(item))
     }
 }

@@ -1,17 +1,17 @@
-//! SMTP receive: the listener and the session state machine shared by every service that
-//! listens (Front End, Transport, Mailbox Transport delivery).
+//! SMTP receive: the listener and what its sessions hand their transactions to, shared by
+//! every service that listens (Front End, Transport, Mailbox Transport delivery).
 //!
 //! The listener accepts with a cap on concurrent connections (overall and per client IP) and
-//! runs one [`session`] per connection. What a service does with an accepted message is its
+//! runs one [`connection`] per client: a thin tokio shell around the sans-IO
+//! [`crate::smtp::session::Session`]. What a service does with each transaction is its
 //! [`Sink`]; which recipients it takes is its [`RecipientPolicy`].
 
-mod auth;
-mod commands;
-mod session;
+mod connection;
 
 use crate::agents::AgentHost;
-use crate::message::MailItem;
+use crate::message::{EnvelopeRecipient, MailItem};
 use crate::service::Service;
+use crate::smtp::session::{MailRequest, SessionConfig};
 use mta_agent_sdk::SmtpResponse;
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,15 +26,58 @@ use tokio::sync::{watch, Semaphore};
 /// A boxed future, for the service hooks.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Where a service puts an accepted message. `Ok` is the 2xx reply for the client, given only
-/// once the message is durable (Transport), delivered (Mailbox) or accepted by the next hop
-/// (Front End); `Err` is the 4xx/5xx reply.
+/// A future that is ready at once.
+pub fn ready<'a, T: Send + 'a>(value: T) -> BoxFuture<'a, T> {
+    Box::pin(std::future::ready(value))
+}
+
+/// What a service does with what its sessions receive.
 pub trait Sink: Send + Sync + 'static {
-    /// Takes the message.
-    fn accept(&self, item: MailItem) -> BoxFuture<'_, Result<SmtpResponse, SmtpResponse>>;
-    /// Takes a message an agent submitted (Transport only).
-    fn submit(&self, item: MailItem) -> BoxFuture<'_, Result<SmtpResponse, SmtpResponse>> {
-        self.accept(item)
+    /// The transactions of one new session.
+    fn open(&self) -> Box<dyn Transactions>;
+
+    /// Takes a whole message that did not come over SMTP: a message an agent submitted, a
+    /// file of the pickup or replay directory. `Ok` is the 2xx answer, once the message is
+    /// durable.
+    fn submit(&self, item: MailItem) -> BoxFuture<'_, Result<SmtpResponse, SmtpResponse>>;
+}
+
+/// One session's transactions, step by step, as the client sends them. Each `Err` is the reply
+/// the client gets for that command. The Front End relays each step to a Transport node as it
+/// comes; Transport and Mailbox Transport take the envelope at once and act on the message.
+pub trait Transactions: Send {
+    /// MAIL FROM was accepted here: the transaction's id (a queue id on Transport).
+    fn mail<'a>(
+        &'a mut self,
+        request: &'a MailRequest,
+    ) -> BoxFuture<'a, Result<String, SmtpResponse>>;
+
+    /// A recipient was accepted here.
+    fn rcpt<'a>(
+        &'a mut self,
+        recipient: &'a EnvelopeRecipient,
+    ) -> BoxFuture<'a, Result<(), SmtpResponse>> {
+        let _ = recipient;
+        ready(Ok(()))
+    }
+
+    /// The client asked for DATA.
+    fn data(&mut self) -> BoxFuture<'_, Result<(), SmtpResponse>> {
+        ready(Ok(()))
+    }
+
+    /// The message, with the recipients accepted. One reply for SMTP (given only once the
+    /// message is durable, delivered, or accepted by the next hop), one per recipient for LMTP.
+    fn message(&mut self, item: MailItem) -> BoxFuture<'_, Vec<SmtpResponse>>;
+
+    /// The transaction was abandoned.
+    fn reset(&mut self) -> BoxFuture<'_, ()> {
+        ready(())
+    }
+
+    /// The session ended.
+    fn close(&mut self) -> BoxFuture<'_, ()> {
+        ready(())
     }
 }
 
@@ -61,14 +104,18 @@ pub struct ReceiveConfig {
     pub idle_timeout: Duration,
     /// Close a session lasting this long.
     pub session_timeout: Duration,
+    /// LMTP instead of SMTP (Mailbox Transport delivery).
+    pub lmtp: bool,
     /// Concurrent connections.
     pub max_connections: usize,
     /// Concurrent connections from one IP.
     pub max_connections_per_ip: usize,
-    /// Whether VRFY answers (off: 252).
-    pub vrfy: bool,
     /// Client networks allowed to relay.
     pub trusted: Vec<crate::net::IpRange>,
+    /// Client networks that may name their client with XCLIENT (Front End nodes).
+    pub xclient_hosts: Vec<crate::net::IpRange>,
+    /// The address `RCPT TO:<Postmaster>` stands for.
+    pub postmaster: String,
     /// If set, only these client networks may connect at all.
     pub allowed_clients: Option<Vec<crate::net::IpRange>>,
     /// Who may do what on this connector.
@@ -121,10 +168,12 @@ impl ReceiveConfig {
             max_errors: 10,
             idle_timeout: Duration::from_secs(300),
             session_timeout: Duration::from_secs(1800),
+            lmtp: service == Service::Mailbox,
             max_connections: 5000,
             max_connections_per_ip: 100,
-            vrfy: false,
             trusted: Vec::new(),
+            xclient_hosts: Vec::new(),
+            postmaster: format!("postmaster@{hostname}"),
             allowed_clients: None,
             permissions: match service {
                 Service::FrontEnd => Permissions {
@@ -151,9 +200,11 @@ impl ReceiveConfig {
 pub struct Receiver {
     /// Settings.
     pub config: ReceiveConfig,
+    /// What each session's protocol machine needs, built once.
+    pub session: Arc<SessionConfig>,
     /// The service's agents (none for Mailbox Transport).
     pub agents: Option<Arc<AgentHost>>,
-    /// Where accepted messages go.
+    /// Where transactions go.
     pub sink: Arc<dyn Sink>,
     /// Which recipients are taken.
     pub policy: Arc<dyn RecipientPolicy>,
@@ -166,7 +217,7 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// A receiver for one listener.
+    /// A receiver for one listener, without STARTTLS or AUTH.
     pub fn new(
         config: ReceiveConfig,
         agents: Option<Arc<AgentHost>>,
@@ -185,8 +236,24 @@ impl Receiver {
         tls: Option<tokio_rustls::TlsAcceptor>,
         auth: Arc<crate::config::AuthConfig>,
     ) -> Arc<Self> {
+        let session = Arc::new(SessionConfig {
+            service: config.service,
+            hostname: config.hostname.clone(),
+            lmtp: config.lmtp,
+            max_message_size: config.max_message_size,
+            max_recipients: config.max_recipients,
+            max_errors: config.max_errors,
+            permissions: config.permissions,
+            trusted: config.trusted.clone(),
+            xclient_hosts: config.xclient_hosts.clone(),
+            starttls: tls.is_some(),
+            auth: !auth.users.is_empty(),
+            auth_requires_tls: auth.require_tls,
+            postmaster: config.postmaster.clone(),
+        });
         Arc::new(Self {
             config,
+            session,
             agents,
             sink,
             policy,
@@ -272,7 +339,7 @@ pub async fn serve(
             }
             match (permit, slot) {
                 (Ok(_permit), Some(_slot)) => {
-                    session::run(stream, peer, local, receiver, shutdown).await;
+                    connection::run(stream, peer, local, receiver, shutdown).await;
                 }
                 (Err(_), _) => {
                     refuse(

@@ -4,7 +4,8 @@
 //! Parameters: `name` (default `probe`), `log` (file to append `name version event detail`
 //! lines to), `stamp` (`true`: add `X-Probe-<name>: <version>` at OnEndOfHeaders), and actions
 //! keyed by event name: `reject`, `panic`, `fail`, `disconnect`, `discard`, `quarantine`,
-//! `sleep` (with `sleep_ms`), `submit` (at OnEndOfData, submit a new message to this address).
+//! `sleep` (with `sleep_ms`), `submit` (at OnEndOfData, submit a new message to this address),
+//! `reject_rcpt` (reject RCPT TO for this address only).
 
 use mta_agent_sdk::prelude::*;
 use std::io::Write;
@@ -168,7 +169,11 @@ impl SmtpReceiveAgent for Probe {
             event.notify().unwrap_or_default(),
             event.orcpt().unwrap_or_default()
         );
-        if self.visit(Event::OnRcptCommand, &detail)? {
+        let refused = self
+            .params
+            .get("reject_rcpt")
+            .is_some_and(|a| a.eq_ignore_ascii_case(&event.recipient()));
+        if self.visit(Event::OnRcptCommand, &detail)? || refused {
             event.reject(&self.rejection()?)?;
         }
         Ok(())

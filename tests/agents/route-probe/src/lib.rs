@@ -158,6 +158,12 @@ impl DeliveryProbe {
         if self.params.get("panic") == Some(event) {
             panic!("delivery probe panics in {event}");
         }
+        if self.params.get("fail") == Some(event) {
+            // Text with control characters, as an agent may well produce.
+            return Err(AgentError::msg(format!(
+                "delivery probe fails in {event}\r\nwith a second line\tand a tab"
+            )));
+        }
         Ok(())
     }
 }

@@ -1,0 +1,255 @@
+//! DATA and the message: the data is received up to CRLF "." CRLF; what can be known about the
+//! message in the session is decided in the session (its size, a routing loop), never accepted
+//! and bounced later; then the trace fields, OnEndOfHeaders, OnEndOfData and the sink.
+
+use super::{Effect, Mode, Pending, Raised, Session};
+use crate::message::Message;
+use crate::smtp::data::DataReceiver;
+use crate::smtp::reply;
+use mta_agent_sdk::{Action, Event, SmtpResponse};
+
+/// More Received fields than this is a routing loop (RFC 5321 6.3).
+pub const MAX_HOPS: usize = 20;
+
+impl Session {
+    pub(super) fn data(&mut self) -> Option<Effect> {
+        let Some(txn) = &self.txn else {
+            self.refuse("DATA", reply(503, "5.5.1", "Need MAIL before DATA"));
+            return None;
+        };
+        if txn.item.envelope.recipients.is_empty() {
+            let code = if self.config.lmtp { 503 } else { 554 };
+            self.refuse("DATA", reply(code, "5.5.1", "No valid recipients"));
+            return None;
+        }
+        self.raise(Event::OnDataCommand, Vec::new(), Pending::DataAgents)
+    }
+
+    pub(super) fn data_answered(&mut self, raised: Raised) -> Option<Effect> {
+        if self.answered_by_agents("DATA", &raised) {
+            return None;
+        }
+        self.pending = Some(Pending::DataSink);
+        Some(Effect::Data)
+    }
+
+    /// The answer to [`Effect::Data`]: go ahead (354), or the sink's refusal.
+    pub fn data_done(&mut self, result: Result<(), SmtpResponse>) {
+        let pending = self.pending.take();
+        debug_assert!(matches!(pending, Some(Pending::DataSink)), "{pending:?}");
+        match result {
+            Ok(()) => {
+                if let Some(txn) = self.txn.as_mut() {
+                    txn.data_started = true;
+                }
+                self.output
+                    .extend_from_slice(b"354 Start mail input; end with <CRLF>.<CRLF>\r\n");
+                self.mode = Mode::Data {
+                    receiver: DataReceiver::new(),
+                    message: Vec::new(),
+                    size: 0,
+                };
+            }
+            Err(response) => self.refuse_uncounted("DATA", response),
+        }
+    }
+
+    /// Feeds buffered input to the data receiver. `None` when more input is needed; once the
+    /// end of the data is found, what the message leads to.
+    pub(super) fn data_input(&mut self) -> Option<Option<Effect>> {
+        let Mode::Data {
+            receiver,
+            message,
+            size,
+        } = &mut self.mode
+        else {
+            return Some(None);
+        };
+        let before = message.len();
+        let end = receiver.feed(&self.input, message);
+        *size += message.len() - before;
+        if message.len() > self.config.max_message_size {
+            // Past the limit nothing more is kept; only the size is counted.
+            message.clear();
+            message.shrink_to_fit();
+        }
+        let Some(taken) = end else {
+            self.input.clear();
+            return None;
+        };
+        self.input.drain(..taken);
+        let (message, size) = (std::mem::take(message), *size);
+        self.mode = Mode::Command;
+        Some(self.end_of_data(message, size))
+    }
+
+    /// The message has arrived: refuse what can be refused now, add the trace fields, raise
+    /// OnEndOfHeaders with the header block only.
+    fn end_of_data(&mut self, raw: Vec<u8>, size: usize) -> Option<Effect> {
+        if size > self.config.max_message_size {
+            self.refuse_uncounted(
+                "DATA",
+                reply(
+                    552,
+                    "5.3.4",
+                    &format!(
+                        "Message size exceeds fixed maximum message size of {} bytes",
+                        self.config.max_message_size
+                    ),
+                ),
+            );
+            return self.end_transaction();
+        }
+        let mut message = Message::parse(&raw);
+        drop(raw);
+        if message.count("Received") > MAX_HOPS {
+            self.refuse_uncounted(
+                "DATA",
+                reply(
+                    554,
+                    "5.4.6",
+                    "Routing loop detected: too many Received fields",
+                ),
+            );
+            return self.end_transaction();
+        }
+        let received = self.received_field();
+        let _ = message.prepend_header("Received", &received);
+        if self.client.authenticated.is_some() {
+            // A submission (RFC 6409 8.2, 8.3): the fields a message must have.
+            if message.header("Date").is_none() {
+                let _ = message.add_header("Date", &crate::message::date::rfc2822_now());
+            }
+            if message.header("Message-ID").is_none() {
+                let id = crate::message::new_message_id(&self.config.hostname);
+                let _ = message.add_header("Message-ID", &id);
+            }
+        }
+        let body = message.body().to_vec();
+        message.set_body(Vec::new());
+        let txn = self.txn.as_mut()?;
+        txn.item.message = message;
+        self.discard = false;
+        self.raise(
+            Event::OnEndOfHeaders,
+            Vec::new(),
+            Pending::EndOfHeaders(body),
+        )
+    }
+
+    pub(super) fn end_of_headers_answered(
+        &mut self,
+        raised: Raised,
+        body: Vec<u8>,
+    ) -> Option<Effect> {
+        if let Some(txn) = self.txn.as_mut() {
+            txn.item.message.set_body(body);
+        }
+        if let Some(effect) = self.message_answered(&raised) {
+            return effect;
+        }
+        self.raise(Event::OnEndOfData, Vec::new(), Pending::EndOfData)
+    }
+
+    pub(super) fn end_of_data_answered(&mut self, raised: Raised) -> Option<Effect> {
+        if let Some(effect) = self.message_answered(&raised) {
+            return effect;
+        }
+        if self.discard {
+            tracing::info!(message = "Message discarded by an agent.");
+            self.line(250, "2.6.0", "Queued mail for delivery");
+            return self.end_transaction();
+        }
+        let txn = self.txn.as_mut()?;
+        let item = std::mem::take(&mut txn.item);
+        let replies = if self.config.lmtp {
+            item.envelope.recipients.len().max(1)
+        } else {
+            1
+        };
+        self.pending = Some(Pending::Message(replies));
+        Some(Effect::Message(Box::new(item)))
+    }
+
+    /// Applies an end-of-message event's outcome: a reject or fault ends the transaction
+    /// (`Some`, with the effect that tells the sink); discard and quarantine are noted.
+    fn message_answered(&mut self, raised: &Raised) -> Option<Option<Effect>> {
+        if self.answered_by_agents("DATA", raised) {
+            return Some(self.end_transaction());
+        }
+        for action in &raised.actions {
+            match action {
+                Action::Discard => self.discard = true,
+                Action::Quarantine(reason) => {
+                    if let Some(txn) = self.txn.as_mut() {
+                        txn.item.quarantine = Some(reason.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The answer to [`Effect::Message`]: one reply (SMTP), or one per recipient in the order
+    /// they were accepted (LMTP). A missing reply is a temporary failure.
+    pub fn message_done(&mut self, replies: Vec<SmtpResponse>) {
+        let Some(Pending::Message(wanted)) = self.pending.take() else {
+            debug_assert!(false, "message_done without a message");
+            return;
+        };
+        self.txn = None;
+        let missing = reply(
+            451,
+            "4.3.0",
+            "No answer for this recipient, try again later",
+        );
+        for i in 0..wanted {
+            let response = replies.get(i).unwrap_or(&missing).clone();
+            if response.is_success() {
+                self.reply(&response);
+            } else {
+                self.refuse_uncounted("DATA", response);
+            }
+        }
+    }
+
+    /// This hop's Received field (RFC 5321 4.4), with the protocol names of RFC 3848 and 6531.
+    fn received_field(&self) -> String {
+        let smtputf8 = self.txn.as_ref().is_some_and(|t| t.item.envelope.smtputf8);
+        let base = match (self.config.lmtp, self.client.esmtp, smtputf8) {
+            (true, _, _) => "LMTP",
+            (false, false, _) => "SMTP",
+            (false, true, true) => "UTF8SMTP",
+            (false, true, false) => "ESMTP",
+        };
+        let suffix = match (
+            base != "SMTP" && self.client.tls,
+            base != "SMTP" && self.client.authenticated.is_some(),
+        ) {
+            (false, false) => "",
+            (true, false) => "S",
+            (false, true) => "A",
+            (true, true) => "SA",
+        };
+        let id = self.txn.as_ref().map(|t| t.id.as_str()).unwrap_or("");
+        let single = self
+            .txn
+            .as_ref()
+            .and_then(|t| match t.item.envelope.recipients.as_slice() {
+                [only] => Some(only.address.clone()),
+                _ => None,
+            });
+        let mut field = format!(
+            "from {} ([{}]) by {} with {base}{suffix} id {id}",
+            self.client.helo.as_deref().unwrap_or("unknown"),
+            self.client.peer.ip(),
+            self.config.hostname,
+        );
+        if let Some(rcpt) = single {
+            field.push_str(&format!(" for <{rcpt}>"));
+        }
+        field.push_str(&format!("; {}", crate::message::date::rfc2822_now()));
+        field
+    }
+}

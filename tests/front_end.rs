@@ -1,0 +1,91 @@
+//! The Front End proxies in real time: a refusal anywhere reaches the client at the command that
+//! caused it, a missing Transport node is refused at MAIL, and Transport's agents see the client
+//! behind the Front End.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn transport_probe(dir: &TestDir, log: &std::path::Path, refuse: &str) -> String {
+    dir.write(
+        "agents.config",
+        &agents_xml(5000, &[Entry::probe("T", log).param("reject_rcpt", refuse)]),
+    );
+    "[agents]\ntransport = \"agents.config\"\n".to_string()
+}
+
+#[test]
+fn a_recipient_transport_refuses_is_refused_to_the_client_at_rcpt() {
+    let dir = TestDir::new("fe-rcpt");
+    let log = dir.path("probe.log");
+    let mta = Mta::start(&dir, &transport_probe(&dir, &log, "bob@example.test"), &[]);
+    let mut smtp = Smtp::ehlo(mta.frontend);
+    assert_eq!(smtp.cmd("MAIL FROM:<a@elsewhere.test>").code, 250);
+    assert_eq!(smtp.cmd("RCPT TO:<alice@example.test>").code, 250);
+    let r = smtp.cmd("RCPT TO:<bob@example.test>");
+    assert_eq!((r.code, r.enhanced()), (550, "5.7.1".into()), "{r:?}");
+    assert!(
+        r.text().contains("probe T rejects"),
+        "Transport's own reply: {r:?}"
+    );
+    assert_eq!(smtp.cmd("DATA").code, 354);
+    smtp.send(b"Subject: two of them\r\n\r\nhello\r\n.\r\n");
+    assert_eq!(smtp.read_reply().code, 250);
+    smtp.quit();
+    assert!(wait_until(WAIT, || mta.maildir("alice").len() == 1));
+    assert!(mta.maildir("bob").is_empty());
+}
+
+#[test]
+fn without_a_reachable_transport_node_mail_is_refused_at_mail() {
+    let dir = TestDir::new("fe-no-transport");
+    let dead = free_port();
+    let mta = Mta::start_with(
+        &dir,
+        &[(
+            "frontend",
+            &format!("transport_nodes = [\"127.0.0.1:{dead}\"]"),
+        )],
+        "",
+        &["--roles", "frontend"],
+    );
+    let mut smtp = Smtp::ehlo(mta.frontend);
+    let r = smtp.cmd("MAIL FROM:<a@elsewhere.test>");
+    assert_eq!((r.code, r.enhanced()), (451, "4.4.0".into()), "{r:?}");
+    // The session goes on: the client may try again.
+    let r = smtp.cmd("NOOP");
+    assert_eq!(r.code, 250, "{r:?}");
+    smtp.quit();
+}
+
+#[test]
+fn transport_agents_see_the_client_behind_the_front_end_once() {
+    let dir = TestDir::new("fe-xclient");
+    let log = dir.path("probe.log");
+    let mta = Mta::start(
+        &dir,
+        &transport_probe(&dir, &log, "nobody@example.test"),
+        &[],
+    );
+    let mut smtp = Smtp::ehlo(mta.frontend);
+    let port = smtp.local_port();
+    assert_eq!(smtp.cmd("MAIL FROM:<a@elsewhere.test>").code, 250);
+    assert_eq!(smtp.cmd("RCPT TO:<alice@example.test>").code, 250);
+    assert_eq!(smtp.cmd("DATA").code, 354);
+    smtp.send(b"Subject: who\r\n\r\nhello\r\n.\r\n");
+    assert_eq!(smtp.read_reply().code, 250);
+    smtp.quit();
+    assert!(wait_until(WAIT, || mta.maildir("alice").len() == 1));
+    let connects: Vec<String> = probe_log(&log)
+        .into_iter()
+        .filter(|l| l.contains("OnConnect"))
+        .collect();
+    assert_eq!(connects.len(), 1, "one OnConnect per client: {connects:?}");
+    assert!(
+        connects[0].contains(&format!("remote=127.0.0.1:{port} ")),
+        "the client's own address and port: {connects:?}"
+    );
+}
