@@ -13,6 +13,8 @@ $FUZZ replay "$SECONDS_EACH" bench/fuzz-corpus/replay/* || status=1
 $FUZZ pickup "$SECONDS_EACH" bench/fuzz-corpus/pickup/* || status=1
 $FUZZ host-config "$SECONDS_EACH" mta.toml.example || status=1
 $FUZZ message "$SECONDS_EACH" bench/fuzz-corpus/pickup/* bench/fuzz-corpus/replay/* || status=1
+# The SMTP session in process (sans-IO): at least 60 s, whatever FUZZ_SECONDS says.
+$FUZZ session "$(( SECONDS_EACH > 60 ? SECONDS_EACH : 60 ))" bench/fuzz-corpus/session/* || status=1
 # The SMTP session, over a socket to a real server that must survive every input.
 work=$(mktemp -d)
 cat > "$work/mta.toml" <<TOML

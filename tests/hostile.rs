@@ -267,8 +267,10 @@ fn agents_panicking_in_every_smtp_event_never_take_the_host_down() {
         "agents.config",
         &agents_xml(5000, &[Entry::probe("P", &log)]),
     );
-    let mut mta = Mta::start(
+    // Front End nodes elsewhere: this loopback client's OnConnect comes with the greeting.
+    let mut mta = Mta::start_with(
         &dir,
+        &[("transport", "frontend_nodes = [\"192.0.2.1\"]")],
         "[agents]\ntransport = \"agents.config\"\nreload_debounce_ms = 50\n[tls]\nstarttls = false\n[auth]\nrequire_tls = false\n[[auth.users]]\nname = \"u\"\npassword = \"p\"\n",
         &[],
     );

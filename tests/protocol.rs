@@ -497,3 +497,72 @@ s.quit()
     let relayed = &mta.maildir("bob")[0];
     assert!(!relayed.contains("\nMessage-ID:"), "{relayed}");
 }
+
+/// Subject and expiry of a PEM certificate, as openssl reads them.
+fn certificate(path: &std::path::Path) -> (String, String) {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-enddate", "-in"])
+        .arg(path)
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    (field("subject="), field("notAfter="))
+}
+
+/// Whether openssl finds the certificate still valid `seconds` from now.
+fn valid_in(path: &std::path::Path, seconds: u64) -> bool {
+    std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-checkend", &seconds.to_string(), "-in"])
+        .arg(path)
+        .status()
+        .expect("openssl")
+        .success()
+}
+
+#[test]
+fn the_generated_certificate_names_the_host_lasts_a_year_and_is_renewed() {
+    let dir = TestDir::new("certificate");
+    let mut mta = Mta::start(&dir, "hostname = \"mx.example.test\"\n", &[]);
+    let cert = dir.path("mta-data/tls/cert.pem");
+    let (subject, _) = certificate(&cert);
+    assert!(
+        subject.contains("CN = mx.example.test") || subject.contains("CN=mx.example.test"),
+        "{subject}"
+    );
+    assert!(valid_in(&cert, 364 * 86400), "valid for a year");
+    assert!(!valid_in(&cert, 366 * 86400), "and not for more");
+    let mut previous = std::fs::read(&cert).unwrap();
+    // Restarted with its certificate about to expire (or of an older version, with no known
+    // expiry): a new one is generated.
+    for case in ["expiring", "unknown"] {
+        mta.stop();
+        let expires = dir.path("mta-data/tls/cert.expires");
+        if case == "expiring" {
+            let soon = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 60;
+            std::fs::write(&expires, soon.to_string()).unwrap();
+        } else {
+            std::fs::remove_file(&expires).unwrap();
+        }
+        mta.spawn(&[]);
+        let renewed = std::fs::read(&cert).unwrap();
+        assert_ne!(renewed, previous, "{case}: renewed");
+        assert!(valid_in(&cert, 364 * 86400), "{case}");
+        previous = renewed;
+    }
+    // A certificate that is not due is kept across restarts.
+    let kept = std::fs::read(&cert).unwrap();
+    mta.stop();
+    mta.spawn(&[]);
+    assert_eq!(std::fs::read(&cert).unwrap(), kept);
+}

@@ -939,12 +939,11 @@ fn a_delivery_agent_panicking_in_any_event_defers_and_loses_nothing() {
     );
     let delivered = probe_log(&log)
         .iter()
-        .filter(|l| *l == "OnDeliverMailItem")
+        .filter(|l| l.starts_with("OnDeliverMailItem"))
         .count();
     assert!(delivered >= 2, "{:?}", probe_log(&log));
-    assert!(mta
-        .log()
-        .contains("delivery probe panics in OnCloseConnection"));
+    // The connection closes once it has been idle a moment.
+    assert!(mta.wait_log("delivery probe panics in OnCloseConnection", 1, WAIT));
     assert!(
         !mta.maildir("alice")
             .iter()

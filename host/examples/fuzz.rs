@@ -5,13 +5,17 @@
 //!     bench/fuzz.sh            # every target, 30 s each
 //!
 //! Targets: `agents-file` (the agents file parser), `replay` and `pickup` (directory formats),
-//! `host-config` (mta.toml), `message` (the message parser and its header edits), `smtp`
-//! (raw bytes to a running mta's SMTP port: `MTA_FUZZ_PORT`, the server must stay up).
+//! `host-config` (mta.toml), `message` (the message parser and its header edits: every byte
+//! survives a parse), `session` (the sans-IO SMTP session, in process: one DATA in, at most one
+//! message out, its body exactly the one sent), `smtp` (raw bytes to a running mta's SMTP port:
+//! `MTA_FUZZ_PORT`, the server must stay up).
 
 use mta_host::directories::{pickup::Pickup, replay::Replay, Format};
+use mta_host::smtp::session::{Effect, Raised, Session, SessionConfig, Step};
 use std::io::{Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// xorshift64*: enough randomness for mutation, no dependency.
@@ -114,7 +118,9 @@ fn run_one(target: &str, input: &[u8], scratch: &Path) {
             let _ = mta_host::config::HostConfig::load(Some(&path));
         }
         "message" => {
-            let mut m = mta_host::message::Message::parse(input);
+            let m = mta_host::message::Message::parse(input);
+            assert_eq!(m.to_bytes(), input, "every byte survives a parse");
+            let mut m = m;
             let _ = m.header("Subject");
             let _ = m.set_header("X-Fuzz", "1");
             let bytes = m.to_bytes();
@@ -126,6 +132,7 @@ fn run_one(target: &str, input: &[u8], scratch: &Path) {
                 "an added field survives a round trip"
             );
         }
+        "session" => session(input),
         "smtp" => {
             let port: u16 = std::env::var("MTA_FUZZ_PORT")
                 .ok()
@@ -142,6 +149,101 @@ fn run_one(target: &str, input: &[u8], scratch: &Path) {
         }
         other => panic!("unknown target {other}"),
     }
+}
+
+/// Takes every recipient.
+struct Anyone;
+
+impl mta_host::smtp::receive::RecipientPolicy for Anyone {
+    fn check(&self, _: &str, _: bool) -> Result<(), mta_agent_sdk::SmtpResponse> {
+        Ok(())
+    }
+}
+
+/// Runs a session over `input` (in reads of a size the input picks), answering every effect
+/// as an accepting Transport would; the messages it took and how many DATA it answered 354.
+fn drive(input: &[u8], chunk: usize) -> (Vec<mta_host::message::MailItem>, usize) {
+    let config = SessionConfig {
+        service: mta_host::service::Service::Transport,
+        hostname: "fuzz.test".into(),
+        lmtp: false,
+        max_message_size: 1 << 20,
+        max_recipients: 100,
+        max_errors: 1000,
+        permissions: mta_host::smtp::receive::Permissions {
+            anonymous: true,
+            users: true,
+            servers: true,
+        },
+        trusted: Vec::new(),
+        xclient_hosts: vec!["127.0.0.1".parse().expect("an address")],
+        starttls: true,
+        auth: true,
+        auth_requires_tls: false,
+        postmaster: "postmaster@fuzz.test".into(),
+    };
+    let peer = "127.0.0.1:1".parse().expect("an address");
+    let events = mta_agent_sdk::Event::ALL.into_iter().collect();
+    let mut session = Session::new(Arc::new(config), Arc::new(Anyone), events, peer, peer);
+    let (mut messages, mut output, mut fed) = (Vec::new(), Vec::new(), 0);
+    loop {
+        match session.step() {
+            Step::Read => {
+                output.extend(session.take_output());
+                if fed >= input.len() {
+                    session.input_closed();
+                    continue;
+                }
+                let end = (fed + chunk).min(input.len());
+                session.receive(&input[fed..end]);
+                fed = end;
+            }
+            Step::Close(_) => break,
+            Step::Effect(effect) => match effect {
+                Effect::Raise(r) => session.agents_done(Raised {
+                    item: r.item,
+                    ..Raised::default()
+                }),
+                Effect::StartTls => session.tls_done(false),
+                Effect::Authenticate { .. } => session.auth_done(true),
+                Effect::Mail(_) => session.mail_done(Ok("F".into())),
+                Effect::Rcpt(_) => session.rcpt_done(Ok(())),
+                Effect::Data => session.data_done(Ok(())),
+                Effect::Message(item) => {
+                    messages.push(*item);
+                    session.message_done(vec![mta_host::smtp::reply(250, "2.0.0", "OK")]);
+                }
+                Effect::Reset => session.reset_done(),
+            },
+        }
+    }
+    output.extend(session.take_output());
+    let go_aheads = String::from_utf8_lossy(&output).matches("354 ").count();
+    (messages, go_aheads)
+}
+
+/// The session target. The first byte picks the read size; an odd second byte makes the rest
+/// a body sent in one proper transaction (it must arrive exactly), else the rest is raw input
+/// (no more messages than DATA commands answered 354).
+fn session(input: &[u8]) {
+    let chunk = 1 + usize::from(input.first().copied().unwrap_or(0));
+    let structured = input.get(1).is_some_and(|b| b % 2 == 1);
+    let rest = input.get(2..).unwrap_or(&[]);
+    if structured {
+        let split = rest.len() / 2;
+        let mut body = rest[..split].to_vec();
+        body.extend_from_slice(b"\r\n");
+        let mut wire =
+            b"EHLO f\r\nMAIL FROM:<a@f.test>\r\nRCPT TO:<b@f.test>\r\nDATA\r\nSubject: s\r\n\r\n"
+                .to_vec();
+        mta_host::smtp::data::dot_stuff(&body, &mut wire);
+        wire.extend_from_slice(&rest[split..]);
+        let (messages, _) = drive(&wire, chunk);
+        assert!(!messages.is_empty(), "the message arrives");
+        assert_eq!(messages[0].message.body(), body.as_slice(), "byte for byte");
+    }
+    let (messages, go_aheads) = drive(rest, chunk);
+    assert!(messages.len() <= go_aheads, "at most one message per DATA");
 }
 
 fn main() {

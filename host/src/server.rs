@@ -82,7 +82,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let organization = Arc::new(Organization::new(&config.organization));
     let tls = if config.tls.starttls.unwrap_or(true) {
-        Some(crate::tls::acceptor(&config).context("setting up TLS")?)
+        let tls = crate::tls::Tls::load(&config).context("setting up TLS")?;
+        tls.keep_renewed();
+        Some(tls)
     } else {
         None
     };

@@ -11,7 +11,8 @@
 //! removed or overridden, and edits to the message, are in the item that goes on. An agent fault
 //! defers the item; an item that faulted agents twice goes to the Poison queue.
 
-use super::delivery::{self, AgentConnectors, Outcome, Outcomes};
+use super::agent_connector::AgentConnectors;
+use super::delivery::{self, Outcome, Outcomes};
 use super::delivery::{Diagnosis, Target};
 use super::dsn;
 use super::{Queues, Work};
@@ -41,7 +42,7 @@ pub struct Categorizer {
     queues: Arc<Queues>,
     router: Router,
     agents: Option<Arc<AgentHost>>,
-    agent_connectors: AgentConnectors,
+    agent_connectors: Arc<AgentConnectors>,
     send_limits: std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>,
     /// Idle connections to next hops, reused.
     pool: Arc<crate::smtp::pool::Pool>,
@@ -248,7 +249,13 @@ impl Categorizer {
             match dispatch_blocking(set, event, cx).await {
                 Blocking::Done(set, cx, result) => {
                     agents = Some(set);
-                    item = cx.mail_item.expect("the context gives the item back");
+                    let Some(back) = cx.mail_item else {
+                        // The context owns the item and always gives it back; should that
+                        // ever fail, the item is still in its queue and comes back.
+                        tracing::error!(message = "Mail item lost by an agent call; it stays queued.", queue_id = %id);
+                        return;
+                    };
+                    item = back;
                     if let Err(fault) = result {
                         self.notify(&item, std::mem::take(&mut failures), dsn::Kind::Failed)
                             .await;
@@ -439,7 +446,16 @@ impl Categorizer {
                 .iter()
                 .find(|c| &c.name == name)
             {
-                Some(c) => self.agent_connectors.deliver(c, &item).await,
+                Some(c) => {
+                    let delivery = self.agent_connectors.deliver(c, &item).await;
+                    for new in delivery.submitted {
+                        let _ = self.submit(new).await;
+                    }
+                    if delivery.queue_failed {
+                        self.kick(&hop.queue_name(), &item.id).await;
+                    }
+                    delivery.outcomes
+                }
                 None => gone(&item, name),
             },
             NextHop::Foreign(name) => match self
@@ -541,18 +557,39 @@ impl Categorizer {
             });
             return false;
         }
-        tracing::info!(message = "Delivery deferred.", queue = %queue, queue_id = %id, attempts = attempts + 1, reason = %last_reason.map(|r| r.response.to_string()).unwrap_or_default());
+        tracing::info!(message = "Delivery deferred.", queue = %queue, queue_id = %id, attempts = attempts + 1, reason = %last_reason.as_ref().map(|r| r.response.to_string()).unwrap_or_default());
         let base = self.config.routing.retry_base_ms.max(1);
-        let delay = Duration::from_millis(
-            base.saturating_mul(1 << attempts.min(16))
-                .min(self.config.routing.retry_max_ms.max(base)),
-        );
+        let delay = last_reason
+            .as_ref()
+            .and_then(|why| why.retry_after)
+            .unwrap_or_else(|| {
+                Duration::from_millis(
+                    base.saturating_mul(1 << attempts.min(16))
+                        .min(self.config.routing.retry_max_ms.max(base)),
+                )
+            });
         let work = self.work.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let _ = work.send(Work::Retry(queue, id));
         });
         true
+    }
+
+    /// Tries every item waiting in `queue` now (but `current`): after a delivery agent failed
+    /// its queue, they fail at once instead of at their next retry.
+    async fn kick(&self, queue: &str, current: &str) {
+        let Ok(dir) = self.queues.delivery(queue) else {
+            return;
+        };
+        let ids = tokio::task::spawn_blocking(move || dir.ids())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        for id in ids.into_iter().filter(|id| id != current) {
+            let _ = self.work.send(Work::Retry(queue.to_string(), id));
+        }
     }
 
     /// Sends the sender a delivery status notification, if there is anything to say.

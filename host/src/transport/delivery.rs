@@ -1,26 +1,18 @@
 //! Delivery to each kind of next hop, reporting an outcome per recipient:
 //! - Mailbox Transport delivery over SMTP;
 //! - a Send connector's smart hosts over SMTP (tried in order);
-//! - a Delivery Agent connector, through the delivery agent that declares its protocol, with
-//!   the event sequence and acknowledgements of the reference;
+//! - a Delivery Agent connector (see [`super::agent_connector`]);
 //! - a Foreign connector's drop directory, in replay format.
 
-use crate::agents::context::CallContext;
-use crate::agents::dispatch::{dispatch_blocking, Blocking};
-use crate::agents::{AgentHost, AgentSet};
-use crate::config::{DeliveryAgentConnectorConfig, ForeignConnectorConfig, SendConnectorConfig};
+use crate::config::{ForeignConnectorConfig, SendConnectorConfig};
 use crate::message::{Envelope, EnvelopeRecipient, MailItem};
 use crate::routing::mx::{Exchangers, MxResolver};
-use crate::service::Service;
 use crate::smtp::pool::Pool;
 use crate::smtp::reply;
 use crate::smtp::send::{Client, Protocol, SendError, Sent, TlsMode};
-use mta_agent_sdk::{AckStatus, Action, AgentClass, Event, SmtpResponse};
-use std::collections::HashMap;
+use mta_agent_sdk::SmtpResponse;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
 
 /// Why a recipient waits or failed: the reply, and which host gave it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +24,8 @@ pub struct Diagnosis {
     /// The status to report when it is not the reply's own (4.4.7 for an expired message,
     /// whose reply is the last one the next hop gave).
     pub status: Option<String>,
+    /// When to try again, if the next hop said (a delivery agent's `defer_queue`).
+    pub retry_after: Option<Duration>,
 }
 
 impl Diagnosis {
@@ -41,6 +35,7 @@ impl Diagnosis {
             response,
             remote_mta: None,
             status: None,
+            retry_after: None,
         }
     }
 
@@ -50,6 +45,7 @@ impl Diagnosis {
             response,
             remote_mta: host.map(str::to_string),
             status: None,
+            retry_after: None,
         }
     }
 
@@ -641,199 +637,6 @@ fn compact_utc(time: std::time::SystemTime) -> String {
         parts.get(3).unwrap_or(&"1970"),
         parts.get(4).unwrap_or(&"00:00:00").replace(':', "")
     )
-}
-
-/// Delivery Agent connectors: the agent serving each, and their connection limits.
-pub struct AgentConnectors {
-    agents: Option<Arc<AgentHost>>,
-    limits: HashMap<String, Arc<Semaphore>>,
-}
-
-impl AgentConnectors {
-    /// For the Transport service's agents and these connectors.
-    pub fn new(
-        agents: Option<Arc<AgentHost>>,
-        connectors: &[DeliveryAgentConnectorConfig],
-    ) -> Self {
-        Self {
-            agents,
-            limits: connectors
-                .iter()
-                .map(|c| {
-                    (
-                        c.name.clone(),
-                        Arc::new(Semaphore::new(
-                            c.max_concurrent_connections.unwrap_or(5).max(1),
-                        )),
-                    )
-                })
-                .collect(),
-        }
-    }
-
-    /// Delivers `item` through the delivery agent of `connector`'s protocol: OnOpenConnection
-    /// (the agent must register the connection), OnDeliverMailItem (acks per item or
-    /// recipient), OnCloseConnection.
-    pub async fn deliver(
-        &self,
-        connector: &DeliveryAgentConnectorConfig,
-        item: &MailItem,
-    ) -> Outcomes {
-        let nobody = || {
-            all(
-                item,
-                Outcome::retry(451, "4.4.0", "No DeliveryAgent handled the queue"),
-            )
-        };
-        let Some(host) = &self.agents else {
-            return nobody();
-        };
-        let pipeline = host.pipeline();
-        let Some(index) = pipeline.agents.iter().position(|a| {
-            a.class == AgentClass::Delivery
-                && a.delivery_protocol
-                    .eq_ignore_ascii_case(&connector.delivery_protocol)
-        }) else {
-            return nobody();
-        };
-        let _permit = match self.limits.get(&connector.name) {
-            Some(limit) => Some(Arc::clone(limit).acquire_owned().await),
-            None => None,
-        };
-        let next_hop_domain = connector
-            .address_spaces
-            .first()
-            .map(|s| {
-                if s.space == "*" {
-                    s.kind.clone()
-                } else {
-                    s.space.clone()
-                }
-            })
-            .unwrap_or_default();
-        let set = AgentSet::new(pipeline, AgentClass::Delivery).restricted_to(index);
-        let context = |event: Event, with_item: bool| {
-            let mut cx = CallContext::new(event, Service::Transport);
-            cx.args = vec![("next_hop_domain", next_hop_domain.clone())];
-            if with_item {
-                cx.mail_item = Some(item.clone());
-            }
-            cx
-        };
-        let fault = |f: &crate::agents::Fault| {
-            all(
-                item,
-                Outcome::retry(
-                    451,
-                    "4.4.0",
-                    &format!("Delivery agent fault: {}", f.message),
-                ),
-            )
-        };
-
-        // OnOpenConnection
-        let (set, cx) = match dispatch_blocking(
-            set,
-            Event::OnOpenConnection,
-            context(Event::OnOpenConnection, false),
-        )
-        .await
-        {
-            Blocking::Done(set, cx, Ok(())) => (set, cx),
-            Blocking::Done(_, _, Err(f)) => return fault(&f),
-            Blocking::Abandoned(f) => return fault(&f),
-        };
-        if let Some(outcome) = queue_action(&cx.actions) {
-            return all(item, outcome);
-        }
-        if !cx.asked(|a| matches!(a, Action::RegisterConnection { .. })) {
-            return nobody();
-        }
-
-        // OnDeliverMailItem
-        let (set, cx) = match dispatch_blocking(
-            set,
-            Event::OnDeliverMailItem,
-            context(Event::OnDeliverMailItem, true),
-        )
-        .await
-        {
-            Blocking::Done(set, cx, Ok(())) => (set, cx),
-            Blocking::Done(_, _, Err(f)) => return fault(&f),
-            Blocking::Abandoned(f) => return fault(&f),
-        };
-        let mut outcomes: Vec<(EnvelopeRecipient, Option<Outcome>)> = item
-            .envelope
-            .recipients
-            .iter()
-            .map(|r| (r.clone(), None))
-            .collect();
-        let of = |status: AckStatus, response: &SmtpResponse| match status {
-            AckStatus::Success => Outcome::Delivered,
-            AckStatus::Retry => Outcome::Retry(Diagnosis::local(response.clone())),
-            AckStatus::Fail => Outcome::Fail(Diagnosis::local(response.clone())),
-        };
-        for action in &cx.actions {
-            match action {
-                Action::AckRecipient {
-                    recipient,
-                    status,
-                    response,
-                } => {
-                    for (r, o) in outcomes.iter_mut() {
-                        if r.address.eq_ignore_ascii_case(recipient) && o.is_none() {
-                            *o = Some(of(*status, response));
-                        }
-                    }
-                }
-                Action::AckMailItem { status, response } => {
-                    for (_, o) in outcomes.iter_mut().filter(|(_, o)| o.is_none()) {
-                        *o = Some(of(*status, response));
-                    }
-                }
-                other => {
-                    if let Some(outcome) = queue_action(std::slice::from_ref(other)) {
-                        for (_, o) in outcomes.iter_mut().filter(|(_, o)| o.is_none()) {
-                            *o = Some(outcome.clone());
-                        }
-                    }
-                }
-            }
-        }
-        let latency_ms = now_ms().saturating_sub(item.trace.received_ms);
-        let result: Outcomes = outcomes
-            .into_iter()
-            .map(|(r, o)| {
-                let outcome = o.unwrap_or_else(|| {
-                    Outcome::retry(451, "4.4.0", "DeliveryAgent returned without processing message")
-                });
-                if outcome == Outcome::Delivered {
-                    tracing::info!(message = "Delivered by agent.", connector = %connector.name, recipient = %r.address, queue_id = %item.id, latency_ms);
-                }
-                (r, outcome)
-            })
-            .collect();
-
-        // OnCloseConnection
-        let _ = dispatch_blocking(
-            set,
-            Event::OnCloseConnection,
-            context(Event::OnCloseConnection, false),
-        )
-        .await;
-        result
-    }
-}
-
-/// A FailQueue or DeferQueue action, as an outcome for what is left.
-fn queue_action(actions: &[Action]) -> Option<Outcome> {
-    actions.iter().find_map(|a| match a {
-        Action::FailQueue(r) => Some(Outcome::Fail(Diagnosis::local(r.clone()))),
-        Action::DeferQueue { response, .. } => {
-            Some(Outcome::Retry(Diagnosis::local(response.clone())))
-        }
-        _ => None,
-    })
 }
 
 /// Milliseconds since the Unix epoch.

@@ -10,6 +10,7 @@
 //! ([`dsn`]). An item leaves the journal only once every recipient was delivered, failed or
 //! written to one of those queues.
 
+pub mod agent_connector;
 pub mod categorizer;
 pub mod delivery;
 pub mod dsn;

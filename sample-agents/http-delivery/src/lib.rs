@@ -387,9 +387,8 @@ fn acknowledgement(
             format!("HTTP delivery to {authority} failed: {reason}"),
         ),
     };
-    // A response line holds at most 500 bytes.
-    let text = truncate(&text, 480);
-    Ok((status, SmtpResponse::new(code, enhanced, text)?))
+    // The text holds what the endpoint said: `sanitized` makes any of it a valid reply line.
+    Ok((status, SmtpResponse::sanitized(code, enhanced, &text)))
 }
 
 /// What a buffer holds of the answer.
@@ -991,7 +990,7 @@ mod tests {
         let (ack, response) =
             acknowledgement(&Err(Failure::Exchange("x".repeat(1000))), "h:1").unwrap();
         assert_eq!((ack, response.code()), (AckStatus::Retry, 451));
-        assert!(response.text().len() <= 480);
+        assert!(response.text().len() <= 500);
         assert_eq!(truncate("aé", 2), "a");
         assert_eq!(clean("a\r\nb"), "a  b");
     }

@@ -202,7 +202,7 @@ impl Connection {
 
     /// The TLS handshake after `220 Ready to start TLS`.
     async fn handshake(&mut self) -> bool {
-        let Some(acceptor) = self.receiver.tls.clone() else {
+        let Some(acceptor) = self.receiver.tls.as_ref().map(|t| t.acceptor()) else {
             return false;
         };
         let Some(tcp) = self.stream.take_plain() else {

@@ -209,7 +209,7 @@ pub struct Receiver {
     /// Which recipients are taken.
     pub policy: Arc<dyn RecipientPolicy>,
     /// STARTTLS, when offered.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub tls: Option<Arc<crate::tls::Tls>>,
     /// Users for AUTH.
     pub auth: Arc<crate::config::AuthConfig>,
     sessions: AtomicU64,
@@ -233,7 +233,7 @@ impl Receiver {
         agents: Option<Arc<AgentHost>>,
         sink: Arc<dyn Sink>,
         policy: Arc<dyn RecipientPolicy>,
-        tls: Option<tokio_rustls::TlsAcceptor>,
+        tls: Option<Arc<crate::tls::Tls>>,
         auth: Arc<crate::config::AuthConfig>,
     ) -> Arc<Self> {
         let session = Arc::new(SessionConfig {

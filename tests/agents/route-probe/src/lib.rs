@@ -134,26 +134,28 @@ impl RoutingAgent for RouteProbe {
     }
 }
 
-export_agents!(
-    "Tests.RouteProbeFactory" => RouteProbe,
-    "Tests.DeliveryProbeFactory" => DeliveryProbe,
-);
-
 /// A delivery agent for the `PROBE` protocol: acks every recipient, or panics in the event named
-/// by its `panic` parameter; logs each event to `log`.
+/// by its `panic` parameter (fails with an error text holding CR LF for `fail`); logs each
+/// event to `log` (`OnDeliverMailItem subject=...`). Keyed by the item's subject:
+/// `retry_subject` acks Retry, `defer_queue_subject` defers the queue for `defer_queue_ms`
+/// (once), `fail_queue_subject` fails the queue, `submit_subject` submits a new message to
+/// `submit_to`. `unregister` = true unregisters the connection after each item.
 #[derive(Clone)]
 pub struct DeliveryProbe {
     params: Parameters,
 }
 
+/// Whether the queue was deferred once already (the retry is delivered).
+static DEFERRED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 impl DeliveryProbe {
-    fn visit(&self, event: &str) -> AgentResult {
+    fn visit(&self, event: &str, detail: &str) -> AgentResult {
         if let Some(path) = self.params.get("log") {
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)?
-                .write_all(format!("{event}\n").as_bytes())?;
+                .write_all(format!("{event}{detail}\n").as_bytes())?;
         }
         if self.params.get("panic") == Some(event) {
             panic!("delivery probe panics in {event}");
@@ -165,6 +167,10 @@ impl DeliveryProbe {
             )));
         }
         Ok(())
+    }
+
+    fn subject_is(&self, key: &str, subject: &str) -> bool {
+        self.params.get(key) == Some(subject)
     }
 }
 
@@ -179,19 +185,54 @@ impl DeliveryAgent for DeliveryProbe {
     }
 
     fn on_open_connection(&mut self, event: &mut OpenConnectionEvent<'_>) -> AgentResult {
-        self.visit("OnOpenConnection")?;
+        self.visit("OnOpenConnection", "")?;
         event.register_connection("probe", &SmtpResponse::new(250, "2.0.0", "ok")?)
     }
 
     fn on_deliver_mail_item(&mut self, event: &mut DeliverMailItemEvent<'_>) -> AgentResult {
-        self.visit("OnDeliverMailItem")?;
+        let subject = event.mail_item().subject().unwrap_or_default();
+        self.visit("OnDeliverMailItem", &format!(" subject={subject}"))?;
+        if self.subject_is("retry_subject", &subject) {
+            return event
+                .ack_mail_item(AckStatus::Retry, &SmtpResponse::new(451, "4.4.0", "later")?);
+        }
+        if self.subject_is("defer_queue_subject", &subject)
+            && !DEFERRED.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let ms = self.params.parse::<u64>("defer_queue_ms")?.unwrap_or(1000);
+            return event.defer_queue(
+                Duration::from_millis(ms),
+                &SmtpResponse::new(451, "4.4.0", "the probe system is busy")?,
+            );
+        }
+        if self.subject_is("fail_queue_subject", &subject) {
+            return event.fail_queue(&SmtpResponse::new(
+                554,
+                "5.4.0",
+                "the probe system is gone",
+            )?);
+        }
+        if self.subject_is("submit_subject", &subject) {
+            let to = self.params.require("submit_to")?.to_string();
+            let mime = format!("From: probe@example.test\r\nTo: {to}\r\nSubject: submitted by the delivery probe\r\n\r\nhello\r\n");
+            event.submit_message("probe@example.test", &[to.as_str()], mime.into_bytes())?;
+        }
         event.ack_mail_item(
             AckStatus::Success,
             &SmtpResponse::new(250, "2.0.0", "probed")?,
-        )
+        )?;
+        if self.params.get("unregister") == Some("true") {
+            event.unregister_connection()?;
+        }
+        Ok(())
     }
 
     fn on_close_connection(&mut self, _event: &mut CloseConnectionEvent<'_>) -> AgentResult {
-        self.visit("OnCloseConnection")
+        self.visit("OnCloseConnection", "")
     }
 }
+
+export_agents!(
+    "Tests.RouteProbeFactory" => RouteProbe,
+    "Tests.DeliveryProbeFactory" => DeliveryProbe,
+);
