@@ -45,6 +45,24 @@ for key, msg in box.items():
         path = dir.path("mta-data/mailboxes/alice").display().to_string()
     ));
     assert_eq!(out.trim(), "format ['line one', 'line two']");
+    // s-nail, which refuses files whose header block it cannot find, reads it too.
+    let maildir = format!(
+        "maildir://{}",
+        dir.path("mta-data/mailboxes/alice").display()
+    );
+    let out = std::process::Command::new("s-nail")
+        .args([
+            "-#", "-N", "-R", "-Y", "type 1", "-Y", "quit", "-f", &maildir,
+        ])
+        .output()
+        .expect("s-nail (Debian package s-nail)");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("Subject: format"),
+        "{shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(shown.contains("\nline one\nline two\n"), "{shown}");
 }
 
 #[test]

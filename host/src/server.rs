@@ -10,13 +10,12 @@ use crate::net::IpRange;
 use crate::organization::Organization;
 use crate::service::Service;
 use crate::smtp::receive::{self, ReceiveConfig, Receiver};
-use crate::transport::{Queues, SubmissionSink, TransportSink};
 use anyhow::Context;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 fn loopback() -> Vec<IpRange> {
     vec![
@@ -146,20 +145,13 @@ pub async fn run(
 
     if roles.contains(&Service::Transport) {
         let listener = listeners.remove(&Service::Transport).expect("bound above");
-        let (queues, recovered) = Queues::open(&config.data_dir).context("opening the queues")?;
-        let queues = Arc::new(queues);
-        let (wake_tx, wake_rx) = mpsc::unbounded_channel();
-        let router = crate::routing::Router::new(&config, Arc::clone(&organization))
-            .map_err(|e| anyhow::anyhow!("routing: {e}"))?;
-        let categorizer = Arc::new(crate::transport::categorizer::Categorizer::new(
+        let transport = crate::transport::Transport::start(
             &config,
-            Arc::clone(&queues),
-            router,
             agents.get(&Service::Transport).cloned(),
-            wake_tx.clone(),
-        ));
-        tokio::spawn(categorizer.run(recovered, wake_rx));
-        let submission = TransportSink(Arc::new(SubmissionSink::new(queues, wake_tx)));
+            Arc::clone(&organization),
+        )
+        .await?;
+        let submission = transport.sink.clone();
         let poll = Duration::from_millis(config.directories.poll_interval_ms);
         let formats: [(
             Option<&std::path::Path>,

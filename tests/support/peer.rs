@@ -24,6 +24,8 @@ pub struct PeerConfig {
     pub rcpt_replies: Vec<(String, String)>,
     /// The reply after the message data.
     pub data_reply: String,
+    /// How long to wait before each reply, the greeting included (a slow next hop).
+    pub delay: Duration,
 }
 
 impl Default for PeerConfig {
@@ -43,6 +45,7 @@ impl Default for PeerConfig {
             max_recipients: usize::MAX,
             rcpt_replies: Vec::new(),
             data_reply: "250 2.0.0 Ok: queued\r\n".into(),
+            delay: Duration::ZERO,
         }
     }
 }
@@ -168,6 +171,7 @@ fn serve(
     let mut out = stream.try_clone().unwrap();
     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
     let mut reader = BufReader::new(stream);
+    std::thread::sleep(config.delay);
     let _ = out.write_all(config.greeting.as_bytes());
     if !config.greeting.starts_with("220") {
         record(&mut |c| c.closed = true);
@@ -221,6 +225,7 @@ fn serve(
                 }
             }
             "DATA" => {
+                std::thread::sleep(config.delay);
                 let _ = out.write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n");
                 let Some(raw) = read_data(&mut reader) else {
                     break;
@@ -239,6 +244,7 @@ fn serve(
             }
             _ => "250 2.0.0 Ok\r\n".into(),
         };
+        std::thread::sleep(config.delay);
         if out.write_all(answer.as_bytes()).is_err() {
             break;
         }
@@ -286,4 +292,18 @@ fn multiline(code: u16, lines: &[String]) -> String {
         out.push_str(&format!("{code}{sep}{line}\r\n"));
     }
     out
+}
+
+/// A next hop that accepts connections and never says a word (a tarpit). Connections are held
+/// until the process ends.
+pub fn tarpit() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    port
 }

@@ -99,6 +99,13 @@ pub struct Trace {
     /// The next hop of a delivery queue it waits in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_hop: Option<String>,
+    /// The recipient domain of that queue, for a Send connector that delivers by MX (one queue
+    /// per destination domain).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_hop_domain: Option<String>,
+    /// When it is to be tried next, in ms since the Unix epoch (kept across restarts).
+    #[serde(default)]
+    pub next_attempt_ms: u64,
     /// A delay notification was sent.
     #[serde(default)]
     pub delay_notified: bool,

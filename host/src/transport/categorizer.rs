@@ -11,21 +11,19 @@
 //! removed or overridden, and edits to the message, are in the item that goes on. An agent fault
 //! defers the item; an item that faulted agents twice goes to the Poison queue.
 
-use super::agent_connector::AgentConnectors;
-use super::delivery::{self, Outcome, Outcomes};
-use super::delivery::{Diagnosis, Target};
+use super::delivery::{Diagnosis, QueueKey};
+use super::delivery_queue::{DeliveryQueues, Release, Settle};
 use super::dsn;
-use super::{Queues, Work};
+use super::reports::Reports;
+use super::{Queues, SubmissionSink, Work};
 use crate::agents::context::CallContext;
 use crate::agents::dispatch::{dispatch_blocking, Blocking};
 use crate::agents::{AgentHost, AgentSet};
 use crate::config::HostConfig;
 use crate::message::{EnvelopeRecipient, MailItem};
-use crate::routing::{NextHop, Route, Router};
+use crate::routing::{Route, Router};
 use crate::service::Service;
 use crate::smtp::reply;
-use crate::smtp::send::Protocol;
-use crate::smtp::send::TlsMode;
 use mta_agent_sdk::{Action, AgentClass, Event};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,77 +35,54 @@ const MAX_HOPS: usize = 20;
 /// Faults before an item goes to the Poison queue (Exchange's PoisonThreshold).
 const POISON_THRESHOLD: u32 = 2;
 
-/// The Transport service's categorizer and delivery.
+/// Where the categorizer hands items on.
+pub struct Handoff {
+    /// The delivery queues, for each next hop's copy.
+    pub deliveries: Arc<DeliveryQueues>,
+    /// Failure reports.
+    pub reports: Arc<Reports>,
+    /// The Submission queue, for forks and agents' new messages.
+    pub submission: Arc<SubmissionSink>,
+}
+
+/// The Transport service's categorizer.
 pub struct Categorizer {
     queues: Arc<Queues>,
     router: Router,
     agents: Option<Arc<AgentHost>>,
-    agent_connectors: Arc<AgentConnectors>,
-    send_limits: std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>,
-    /// Idle connections to next hops, reused.
-    pool: Arc<crate::smtp::pool::Pool>,
-    /// For send connectors without smart hosts.
-    mx: Option<crate::routing::mx::MxResolver>,
+    deliveries: Arc<DeliveryQueues>,
+    reports: Arc<Reports>,
+    submission: Arc<SubmissionSink>,
     config: HostConfig,
-    postmaster: String,
     work: mpsc::UnboundedSender<Work>,
 }
 
-/// Where an item being processed came from, so it is released from the right place.
+/// Where an item being categorized came from, so it is released from the right place.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Origin {
     Journal,
-    /// A copy held in memory while its original stays in the journal or a queue file.
-    Memory,
     Deferred,
-    Delivery(String),
 }
 
 impl Categorizer {
-    /// A categorizer for `config`, sending follow-up work (retries, forks) to `work`.
+    /// A categorizer for `config`, handing copies to `deliveries` and follow-up work (deferred
+    /// items) to `work`.
     pub fn new(
         config: &HostConfig,
         queues: Arc<Queues>,
         router: Router,
         agents: Option<Arc<AgentHost>>,
+        handoff: Handoff,
         work: mpsc::UnboundedSender<Work>,
     ) -> Self {
-        let postmaster = format!(
-            "postmaster@{}",
-            config
-                .organization
-                .accepted_domains
-                .first()
-                .map(String::as_str)
-                .unwrap_or(&config.hostname)
-        );
         Self {
-            agent_connectors: AgentConnectors::new(
-                agents.clone(),
-                &config.delivery_agent_connectors,
-            ),
-            send_limits: config
-                .send_connectors
-                .iter()
-                .map(|c| {
-                    let n = c.max_concurrent_connections.unwrap_or(20).max(1);
-                    (c.name.clone(), Arc::new(tokio::sync::Semaphore::new(n)))
-                })
-                .collect(),
-            pool: crate::smtp::pool::Pool::new(Duration::from_millis(
-                config.routing.idle_connection_ms.max(1),
-            )),
-            mx: config
-                .send_connectors
-                .iter()
-                .any(|c| c.smart_hosts.is_empty())
-                .then(|| crate::routing::mx::MxResolver::new(&config.routing.dns_servers))
-                .and_then(|r| r.map_err(|e| tracing::error!(message = "No DNS resolver; MX routing will retry.", error = %e)).ok()),
             queues,
             router,
             agents,
+            deliveries: handoff.deliveries,
+            reports: handoff.reports,
+            submission: handoff.submission,
             config: config.clone(),
-            postmaster,
             work,
         }
     }
@@ -140,9 +115,6 @@ impl Categorizer {
     async fn process(&self, work: Work) {
         match work {
             Work::Fresh(item, attempts) => self.categorize(*item, attempts, Origin::Journal).await,
-            Work::Redeliver(hop, item, attempts) => {
-                self.deliver(hop, *item, attempts, Origin::Memory).await;
-            }
             Work::Resubmit(id) => {
                 let queues = Arc::clone(&self.queues);
                 let load = id.clone();
@@ -151,23 +123,6 @@ impl Categorizer {
                 {
                     self.categorize(item, attempts, Origin::Deferred).await;
                 }
-            }
-            Work::Retry(queue, id) => {
-                let Ok(dir) = self.queues.delivery(&queue) else {
-                    return;
-                };
-                let load = id.clone();
-                let Ok(Ok((item, attempts))) =
-                    tokio::task::spawn_blocking(move || dir.load(&load)).await
-                else {
-                    return;
-                };
-                let Some(hop) = item.trace.next_hop.as_deref().and_then(NextHop::from_key) else {
-                    tracing::error!(message = "Queued item without a next hop.", queue = %queue, queue_id = %id);
-                    return;
-                };
-                self.deliver(hop, item, attempts, Origin::Delivery(queue))
-                    .await;
             }
         }
     }
@@ -245,6 +200,8 @@ impl Categorizer {
                 continue;
             }
             let mut cx = CallContext::new(event, Service::Transport);
+            // A call that never returns keeps its item: a copy stays here to be faulted.
+            let kept = item.clone();
             cx.mail_item = Some(item);
             match dispatch_blocking(set, event, cx).await {
                 Blocking::Done(set, cx, result) => {
@@ -257,7 +214,8 @@ impl Categorizer {
                     };
                     item = back;
                     if let Err(fault) = result {
-                        self.notify(&item, std::mem::take(&mut failures), dsn::Kind::Failed)
+                        self.reports
+                            .notify(&item, std::mem::take(&mut failures), dsn::Kind::Failed)
                             .await;
                         tracing::warn!(message = "Routing agent fault.", agent = %fault.agent, event = %fault.event, error = %fault.message, queue_id = %id);
                         return self.faulted(item, attempts, origin).await;
@@ -265,12 +223,14 @@ impl Categorizer {
                     match self.apply(&mut item, &cx.actions).await {
                         Next::Continue => {}
                         Next::Deferred(delay) => {
-                            self.notify(&item, std::mem::take(&mut failures), dsn::Kind::Failed)
+                            self.reports
+                                .notify(&item, std::mem::take(&mut failures), dsn::Kind::Failed)
                                 .await;
                             return self.defer(item, attempts, origin, delay).await;
                         }
                         Next::Deleted => {
-                            self.notify(&item, std::mem::take(&mut failures), dsn::Kind::Failed)
+                            self.reports
+                                .notify(&item, std::mem::take(&mut failures), dsn::Kind::Failed)
                                 .await;
                             tracing::info!(message = "Message deleted by a routing agent.", queue_id = %id, event = %event);
                             return self.release(&id, &origin).await;
@@ -278,21 +238,27 @@ impl Categorizer {
                     }
                 }
                 Blocking::Abandoned(fault) => {
-                    tracing::warn!(message = "Routing agent abandoned.", agent = %fault.agent, queue_id = %id);
-                    // The item stayed with the stuck call: it is still in the journal or its
-                    // queue, and comes back on the next start; faults are counted there.
-                    return;
+                    // A call that did not return is a fault like any other: twice, and the
+                    // item goes to Poison instead of hanging the categorizer again.
+                    tracing::warn!(message = "Routing agent abandoned.", agent = %fault.agent, event = %fault.event, queue_id = %id);
+                    self.reports
+                        .notify(&kept, std::mem::take(&mut failures), dsn::Kind::Failed)
+                        .await;
+                    return self.faulted(kept, attempts, origin).await;
                 }
             }
         }
 
-        // Routing: one copy per next hop.
+        // Routing: one copy per next hop (per destination domain for MX delivery).
         let size = item.message.len() as u64;
-        let mut hops: BTreeMap<NextHop, Vec<EnvelopeRecipient>> = BTreeMap::new();
+        let mut hops: BTreeMap<QueueKey, Vec<EnvelopeRecipient>> = BTreeMap::new();
         let mut unreachable = Vec::new();
         for r in std::mem::take(&mut item.envelope.recipients) {
             match self.router.route(&r, size) {
-                Route::Hop(hop) => hops.entry(hop).or_default().push(r),
+                Route::Hop(hop) => {
+                    let key = self.deliveries.key_for(&hop, &r.address);
+                    hops.entry(key).or_default().push(r)
+                }
                 Route::Unreachable => unreachable.push(r),
                 Route::Fail(why) => failures.push((r, Diagnosis::local(why))),
             }
@@ -311,19 +277,28 @@ impl Categorizer {
                 return;
             }
         }
+        self.reports
+            .notify(&item, failures, dsn::Kind::Failed)
+            .await;
+        if hops.is_empty() {
+            return self.release(&id, &origin).await;
+        }
+        // The item is released once every copy is settled by its queue.
+        let release = match origin {
+            Origin::Journal => Release::Journal(id.clone()),
+            Origin::Deferred => Release::Deferred(id.clone()),
+        };
+        let settle = Settle::new(Arc::clone(&self.queues), release, hops.len());
         let many = hops.len() > 1;
-        let mut handed_over = true;
-        for (n, (hop, recipients)) in hops.into_iter().enumerate() {
+        for (n, (key, recipients)) in hops.into_iter().enumerate() {
             let mut copy = item.clone();
             copy.envelope.recipients = recipients;
             if many {
                 copy.id = format!("{id}-{n}");
             }
-            handed_over &= self.deliver(hop, copy, 0, Origin::Journal).await;
-        }
-        self.notify(&item, failures, dsn::Kind::Failed).await;
-        if handed_over {
-            self.release(&id, &origin).await;
+            self.deliveries
+                .enqueue(key, copy, Arc::clone(&settle))
+                .await;
         }
     }
 
@@ -370,266 +345,14 @@ impl Categorizer {
         Next::Continue
     }
 
-    /// Journals a new item (a fork, an agent's submission, a notification) and queues it.
-    async fn submit(&self, mut item: MailItem) -> bool {
-        if item.id.is_empty() {
-            item.id = self.queues.new_id();
-        }
-        if item.trace.received_ms == 0 {
-            item.trace.received_ms = delivery::now_ms();
-        }
-        match self.queues.journal.append(&item, 0).await {
-            Ok(()) => {
-                let _ = self.work.send(Work::Fresh(Box::new(item), 0));
-                true
-            }
+    /// Journals a new item (a fork, an agent's submission) and queues it.
+    async fn submit(&self, item: MailItem) -> bool {
+        match self.submission.enqueue(item).await {
+            Ok(_) => true,
             Err(e) => {
-                tracing::error!(message = "Cannot queue a new mail item.", queue_id = %item.id, error = %e);
+                tracing::error!(message = "Cannot queue a new mail item.", reply = %e);
                 false
             }
-        }
-    }
-
-    /// Delivers one next hop's copy, queuing what must wait and reporting what failed. Returns
-    /// whether every recipient is delivered, failed or safely queued.
-    async fn deliver(
-        &self,
-        hop: NextHop,
-        mut item: MailItem,
-        attempts: u32,
-        origin: Origin,
-    ) -> bool {
-        let outcomes: Outcomes = match &hop {
-            NextHop::Mailbox => {
-                let target = Target {
-                    address: &self.config.mailbox.listen,
-                    name: None,
-                    tls: TlsMode::None,
-                    protocol: Protocol::Lmtp,
-                };
-                delivery::smtp(&self.pool, &target, &self.config.hostname, &item)
-                    .await
-                    .unwrap_or_else(|e| {
-                        delivery::all(
-                            &item,
-                            Outcome::retry(
-                                451,
-                                "4.4.1",
-                                &format!("Mailbox Transport unavailable: {e}"),
-                            ),
-                        )
-                    })
-            }
-            NextHop::Send(name) => {
-                match self.config.send_connectors.iter().find(|c| &c.name == name) {
-                    Some(c) => {
-                        // Per-connector concurrency: at most this many connections at once.
-                        let _permit = match self.send_limits.get(name) {
-                            Some(limit) => Some(Arc::clone(limit).acquire_owned().await),
-                            None => None,
-                        };
-                        delivery::send_connector(
-                            &self.pool,
-                            c,
-                            &self.config.hostname,
-                            &item,
-                            self.mx.as_ref(),
-                        )
-                        .await
-                    }
-                    None => gone(&item, name),
-                }
-            }
-            NextHop::Agent(name) => match self
-                .config
-                .delivery_agent_connectors
-                .iter()
-                .find(|c| &c.name == name)
-            {
-                Some(c) => {
-                    let delivery = self.agent_connectors.deliver(c, &item).await;
-                    for new in delivery.submitted {
-                        let _ = self.submit(new).await;
-                    }
-                    if delivery.queue_failed {
-                        self.kick(&hop.queue_name(), &item.id).await;
-                    }
-                    delivery.outcomes
-                }
-                None => gone(&item, name),
-            },
-            NextHop::Foreign(name) => match self
-                .config
-                .foreign_connectors
-                .iter()
-                .find(|c| &c.name == name)
-            {
-                Some(c) => {
-                    let (c, hostname, copy) =
-                        (c.clone(), self.config.hostname.clone(), item.clone());
-                    tokio::task::spawn_blocking(move || {
-                        delivery::foreign_connector(&c, &hostname, &copy)
-                    })
-                    .await
-                    .unwrap_or_default()
-                }
-                None => gone(&item, name),
-            },
-        };
-        let mut failures = Vec::new();
-        let mut waiting: Vec<(EnvelopeRecipient, Diagnosis)> = Vec::new();
-        for (r, outcome) in outcomes {
-            match outcome {
-                Outcome::Delivered => {}
-                Outcome::Fail(why) => failures.push((r, why)),
-                Outcome::Retry(why) => waiting.push((r, why)),
-            }
-        }
-        let last_reason = waiting.last().map(|(_, why)| why.clone());
-        let age = Duration::from_millis(delivery::now_ms().saturating_sub(item.trace.received_ms));
-        let expiry = Duration::from_secs(self.config.routing.expiration_hours * 3600);
-        if !waiting.is_empty() && age >= expiry {
-            // 4.4.7 is a persistent transient failure that has run out of time; the report says
-            // Action: failed with Status: 4.4.7, as RFC 3463 intends, and gives the last answer
-            // the next hop gave as its diagnostic.
-            failures.extend(waiting.drain(..).map(|(r, why)| {
-                let mut why = match (&why.remote_mta, &r.last_attempt) {
-                    // This attempt never reached the next hop: report what it said last.
-                    (None, Some(last)) if last.remote_mta.is_some() => Diagnosis::remote(
-                        reply(last.code, &last.enhanced, &last.text),
-                        last.remote_mta.as_deref(),
-                    ),
-                    _ => why,
-                };
-                why.status = Some("4.4.7".into());
-                (r, why)
-            }));
-        }
-        self.notify(&item, failures, dsn::Kind::Failed).await;
-
-        let queue = hop.queue_name();
-        if waiting.is_empty() {
-            if let Origin::Delivery(q) = &origin {
-                if let Ok(dir) = self.queues.delivery(q) {
-                    let id = item.id.clone();
-                    let _ = tokio::task::spawn_blocking(move || dir.remove(&id)).await;
-                }
-            }
-            return true;
-        }
-        let delay_notice = Duration::from_secs(self.config.routing.delay_notification_hours * 3600);
-        if age >= delay_notice && !item.trace.delay_notified {
-            let mut view = item.clone();
-            view.envelope.recipients = waiting.iter().map(|(r, _)| r.clone()).collect();
-            self.notify(&view, waiting.clone(), dsn::Kind::Delayed)
-                .await;
-            item.trace.delay_notified = true;
-        }
-        // Each waiting recipient keeps its last answer, for the report if it expires.
-        item.envelope.recipients = waiting
-            .into_iter()
-            .map(|(mut r, why)| {
-                r.last_attempt = Some(crate::message::LastAttempt {
-                    code: why.response.code(),
-                    enhanced: why.response.enhanced_code().to_string(),
-                    text: why.response.text().to_string(),
-                    remote_mta: why.remote_mta,
-                });
-                r
-            })
-            .collect();
-        item.trace.next_hop = Some(hop.key());
-        let Ok(dir) = self.queues.delivery(&queue) else {
-            return false;
-        };
-        let id = item.id.clone();
-        let keep = item.clone();
-        let stored = tokio::task::spawn_blocking(move || dir.store(&mut item, attempts + 1)).await;
-        if !matches!(stored, Ok(Ok(_))) {
-            // Still where it came from (the journal or its queue file): try the copy again from
-            // memory later, so a full disk delays delivery instead of stopping it.
-            tracing::error!(message = "Cannot queue an item for retry; it stays where it is and is tried again.", queue = %queue, queue_id = %id);
-            let work = self.work.clone();
-            let delay = Duration::from_millis(self.config.routing.retry_base_ms.max(100));
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let _ = work.send(Work::Redeliver(hop, Box::new(keep), attempts + 1));
-            });
-            return false;
-        }
-        tracing::info!(message = "Delivery deferred.", queue = %queue, queue_id = %id, attempts = attempts + 1, reason = %last_reason.as_ref().map(|r| r.response.to_string()).unwrap_or_default());
-        let base = self.config.routing.retry_base_ms.max(1);
-        let delay = last_reason
-            .as_ref()
-            .and_then(|why| why.retry_after)
-            .unwrap_or_else(|| {
-                Duration::from_millis(
-                    base.saturating_mul(1 << attempts.min(16))
-                        .min(self.config.routing.retry_max_ms.max(base)),
-                )
-            });
-        let work = self.work.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = work.send(Work::Retry(queue, id));
-        });
-        true
-    }
-
-    /// Tries every item waiting in `queue` now (but `current`): after a delivery agent failed
-    /// its queue, they fail at once instead of at their next retry.
-    async fn kick(&self, queue: &str, current: &str) {
-        let Ok(dir) = self.queues.delivery(queue) else {
-            return;
-        };
-        let ids = tokio::task::spawn_blocking(move || dir.ids())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-        for id in ids.into_iter().filter(|id| id != current) {
-            let _ = self.work.send(Work::Retry(queue.to_string(), id));
-        }
-    }
-
-    /// Sends the sender a delivery status notification, if there is anything to say.
-    async fn notify(
-        &self,
-        item: &MailItem,
-        failures: Vec<(EnvelopeRecipient, Diagnosis)>,
-        kind: dsn::Kind,
-    ) {
-        if failures.is_empty() {
-            return;
-        }
-        for (r, why) in &failures {
-            tracing::info!(message = if kind == dsn::Kind::Failed { "Delivery failed." } else { "Delivery delayed; sender notified." }, queue_id = %item.id, recipient = ?r.address, reply = %why.response);
-        }
-        // NOTIFY (RFC 3461): NEVER asks for no report; a list without FAILURE (or DELAY) asks
-        // for none of that kind. Without NOTIFY, failures are reported and delays too.
-        let wanted = |r: &EnvelopeRecipient| match r.notify {
-            None => true,
-            Some(n) if n.never => false,
-            Some(n) => {
-                if kind == dsn::Kind::Failed {
-                    n.failure
-                } else {
-                    n.delay
-                }
-            }
-        };
-        let failures: Vec<_> = failures.into_iter().filter(|(r, _)| wanted(r)).collect();
-        if failures.is_empty() {
-            return;
-        }
-        if let Some(report) = dsn::notification(
-            item,
-            &failures,
-            kind,
-            &self.config.hostname,
-            &self.postmaster,
-        ) {
-            let _ = self.submit(report).await;
         }
     }
 
@@ -681,13 +404,6 @@ impl Categorizer {
                 let id = id.to_string();
                 let _ = tokio::task::spawn_blocking(move || queues.deferred.remove(&id)).await;
             }
-            Origin::Delivery(q) => {
-                if let Ok(dir) = self.queues.delivery(q) {
-                    let id = id.to_string();
-                    let _ = tokio::task::spawn_blocking(move || dir.remove(&id)).await;
-                }
-            }
-            Origin::Memory => {}
         }
     }
 }
@@ -697,11 +413,4 @@ enum Next {
     Continue,
     Deferred(Duration),
     Deleted,
-}
-
-fn gone(item: &MailItem, name: &str) -> Outcomes {
-    delivery::all(
-        item,
-        Outcome::retry(451, "4.4.0", &format!("Connector {name} no longer exists")),
-    )
 }

@@ -12,6 +12,7 @@ use crate::smtp::reply;
 use crate::smtp::send::{Client, Protocol, SendError, Sent, TlsMode};
 use mta_agent_sdk::SmtpResponse;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a recipient waits or failed: the reply, and which host gave it.
@@ -637,6 +638,225 @@ fn compact_utc(time: std::time::SystemTime) -> String {
         parts.get(3).unwrap_or(&"1970"),
         parts.get(4).unwrap_or(&"00:00:00").replace(':', "")
     )
+}
+
+/// The queue a copy waits in: its next hop, and for a Send connector that delivers by MX, the
+/// recipient domain (each destination domain has its own queue, so one slow domain holds up
+/// only its own mail).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueKey {
+    /// The next hop.
+    pub hop: crate::routing::NextHop,
+    /// The destination domain, for MX delivery.
+    pub domain: Option<String>,
+}
+
+impl QueueKey {
+    /// The queue's name, as logs and `mta queue list` show it (`delivery-send-Internet`,
+    /// `delivery-send-Internet/far.test`).
+    pub fn name(&self) -> String {
+        match &self.domain {
+            Some(d) => format!("{}/{d}", self.hop.queue_name()),
+            None => self.hop.queue_name(),
+        }
+    }
+
+    /// The directory its items are kept in (one per next hop).
+    pub fn dir_name(&self) -> String {
+        self.hop.queue_name()
+    }
+
+    /// The key of a queued item, from its trace.
+    pub fn of(item: &MailItem) -> Option<Self> {
+        let hop = item
+            .trace
+            .next_hop
+            .as_deref()
+            .and_then(crate::routing::NextHop::from_key)?;
+        Some(Self {
+            hop,
+            domain: item.trace.next_hop_domain.clone(),
+        })
+    }
+}
+
+/// Delivers a copy to its next hop, whatever its kind.
+pub struct Deliverer {
+    config: crate::config::HostConfig,
+    /// Idle connections to next hops, reused.
+    pool: Arc<Pool>,
+    /// For send connectors without smart hosts.
+    mx: Option<MxResolver>,
+    agent_connectors: Arc<super::agent_connector::AgentConnectors>,
+    send_limits: std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>,
+}
+
+/// What one attempt came to.
+pub struct Attempted {
+    /// Each recipient's outcome.
+    pub outcomes: Outcomes,
+    /// A delivery agent failed its whole queue: what waits in it should be tried now.
+    pub queue_failed: bool,
+    /// Messages a delivery agent submitted.
+    pub submitted: Vec<MailItem>,
+}
+
+impl Deliverer {
+    /// For `config`'s connectors and the Transport service's agents. Starts timers (idle
+    /// connections), so it must be called inside the tokio runtime.
+    pub fn new(
+        config: &crate::config::HostConfig,
+        agents: Option<Arc<crate::agents::AgentHost>>,
+    ) -> Self {
+        Self {
+            agent_connectors: super::agent_connector::AgentConnectors::new(
+                agents,
+                &config.delivery_agent_connectors,
+            ),
+            send_limits: config
+                .send_connectors
+                .iter()
+                .map(|c| {
+                    let n = c.max_concurrent_connections.unwrap_or(20).max(1);
+                    (c.name.clone(), Arc::new(tokio::sync::Semaphore::new(n)))
+                })
+                .collect(),
+            pool: Pool::new(Duration::from_millis(
+                config.routing.idle_connection_ms.max(1),
+            )),
+            mx: config
+                .send_connectors
+                .iter()
+                .any(|c| c.smart_hosts.is_empty())
+                .then(|| MxResolver::new(&config.routing.dns_servers))
+                .and_then(|r| r.map_err(|e| tracing::error!(message = "No DNS resolver; MX routing will retry.", error = %e)).ok()),
+            config: config.clone(),
+        }
+    }
+
+    /// Whether a Send connector delivers by MX (one queue per destination domain).
+    pub fn by_mx(&self, connector: &str) -> bool {
+        self.config
+            .send_connectors
+            .iter()
+            .any(|c| c.name == connector && c.smart_hosts.is_empty())
+    }
+
+    /// How many copies of one queue are delivered at once.
+    pub fn concurrency(&self, hop: &crate::routing::NextHop) -> usize {
+        use crate::routing::NextHop;
+        match hop {
+            NextHop::Mailbox => 20,
+            NextHop::Send(name) => self
+                .config
+                .send_connectors
+                .iter()
+                .find(|c| &c.name == name)
+                .and_then(|c| c.max_concurrent_connections)
+                .unwrap_or(20)
+                .max(1),
+            NextHop::Agent(name) => self
+                .config
+                .delivery_agent_connectors
+                .iter()
+                .find(|c| &c.name == name)
+                .and_then(|c| c.max_concurrent_connections)
+                .unwrap_or(5)
+                .max(1),
+            NextHop::Foreign(_) => 4,
+        }
+    }
+
+    /// One attempt at delivering `item` to its next hop.
+    pub async fn attempt(&self, key: &QueueKey, item: &MailItem) -> Attempted {
+        use crate::routing::NextHop;
+        let plain = |outcomes| Attempted {
+            outcomes,
+            queue_failed: false,
+            submitted: Vec::new(),
+        };
+        let gone = |name: &str| {
+            plain(all(
+                item,
+                Outcome::retry(451, "4.4.0", &format!("Connector {name} no longer exists")),
+            ))
+        };
+        match &key.hop {
+            NextHop::Mailbox => {
+                let target = Target {
+                    address: &self.config.mailbox.listen,
+                    name: None,
+                    tls: TlsMode::None,
+                    protocol: Protocol::Lmtp,
+                };
+                plain(
+                    smtp(&self.pool, &target, &self.config.hostname, item)
+                        .await
+                        .unwrap_or_else(|e| {
+                            all(
+                                item,
+                                Outcome::retry(
+                                    451,
+                                    "4.4.1",
+                                    &format!("Mailbox Transport unavailable: {e}"),
+                                ),
+                            )
+                        }),
+                )
+            }
+            NextHop::Send(name) => {
+                let Some(c) = self.config.send_connectors.iter().find(|c| &c.name == name) else {
+                    return gone(name);
+                };
+                // Per-connector concurrency, across its destination domains.
+                let _permit = match self.send_limits.get(name) {
+                    Some(limit) => Some(Arc::clone(limit).acquire_owned().await),
+                    None => None,
+                };
+                plain(
+                    send_connector(&self.pool, c, &self.config.hostname, item, self.mx.as_ref())
+                        .await,
+                )
+            }
+            NextHop::Agent(name) => {
+                let Some(c) = self
+                    .config
+                    .delivery_agent_connectors
+                    .iter()
+                    .find(|c| &c.name == name)
+                else {
+                    return gone(name);
+                };
+                let d = self.agent_connectors.deliver(c, item).await;
+                Attempted {
+                    outcomes: d.outcomes,
+                    queue_failed: d.queue_failed,
+                    submitted: d.submitted,
+                }
+            }
+            NextHop::Foreign(name) => {
+                let Some(c) = self
+                    .config
+                    .foreign_connectors
+                    .iter()
+                    .find(|c| &c.name == name)
+                else {
+                    return gone(name);
+                };
+                let (c, hostname, copy) = (c.clone(), self.config.hostname.clone(), item.clone());
+                plain(
+                    tokio::task::spawn_blocking(move || foreign_connector(&c, &hostname, &copy))
+                        .await
+                        .unwrap_or_default(),
+                )
+            }
+        }
+    }
+
+    /// Closes idle outbound connections (at a stop).
+    pub fn close_idle(&self) {
+        self.pool.close_all();
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -3,18 +3,20 @@
 //!
 //! Accepted items are made durable by the Submission queue's [`journal`] (group commit) before
 //! the client gets 250, and handed to the [`categorizer`] in memory, which raises the routing
-//! agents' events, resolves and routes each recipient, and delivers each next hop's copy
-//! ([`delivery`]). Recipients that must wait go to their next hop's delivery queue (one
-//! fsync'd file per item under `queue/delivery-*`), retried with a growing delay until they
-//! expire; recipients without a route go to Unreachable; failures produce a non-delivery report
-//! ([`dsn`]). An item leaves the journal only once every recipient was delivered, failed or
-//! written to one of those queues.
+//! agents' events, resolves and routes each recipient, and hands each next hop's copy to its
+//! [`delivery_queue`], whose own workers deliver it ([`delivery`]) and retry what must wait
+//! (one fsync'd file per copy under `queue/delivery-*`) until it expires. Recipients without a
+//! route go to Unreachable; failures produce a non-delivery report ([`dsn`], [`reports`]). An
+//! item leaves the journal only once every copy was delivered, failed, or written to its
+//! queue's directory.
 
 pub mod agent_connector;
 pub mod categorizer;
 pub mod delivery;
+pub mod delivery_queue;
 pub mod dsn;
 pub mod journal;
+pub mod reports;
 pub mod submission_queue;
 
 use crate::message::MailItem;
@@ -49,12 +51,8 @@ pub struct Queues {
 pub enum Work {
     /// A newly accepted item, still in the journal.
     Fresh(Box<MailItem>, u32),
-    /// An item of a delivery queue to try again: (queue name, id).
-    Retry(String, String),
     /// A deferred item to categorize again.
     Resubmit(String),
-    /// A next hop's copy that could not be queued for retry, to deliver again from memory.
-    Redeliver(crate::routing::NextHop, Box<MailItem>, u32),
 }
 
 impl Queues {
@@ -75,19 +73,12 @@ impl Queues {
             .map(|(i, a)| Work::Fresh(Box::new(i), a))
             .collect();
         work.extend(queues.deferred.ids()?.into_iter().map(Work::Resubmit));
-        for entry in std::fs::read_dir(data_dir.join("queue"))?.filter_map(|e| e.ok()) {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("delivery-") && entry.path().is_dir() {
-                let queue = queues.delivery(&name)?;
-                work.extend(
-                    queue
-                        .ids()?
-                        .into_iter()
-                        .map(|id| Work::Retry(name.clone(), id)),
-                );
-            }
-        }
         Ok((queues, work))
+    }
+
+    /// `<data_dir>/queue`.
+    pub fn root(&self) -> PathBuf {
+        self.data_dir.join("queue")
     }
 
     /// The delivery queue of a next hop, by name (`delivery-send-Internet`).
@@ -185,5 +176,68 @@ impl Sink for TransportSink {
 
     fn submit(&self, item: MailItem) -> BoxFuture<'_, Result<SmtpResponse, SmtpResponse>> {
         Box::pin(self.0.enqueue(item))
+    }
+}
+
+/// A running Transport service: its queues, categorizer and delivery queues.
+pub struct Transport {
+    /// Where its sessions, directories and agents put messages.
+    pub sink: TransportSink,
+    /// The delivery queues.
+    pub deliveries: Arc<delivery_queue::DeliveryQueues>,
+    /// The queues on disk.
+    pub queues: Arc<Queues>,
+}
+
+impl Transport {
+    /// Opens the queues, recovers what an earlier run left, and starts the categorizer and the
+    /// delivery queues.
+    pub async fn start(
+        config: &crate::config::HostConfig,
+        agents: Option<Arc<crate::agents::AgentHost>>,
+        organization: Arc<crate::organization::Organization>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let (queues, recovered) = Queues::open(&config.data_dir).context("opening the queues")?;
+        let queues = Arc::new(queues);
+        let router = crate::routing::Router::new(config, Arc::clone(&organization))
+            .map_err(|e| anyhow::anyhow!("routing: {e}"))?;
+        let (work_tx, work_rx) = mpsc::unbounded_channel();
+        let submission = Arc::new(SubmissionSink::new(Arc::clone(&queues), work_tx.clone()));
+        let reports = Arc::new(reports::Reports::new(
+            Arc::clone(&submission),
+            &config.hostname,
+            &organization.postmaster(),
+        ));
+        let deliverer = Arc::new(delivery::Deliverer::new(config, agents.clone()));
+        let deliveries = delivery_queue::DeliveryQueues::new(
+            config,
+            Arc::clone(&queues),
+            deliverer,
+            Arc::clone(&reports),
+            Arc::clone(&submission),
+        );
+        let waiting = deliveries.recover().await;
+        if waiting > 0 {
+            tracing::info!(message = "Delivery queues recovered.", copies = waiting);
+        }
+        let categorizer = Arc::new(categorizer::Categorizer::new(
+            config,
+            Arc::clone(&queues),
+            router,
+            agents,
+            categorizer::Handoff {
+                deliveries: Arc::clone(&deliveries),
+                reports,
+                submission: Arc::clone(&submission),
+            },
+            work_tx,
+        ));
+        tokio::spawn(categorizer.run(recovered, work_rx));
+        Ok(Self {
+            sink: TransportSink(submission),
+            deliveries,
+            queues,
+        })
     }
 }

@@ -95,6 +95,29 @@ impl QueueDir {
         decode(id, &fs::read(self.path(id))?)
     }
 
+    /// Reads a queued item's envelope and trace only, not its message. Blocking.
+    pub fn load_meta(&self, id: &str) -> std::io::Result<(MailItem, u32)> {
+        use std::io::{BufRead, Read};
+        let mut file = std::io::BufReader::new(File::open(self.path(id))?);
+        let mut first = Vec::new();
+        file.read_until(b'\n', &mut first)?;
+        let len: usize = std::str::from_utf8(&first)
+            .ok()
+            .and_then(|h| h.trim_end().strip_prefix("MTAQ1 "))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("queue file {id}: bad header line"),
+                )
+            })?;
+        let mut json = vec![0u8; len];
+        file.read_exact(&mut json)?;
+        let mut bytes = first;
+        bytes.extend_from_slice(&json);
+        decode(id, &bytes)
+    }
+
     /// Removes an item, durably. Blocking.
     pub fn remove(&self, id: &str) -> std::io::Result<()> {
         match fs::remove_file(self.path(id)) {

@@ -1,0 +1,66 @@
+//! Telling senders: failure and delay notifications, honouring NOTIFY, submitted into the
+//! Submission queue like any new message.
+
+use super::delivery::Diagnosis;
+use super::dsn;
+use super::SubmissionSink;
+use crate::message::{EnvelopeRecipient, MailItem};
+use std::sync::Arc;
+
+/// Builds and submits delivery status notifications.
+pub struct Reports {
+    submission: Arc<SubmissionSink>,
+    hostname: String,
+    postmaster: String,
+}
+
+impl Reports {
+    /// Reports from `postmaster` of `hostname`, submitted into `submission`.
+    pub fn new(submission: Arc<SubmissionSink>, hostname: &str, postmaster: &str) -> Self {
+        Self {
+            submission,
+            hostname: hostname.to_string(),
+            postmaster: postmaster.to_string(),
+        }
+    }
+
+    /// Logs each failure (or delay) and tells the sender, if there is anything the sender
+    /// asked to hear.
+    pub async fn notify(
+        &self,
+        item: &MailItem,
+        failures: Vec<(EnvelopeRecipient, Diagnosis)>,
+        kind: dsn::Kind,
+    ) {
+        if failures.is_empty() {
+            return;
+        }
+        for (r, why) in &failures {
+            tracing::info!(message = if kind == dsn::Kind::Failed { "Delivery failed." } else { "Delivery delayed; sender notified." }, queue_id = %item.id, recipient = ?r.address, reply = %why.response);
+        }
+        // NOTIFY (RFC 3461): NEVER asks for no report; a list without FAILURE (or DELAY) asks
+        // for none of that kind. Without NOTIFY, failures are reported and delays too.
+        let wanted = |r: &EnvelopeRecipient| match r.notify {
+            None => true,
+            Some(n) if n.never => false,
+            Some(n) => {
+                if kind == dsn::Kind::Failed {
+                    n.failure
+                } else {
+                    n.delay
+                }
+            }
+        };
+        let failures: Vec<_> = failures.into_iter().filter(|(r, _)| wanted(r)).collect();
+        if failures.is_empty() {
+            return;
+        }
+        if let Some(report) =
+            dsn::notification(item, &failures, kind, &self.hostname, &self.postmaster)
+        {
+            if let Err(e) = self.submission.enqueue(report).await {
+                tracing::error!(message = "Cannot queue a report.", queue_id = %item.id, reply = %e);
+            }
+        }
+    }
+}
