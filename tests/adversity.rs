@@ -95,3 +95,145 @@ fn a_next_hop_answering_every_command_after_30_seconds_holds_up_only_its_own_que
     });
     compare(&slow.address(), 50);
 }
+
+/// The agents of the hung-agents test: a receive agent hanging at RCPT, a routing agent
+/// hanging at OnSubmittedMessage, a delivery agent hanging at OnDeliverMailItem (for
+/// `*@probe.test`, through the recipient router).
+fn hanging_agents(dir: &TestDir) -> String {
+    let log = dir.path("agents.log");
+    dir.write(
+        "agents.config",
+        &agents_xml(
+            100,
+            &[
+                Entry::probe("Hang", &log)
+                    .param("sleep", "OnRcptCommand")
+                    .param("sleep_ms", "3600000"),
+                Entry {
+                    name: "Route Probe",
+                    base_type: "RoutingAgent",
+                    factory: "Tests.RouteProbeFactory",
+                    assembly: lib("route-probe").display().to_string(),
+                    enabled: true,
+                    params: vec![("hang_event", "OnSubmittedMessage".into())],
+                },
+                Entry {
+                    name: "Probe Router",
+                    base_type: "RoutingAgent",
+                    factory: "Mta.Samples.RecipientRouterFactory",
+                    assembly: lib("recipient-router").display().to_string(),
+                    enabled: true,
+                    params: vec![
+                        ("pattern", "*@probe.test".into()),
+                        ("routing_domain", "PROBE".into()),
+                    ],
+                },
+                Entry {
+                    name: "Delivery Probe",
+                    base_type: "DeliveryAgent",
+                    factory: "Tests.DeliveryProbeFactory",
+                    assembly: lib("route-probe").display().to_string(),
+                    enabled: true,
+                    params: vec![("hang", "OnDeliverMailItem".into())],
+                },
+            ],
+        ),
+    );
+    "[agents]\ntransport = \"agents.config\"\nquarantine_after_hung = 3\n[routing]\nretry_base_ms = 100\nretry_max_ms = 200\n[[delivery_agent_connectors]]\nname = \"Probe\"\naddress_spaces = [\"PROBE:*;1\"]\ndelivery_protocol = \"PROBE\"\n".to_string()
+}
+
+#[test]
+fn agents_that_hang_are_quarantined_and_the_server_keeps_serving() {
+    let dir = TestDir::new("hung-agents");
+    let extra = format!("drain_timeout_secs = 3\n{}", hanging_agents(&dir));
+    let mut mta = Mta::start_with(
+        &dir,
+        &[("transport", "frontend_nodes = [\"192.0.2.1\"]")],
+        &extra,
+        &[],
+    );
+    // SMTP receive: each RCPT hangs; the client is told to try again, the server goes on.
+    for _ in 0..3 {
+        let mut smtp = Smtp::ehlo(mta.transport);
+        assert_eq!(smtp.cmd("MAIL FROM:<a@elsewhere.test>").code, 250);
+        let r = smtp.cmd("RCPT TO:<alice@example.test>");
+        assert_eq!((r.code, r.enhanced()), (421, "4.3.0".into()), "{r:?}");
+    }
+    let quarantined = |mta: &Mta| -> Vec<String> {
+        mta.status("transport")["quarantined"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|q| q["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(WAIT, || quarantined(&mta) == ["Hang"]),
+        "{}",
+        mta.log()
+    );
+    // Once quarantined, the agent is left out and mail is taken. The routing agent hangs on
+    // the first messages (which go to Poison after two faults each) until it is quarantined
+    // too.
+    let send = |subject: &str, to: &[&str]| {
+        let mut smtp = Smtp::ehlo(mta.transport);
+        let r = smtp.send_mail(
+            "a@elsewhere.test",
+            to,
+            &format!("Subject: {subject}\n\nx\n"),
+        );
+        assert_eq!(r.code, 250, "{r:?}");
+        smtp.quit();
+    };
+    for i in 0..2 {
+        send(&format!("routing {i}"), &["alice@example.test"]);
+    }
+    assert!(
+        wait_until(WAIT, || quarantined(&mta).len() == 2),
+        "{}",
+        mta.log()
+    );
+    assert!(
+        wait_until(WAIT, || mta.queued("poison") == 2),
+        "{}",
+        mta.log()
+    );
+    // Now mail flows, while the delivery agent hangs on the copies for probe.test.
+    for i in 0..3 {
+        send(
+            &format!("delivery {i}"),
+            &["alice@example.test", "x@probe.test"],
+        );
+    }
+    assert!(
+        wait_until(WAIT, || mta.maildir("alice").len() == 3),
+        "local delivery goes on: {}",
+        mta.log()
+    );
+    assert!(
+        wait_until(WAIT, || quarantined(&mta).len() == 3),
+        "{}",
+        mta.log()
+    );
+    assert_eq!(
+        quarantined(&mta),
+        ["Delivery Probe", "Hang", "Route Probe"],
+        "every class"
+    );
+    let (_, listing, _) = run_mta(
+        &dir.0,
+        &["--config", mta.config.to_str().unwrap(), "agent", "list"],
+    );
+    assert!(listing.contains("quarantined: Hang"), "{listing}");
+    // A stop does not wait for the threads the hung calls still hold.
+    let stopping = Instant::now();
+    let status = mta.stop();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "stopped in {:?}",
+        stopping.elapsed()
+    );
+}

@@ -38,6 +38,9 @@ pub struct HostConfig {
     pub delivery_agent_connectors: Vec<DeliveryAgentConnectorConfig>,
     /// Foreign connectors: drop directories for non-SMTP systems.
     pub foreign_connectors: Vec<ForeignConnectorConfig>,
+    /// At a stop (SIGTERM), how long sessions and deliveries under way may take to finish, in
+    /// seconds.
+    pub drain_timeout_secs: u64,
     /// Where the configuration was read from (`None`: embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -55,6 +58,11 @@ pub struct AgentsConfig {
     pub mailbox: Option<PathBuf>,
     /// Quiet time after a change before reloading, in milliseconds.
     pub reload_debounce_ms: u64,
+    /// Threads that run agent calls (their own, apart from the file I/O).
+    pub pool_threads: usize,
+    /// Hung calls (abandoned past twice the time limit) after which an agent is quarantined:
+    /// left out of new pipelines until its library or its entry changes.
+    pub quarantine_after_hung: u64,
 }
 
 impl Default for AgentsConfig {
@@ -64,6 +72,8 @@ impl Default for AgentsConfig {
             frontend: None,
             mailbox: None,
             reload_debounce_ms: 200,
+            pool_threads: 16,
+            quarantine_after_hung: 3,
         }
     }
 }
@@ -410,6 +420,7 @@ impl Default for HostConfig {
             send_connectors: Vec::new(),
             delivery_agent_connectors: Vec::new(),
             foreign_connectors: Vec::new(),
+            drain_timeout_secs: 30,
             source: None,
         }
     }

@@ -32,6 +32,7 @@ fn receive_config(
 ) -> anyhow::Result<ReceiveConfig> {
     let mut rc = ReceiveConfig::new(service, &config.hostname);
     rc.postmaster = organization.postmaster();
+    rc.drain_timeout = Duration::from_secs(config.drain_timeout_secs);
     if let Some(groups) = &listener.permission_groups {
         rc.permissions = crate::smtp::receive::Permissions::from_names(groups)
             .map_err(|e| anyhow::anyhow!("[{}] permission_groups: {e}", service.as_str()))?;
@@ -143,15 +144,16 @@ pub async fn run(
         tasks.spawn(receive::serve(listener, receiver, shutdown.clone()));
     }
 
+    let mut transport = None;
     if roles.contains(&Service::Transport) {
         let listener = listeners.remove(&Service::Transport).expect("bound above");
-        let transport = crate::transport::Transport::start(
+        let started = crate::transport::Transport::start(
             &config,
             agents.get(&Service::Transport).cloned(),
             Arc::clone(&organization),
         )
         .await?;
-        let submission = transport.sink.clone();
+        let submission = started.sink.clone();
         let poll = Duration::from_millis(config.directories.poll_interval_ms);
         let formats: [(
             Option<&std::path::Path>,
@@ -195,6 +197,7 @@ pub async fn run(
         );
         tracing::info!(message = "Transport listening.", address = %config.transport.listen);
         tasks.spawn(receive::serve(listener, receiver, shutdown.clone()));
+        transport = Some(started);
     }
 
     if roles.contains(&Service::FrontEnd) {
@@ -217,5 +220,11 @@ pub async fn run(
     }
 
     while tasks.join_next().await.is_some() {}
+    // The listeners have drained; deliveries under way finish, done records reach the disk.
+    if let Some(transport) = transport {
+        transport
+            .stop(Duration::from_secs(config.drain_timeout_secs))
+            .await;
+    }
     Ok(())
 }

@@ -2,8 +2,9 @@
 //!
 //! An [`AgentSet`] is the agent instances of one session, mail item or delivery connection, all
 //! from one pipeline snapshot. [`AgentSet::dispatch`] calls them synchronously; the async side
-//! uses [`dispatch_blocking`], which runs the calls on the blocking pool so a slow agent never
-//! stalls other sessions, and gives up on a call that outlives its time limit.
+//! uses [`dispatch_blocking`], which runs the calls on the agents' own threads
+//! ([`super::pool`]) so a slow agent never stalls other sessions nor the file I/O, and gives up
+//! on a call that outlives twice its time limit (the call's thread is then counted as hung).
 
 use crate::agents::pipeline::Pipeline;
 use abi_stable::sabi_trait::TD_Opaque;
@@ -170,7 +171,8 @@ where
     let clock = Arc::clone(&set.clock);
     let hang = pipeline.time_limit.saturating_mul(2);
     let tick = (pipeline.time_limit / 4).clamp(Duration::from_millis(1), Duration::from_millis(50));
-    let mut task = tokio::task::spawn_blocking(move || {
+    let pool = super::pool::AgentPool::global();
+    let mut task = pool.run(Arc::clone(&clock.abandoned), move || {
         let result = set.dispatch(event, &mut cx);
         (set, cx, result)
     });
@@ -188,10 +190,12 @@ where
             }
             _ = tokio::time::sleep(tick) => {
                 let Some(index) = clock.overdue(hang) else { continue };
+                pool.hung();
                 let agent = pipeline.agents.get(index);
                 let name = agent.map(|a| a.name.clone()).unwrap_or_else(|| "?".into());
                 if let Some(a) = agent {
                     a.factory.record(true, true);
+                    a.factory.hung.fetch_add(1, Ordering::Relaxed);
                 }
                 tracing::error!(
                     message = "Agent did not return within its time limit; abandoning the call.",
@@ -217,7 +221,8 @@ struct CallClock {
     epoch: Instant,
     index: AtomicUsize,
     started_us: AtomicU64,
-    abandoned: AtomicBool,
+    /// Shared with the pool's thread, which ends after an abandoned call returns.
+    abandoned: Arc<AtomicBool>,
 }
 
 impl CallClock {
@@ -226,7 +231,7 @@ impl CallClock {
             epoch: Instant::now(),
             index: AtomicUsize::new(usize::MAX),
             started_us: AtomicU64::new(0),
-            abandoned: AtomicBool::new(false),
+            abandoned: Arc::new(AtomicBool::new(false)),
         }
     }
 

@@ -15,6 +15,7 @@ pub mod edit;
 pub mod file;
 pub mod library;
 pub mod pipeline;
+pub mod pool;
 pub mod reload;
 pub mod status;
 pub mod strict_modes;

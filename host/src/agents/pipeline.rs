@@ -13,7 +13,7 @@ use crate::agents::library::{Libraries, Library};
 use crate::service::Service;
 use mta_agent_sdk::abi::AgentFactoryBox;
 use mta_agent_sdk::{AgentClass, Event, EventSet};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,6 +39,8 @@ pub struct Pipeline {
     /// Digest of the file's text and the loaded libraries' contents: equal digests are equal
     /// pipelines, so a reload that changes neither swaps nothing.
     pub digest: u64,
+    /// Enabled entries left out because they are quarantined: (name, factory key).
+    pub quarantined: Vec<(String, String)>,
 }
 
 /// One agent of a pipeline.
@@ -75,6 +77,8 @@ pub struct Factory {
     pub faults: AtomicU64,
     /// Calls over the time limit.
     pub too_slow: AtomicU64,
+    /// Calls abandoned past twice the time limit, whose threads are hung.
+    pub hung: AtomicU64,
 }
 
 impl std::fmt::Debug for Factory {
@@ -84,6 +88,11 @@ impl std::fmt::Debug for Factory {
 }
 
 impl Factory {
+    /// What identifies the factory's entry and library (it changes when either does).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     /// A new agent instance.
     pub fn create_agent(&self) -> Result<mta_agent_sdk::abi::AgentInstanceBox, String> {
         self.inner
@@ -116,6 +125,7 @@ impl Pipeline {
             by_event: vec![Vec::new(); Event::ALL.len()],
             warnings: Vec::new(),
             digest: 0,
+            quarantined: Vec::new(),
         }
     }
 
@@ -139,6 +149,26 @@ impl Pipeline {
         previous: Option<&Pipeline>,
         generation: u64,
     ) -> Result<Pipeline, Vec<Diagnostic>> {
+        Self::build_without(
+            file,
+            service,
+            libraries,
+            previous,
+            generation,
+            &HashSet::new(),
+        )
+    }
+
+    /// Like [`build`](Self::build), leaving out the entries whose factory key is in
+    /// `quarantined` (a changed entry or library has a new key, and is built again).
+    pub fn build_without(
+        file: &AgentsFile,
+        service: Service,
+        libraries: &Libraries,
+        previous: Option<&Pipeline>,
+        generation: u64,
+        quarantined: &HashSet<String>,
+    ) -> Result<Pipeline, Vec<Diagnostic>> {
         let mut errors = Vec::new();
         if service == Service::Mailbox {
             return Err(vec![Diagnostic::file(
@@ -160,6 +190,7 @@ impl Pipeline {
         let mut agents = Vec::new();
         let mut warnings = Vec::new();
         let mut protocols: HashMap<String, &AgentEntry> = HashMap::new();
+        let mut left_out = Vec::new();
         for (index, entry) in file.agents.iter().enumerate() {
             if !service.accepts(entry.class.value) {
                 errors.push(Diagnostic::new(
@@ -249,6 +280,14 @@ impl Pipeline {
                 }
             }
             let key = factory_key(entry, &library);
+            if quarantined.contains(&key) {
+                warnings.push(format!(
+                    "agent {:?} is quarantined and left out of the pipeline until its library or its entry changes",
+                    entry.name.value
+                ));
+                left_out.push((entry.name.value.clone(), key));
+                continue;
+            }
             let factory = match reusable.get(key.as_str()) {
                 Some(f) => Arc::clone(f),
                 None => match info.instantiate(&entry.parameters) {
@@ -258,6 +297,7 @@ impl Pipeline {
                         calls: AtomicU64::new(0),
                         faults: AtomicU64::new(0),
                         too_slow: AtomicU64::new(0),
+                        hung: AtomicU64::new(0),
                     }),
                     Err(message) => {
                         errors.push(Diagnostic::new(
@@ -304,6 +344,7 @@ impl Pipeline {
             for a in &agents {
                 a.library.fingerprint.hash(&mut h);
             }
+            left_out.hash(&mut h);
             h.finish()
         };
         Ok(Pipeline {
@@ -315,6 +356,7 @@ impl Pipeline {
             agents,
             by_event,
             warnings,
+            quarantined: left_out,
         })
     }
 }

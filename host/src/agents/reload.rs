@@ -15,6 +15,7 @@ use crate::service::Service;
 use arc_swap::ArcSwap;
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -31,6 +32,10 @@ pub struct AgentHost {
     status_path: Option<PathBuf>,
     last_error: Mutex<Option<String>>,
     reload_lock: Mutex<()>,
+    /// Hung calls after which an agent is quarantined (0: never).
+    quarantine_after: u64,
+    /// Quarantined entries by factory key: name and reason.
+    quarantined: Mutex<HashMap<String, (String, String)>>,
 }
 
 impl AgentHost {
@@ -41,6 +46,7 @@ impl AgentHost {
         file: Option<PathBuf>,
         libraries: Arc<Libraries>,
         status_path: Option<PathBuf>,
+        quarantine_after: u64,
     ) -> Result<Arc<Self>, Vec<Diagnostic>> {
         let pipeline = match &file {
             Some(path) if path.exists() => {
@@ -64,6 +70,8 @@ impl AgentHost {
             status_path,
             last_error: Mutex::new(None),
             reload_lock: Mutex::new(()),
+            quarantine_after,
+            quarantined: Mutex::new(HashMap::new()),
         });
         tracing::info!(
             message = "Agent pipeline loaded.",
@@ -100,9 +108,23 @@ impl AgentHost {
         let started = Instant::now();
         let old = self.pipeline();
         let next = self.generation.load(Ordering::Relaxed) + 1;
+        let quarantined: HashSet<String> = self
+            .quarantined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         let built = if path.exists() {
             file::read(path).and_then(|parsed| {
-                Pipeline::build(&parsed, self.service, &self.libraries, Some(&old), next)
+                Pipeline::build_without(
+                    &parsed,
+                    self.service,
+                    &self.libraries,
+                    Some(&old),
+                    next,
+                    &quarantined,
+                )
             })
         } else {
             // No file: no agents.
@@ -117,6 +139,11 @@ impl AgentHost {
                 Ok(old.generation)
             }
             Ok(pipeline) => {
+                // An entry or library that changed is no longer quarantined.
+                self.quarantined
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|key, _| pipeline.quarantined.iter().any(|(_, k)| k == key));
                 log_warnings(&pipeline, Some(&old));
                 let agents = pipeline.agents.len();
                 self.current.store(Arc::new(pipeline));
@@ -167,6 +194,51 @@ impl AgentHost {
         files
     }
 
+    /// Quarantines the agents with too many hung calls, and swaps in a pipeline without them.
+    pub fn check_hung(&self) {
+        if self.quarantine_after == 0 {
+            return;
+        }
+        let pipeline = self.pipeline();
+        let mut newly = Vec::new();
+        {
+            let mut quarantined = self.quarantined.lock().unwrap_or_else(|e| e.into_inner());
+            for agent in &pipeline.agents {
+                let hung = agent.factory.hung.load(Ordering::Relaxed);
+                if hung >= self.quarantine_after && !quarantined.contains_key(agent.factory.key()) {
+                    let reason = format!(
+                        "{hung} calls did not return within twice the time limit of {} ms",
+                        pipeline.time_limit.as_millis()
+                    );
+                    quarantined.insert(
+                        agent.factory.key().to_string(),
+                        (agent.name.clone(), reason.clone()),
+                    );
+                    newly.push((agent.name.clone(), reason));
+                }
+            }
+        }
+        for (name, reason) in &newly {
+            tracing::error!(message = "Agent quarantined: left out of new pipelines until its library or its entry changes.", service = %self.service, agent = %name, reason = %reason);
+        }
+        if !newly.is_empty() {
+            let _ = self.reload();
+        }
+    }
+
+    /// The quarantined agents: name and reason.
+    pub fn quarantined(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .quarantined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Writes the status file (also called every second by the controller, for the counters).
     pub fn write_status(&self) {
         if let Some(path) = &self.status_path {
@@ -180,6 +252,7 @@ impl AgentHost {
                 &self.pipeline(),
                 error.as_deref(),
                 self.libraries.loaded_count(),
+                &self.quarantined(),
             ) {
                 tracing::warn!(message = "Could not write the agents status file.", path = %path.display(), error = %e);
             }
@@ -218,17 +291,32 @@ impl ReloadController {
     pub fn start(hosts: Vec<Arc<AgentHost>>, debounce: Duration) -> notify::Result<Self> {
         let (sender, receiver) = mpsc::channel::<Trigger>();
         let events = sender.clone();
+        // Only events on the files of interest count: a log written every few ms beside an
+        // agents file must neither trigger reloads nor hold one back.
+        let interesting: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
+        let filter = Arc::clone(&interesting);
         let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                if !matches!(event.kind, notify::EventKind::Access(_)) {
-                    let _ = events.send(Trigger::Paths(event.paths));
-                }
+            let Ok(event) = event else { return };
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            let wanted = filter.lock().unwrap_or_else(|e| e.into_inner());
+            let paths: Vec<PathBuf> = event
+                .paths
+                .into_iter()
+                .filter(|p| wanted.iter().any(|w| same_file(p, w)))
+                .collect();
+            drop(wanted);
+            if !paths.is_empty() {
+                let _ = events.send(Trigger::Paths(paths));
             }
         })?;
         let mut control = Control {
             hosts,
             watcher,
             watched_dirs: BTreeSet::new(),
+            interesting,
+            last_status: Instant::now(),
         };
         control.rewatch();
         let thread = std::thread::Builder::new()
@@ -263,19 +351,31 @@ struct Control {
     hosts: Vec<Arc<AgentHost>>,
     watcher: notify::RecommendedWatcher,
     watched_dirs: BTreeSet<PathBuf>,
+    /// The files whose events count, shared with the watcher's callback.
+    interesting: Arc<Mutex<Vec<PathBuf>>>,
+    last_status: Instant,
 }
 
 impl Control {
+    /// Every second, whatever else happens: quarantines agents with hung calls, refreshes the
+    /// status files.
+    fn tick(&mut self) {
+        if self.last_status.elapsed() < STATUS_INTERVAL {
+            return;
+        }
+        self.last_status = Instant::now();
+        for host in &self.hosts {
+            host.check_hung();
+            host.write_status();
+        }
+    }
+
     fn run(&mut self, receiver: mpsc::Receiver<Trigger>, debounce: Duration) {
         loop {
+            self.tick();
             let first = match receiver.recv_timeout(STATUS_INTERVAL) {
                 Ok(trigger) => trigger,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    for host in &self.hosts {
-                        host.write_status();
-                    }
-                    continue;
-                }
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
             };
             let mut pending: Vec<PathBuf> = Vec::new();
@@ -297,6 +397,7 @@ impl Control {
             }
             // Debounce: wait until nothing has arrived for `debounce`.
             loop {
+                self.tick();
                 match receiver.recv_timeout(debounce) {
                     Ok(trigger) => {
                         if !absorb(trigger, &mut pending, &mut all) {
@@ -323,13 +424,18 @@ impl Control {
 
     /// Watches the directory of every file of interest (a library may have moved).
     fn rewatch(&mut self) {
-        let wanted: BTreeSet<PathBuf> = self
+        let files: Vec<PathBuf> = self
             .hosts
             .iter()
             .flat_map(|h| h.watched_files())
-            .filter_map(|f| absolute(&f).parent().map(Path::to_path_buf))
+            .map(|f| absolute(&f))
+            .collect();
+        let wanted: BTreeSet<PathBuf> = files
+            .iter()
+            .filter_map(|f| f.parent().map(Path::to_path_buf))
             .filter(|d| d.is_dir())
             .collect();
+        *self.interesting.lock().unwrap_or_else(|e| e.into_inner()) = files;
         for gone in self.watched_dirs.difference(&wanted) {
             let _ = self.watcher.unwatch(gone);
         }

@@ -22,6 +22,18 @@ pub struct Status {
     pub libraries_loaded: u64,
     /// The agents of the running pipeline, in priority order.
     pub agents: Vec<AgentStatus>,
+    /// Agents left out of the pipeline because they hung: name and reason.
+    #[serde(default)]
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// A quarantined agent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Name.
+    pub name: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// One loaded agent.
@@ -47,6 +59,9 @@ pub struct AgentStatus {
     pub faults: u64,
     /// Calls over the time limit so far.
     pub too_slow: u64,
+    /// Calls abandoned past twice the time limit (their threads hung).
+    #[serde(default)]
+    pub hung: u64,
 }
 
 /// Writes the status atomically (temporary file, then rename).
@@ -55,6 +70,7 @@ pub fn write(
     pipeline: &Pipeline,
     last_error: Option<&str>,
     libraries_loaded: u64,
+    quarantined: &[(String, String)],
 ) -> std::io::Result<()> {
     let status = Status {
         service: pipeline.service.to_string(),
@@ -76,6 +92,14 @@ pub fn write(
                 calls: a.factory.calls.load(Ordering::Relaxed),
                 faults: a.factory.faults.load(Ordering::Relaxed),
                 too_slow: a.factory.too_slow.load(Ordering::Relaxed),
+                hung: a.factory.hung.load(Ordering::Relaxed),
+            })
+            .collect(),
+        quarantined: quarantined
+            .iter()
+            .map(|(name, reason)| Quarantined {
+                name: name.clone(),
+                reason: reason.clone(),
             })
             .collect(),
     };

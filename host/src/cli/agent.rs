@@ -306,6 +306,11 @@ fn list(config: &HostConfig, only: Option<Service>) -> anyhow::Result<()> {
             "PRIORITY", "NAME", "CLASS", "ENABLED", "LOADED"
         );
         for (i, entry) in parsed.agents.iter().enumerate() {
+            let quarantined = running.as_ref().is_some_and(|s| {
+                s.quarantined
+                    .iter()
+                    .any(|q| q.name.eq_ignore_ascii_case(&entry.name.value))
+            });
             let loaded = running
                 .as_ref()
                 .and_then(|s| {
@@ -314,7 +319,13 @@ fn list(config: &HostConfig, only: Option<Service>) -> anyhow::Result<()> {
                         .find(|a| a.name.eq_ignore_ascii_case(&entry.name.value))
                 })
                 .map(|a| format!("gen {}", s_gen(running.as_ref(), a)))
-                .unwrap_or_else(|| "-".into());
+                .unwrap_or_else(|| {
+                    if quarantined {
+                        "quarantined".into()
+                    } else {
+                        "-".into()
+                    }
+                });
             println!(
                 "  {:<8} {:<24} {:<17} {:<7} {:<10} {}",
                 i + 1,
@@ -323,6 +334,12 @@ fn list(config: &HostConfig, only: Option<Service>) -> anyhow::Result<()> {
                 entry.enabled.value,
                 loaded,
                 entry.assembly.display()
+            );
+        }
+        for q in running.iter().flat_map(|s| &s.quarantined) {
+            println!(
+                "  quarantined: {} ({}); left out until its library or its entry changes",
+                q.name, q.reason
             );
         }
         if let Some(error) = running.as_ref().and_then(|s| s.last_error.as_ref()) {

@@ -40,6 +40,7 @@ pub fn run(config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::create_dir_all(config.run_dir())
         .with_context(|| format!("creating {}", config.run_dir().display()))?;
+    crate::agents::pool::AgentPool::init(config.agents.pool_threads);
     let libraries = Arc::new(Libraries::new(config.run_dir().join("shadow")));
     let mut hosts = Vec::new();
     let mut by_service = std::collections::HashMap::new();
@@ -50,6 +51,7 @@ pub fn run(config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
             file,
             Arc::clone(&libraries),
             Some(config.agents_status_path(service)),
+            config.agents.quarantine_after_hung,
         )
         .map_err(|d| anyhow::anyhow!("{}", crate::agents::diagnostic::render(&d)))?;
         by_service.insert(service, Arc::clone(&host));
@@ -81,6 +83,9 @@ pub fn run(config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
             .await
             .map_err(|e| anyhow::anyhow!("services stopped: {e}"))?
     })?;
+    // Nothing left to wait for: blocking file work still running gets a moment, hung agent
+    // calls (on their own threads) none.
+    runtime.shutdown_timeout(Duration::from_secs(1));
     drop(controller);
     tracing::info!(message = "mta stopped.");
     Ok(ExitCode::SUCCESS)

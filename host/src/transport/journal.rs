@@ -41,6 +41,10 @@ enum Request {
     Done {
         id: String,
     },
+    /// Makes everything written so far durable.
+    Sync {
+        ack: oneshot::Sender<io::Result<()>>,
+    },
 }
 
 /// The journal's handle; cheap to clone.
@@ -139,6 +143,16 @@ impl Journal {
             .map_err(|_| io::Error::other("the journal writer stopped"))?
     }
 
+    /// Waits until every record sent so far (done records included) is on disk.
+    pub async fn sync(&self) -> io::Result<()> {
+        let (ack, done) = oneshot::channel();
+        self.sender
+            .send(Request::Sync { ack })
+            .map_err(|_| io::Error::other("the journal writer stopped"))?;
+        done.await
+            .map_err(|_| io::Error::other("the journal writer stopped"))?
+    }
+
     /// Records that an item needs the journal no more.
     pub fn done(&self, id: &str) {
         let _ = self.sender.send(Request::Done { id: id.to_string() });
@@ -161,6 +175,7 @@ impl Writer {
         let mut buffer = Vec::with_capacity(1 << 20);
         while let Ok(first) = receiver.recv() {
             let mut acks = Vec::new();
+            let mut syncs = Vec::new();
             let mut finished = Vec::new();
             buffer.clear();
             let mut next = Some(first);
@@ -180,18 +195,25 @@ impl Writer {
                             finished.push(segment);
                         }
                     }
+                    Request::Sync { ack } => syncs.push(ack),
                 }
                 if acks.len() < BATCH_MAX {
                     next = receiver.try_recv().ok();
                 }
             }
             let result = self.file.write_all(&buffer).and_then(|()| {
-                if acks.is_empty() {
+                if acks.is_empty() && syncs.is_empty() {
                     Ok(())
                 } else {
                     self.file.sync_data()
                 }
             });
+            for ack in syncs {
+                let _ = ack.send(match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                });
+            }
             self.size += buffer.len() as u64;
             let failed = result
                 .as_ref()

@@ -241,3 +241,21 @@ impl Transport {
         })
     }
 }
+
+impl Transport {
+    /// At a stop: lets the deliveries under way finish (up to `timeout`), then makes every
+    /// journal record written so far durable, done records included, so a clean restart
+    /// delivers nothing twice.
+    pub async fn stop(&self, timeout: std::time::Duration) {
+        let started = std::time::Instant::now();
+        let drained = self.deliveries.drain(timeout).await;
+        if let Err(e) = self.queues.journal.sync().await {
+            tracing::error!(message = "Cannot flush the journal at the stop.", error = %e);
+        }
+        tracing::info!(
+            message = "Transport stopped.",
+            drained,
+            elapsed_ms = started.elapsed().as_millis() as u64
+        );
+    }
+}

@@ -39,6 +39,8 @@ struct Connection {
     session_properties: BTreeMap<String, String>,
     started: Instant,
     shutdown: watch::Receiver<bool>,
+    /// When the stop began, once it has.
+    drain_started: Option<Instant>,
 }
 
 /// Runs a connection to its end.
@@ -72,6 +74,7 @@ pub(super) async fn run(
         session_properties: BTreeMap::new(),
         started: Instant::now(),
         shutdown,
+        drain_started: None,
     };
     let span = tracing::info_span!("smtp", service = %connection.receiver.config.service, session = connection.id, peer = %peer);
     async move {
@@ -175,10 +178,21 @@ impl Connection {
         let remaining = config
             .session_timeout
             .saturating_sub(self.started.elapsed());
-        let wait = config.idle_timeout.min(remaining);
+        let mut wait = config.idle_timeout.min(remaining);
         if wait.is_zero() {
             return Err(Closed::Timeout);
         }
+        let stopping = *self.shutdown.borrow();
+        if stopping {
+            // At a stop, a transaction under way may finish, within the drain timeout.
+            let started = *self.drain_started.get_or_insert_with(Instant::now);
+            let left = config.drain_timeout.saturating_sub(started.elapsed());
+            if !session.busy() || left.is_zero() {
+                return Err(Closed::Shutdown);
+            }
+            wait = wait.min(left);
+        }
+        let busy = session.busy();
         // Read straight into the session's input buffer: an idle session holds no read buffer
         // beyond what it already had (memory per idle connection).
         let input = session.input_buffer();
@@ -189,13 +203,19 @@ impl Connection {
                 16 * 1024
             });
         }
-        let mut shutdown = self.shutdown.clone();
-        tokio::select! {
-            read = tokio::time::timeout(wait, self.stream.read_buf(input)) => match read {
+        let read =
+            |result: Result<std::io::Result<usize>, tokio::time::error::Elapsed>| match result {
+                Err(_) if stopping => Err(Closed::Shutdown),
                 Err(_) => Err(Closed::Timeout),
                 Ok(Ok(0)) | Ok(Err(_)) => Err(Closed::Eof),
                 Ok(Ok(_)) => Ok(()),
-            },
+            };
+        if stopping || busy {
+            return read(tokio::time::timeout(wait, self.stream.read_buf(input)).await);
+        }
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            result = tokio::time::timeout(wait, self.stream.read_buf(input)) => read(result),
             _ = shutdown.wait_for(|stop| *stop) => Err(Closed::Shutdown),
         }
     }

@@ -106,6 +106,8 @@ pub struct ReceiveConfig {
     pub session_timeout: Duration,
     /// LMTP instead of SMTP (Mailbox Transport delivery).
     pub lmtp: bool,
+    /// At a stop, how long sessions in the middle of a transaction may take to finish it.
+    pub drain_timeout: Duration,
     /// Concurrent connections.
     pub max_connections: usize,
     /// Concurrent connections from one IP.
@@ -169,6 +171,7 @@ impl ReceiveConfig {
             idle_timeout: Duration::from_secs(300),
             session_timeout: Duration::from_secs(1800),
             lmtp: service == Service::Mailbox,
+            drain_timeout: Duration::from_secs(30),
             max_connections: 5000,
             max_connections_per_ip: 100,
             trusted: Vec::new(),
@@ -291,7 +294,9 @@ impl Drop for IpSlot {
     }
 }
 
-/// Accepts connections until `shutdown` turns true, then waits for the sessions to end.
+/// Accepts connections until `shutdown` turns true, then drains: new connections get
+/// `421 4.3.2`, sessions in the middle of a transaction may finish it (up to the drain
+/// timeout), the others are told `421 4.3.2` at their next command.
 pub async fn serve(
     listener: TcpListener,
     receiver: Arc<Receiver>,
@@ -303,7 +308,7 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => break,
+            _ = shutdown.wait_for(|stop| *stop) => break,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => {
@@ -358,7 +363,34 @@ pub async fn serve(
             }
         });
     }
+    drain(listener, tasks, receiver.config.drain_timeout).await;
+}
+
+/// Refuses new connections with 421 while the sessions end, for at most `timeout`.
+async fn drain(listener: TcpListener, mut tasks: tokio::task::JoinSet<()>, timeout: Duration) {
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut refusals = tokio::task::JoinSet::new();
+    while !tasks.is_empty() {
+        tokio::select! {
+            _ = tasks.join_next() => {}
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    refusals.spawn(refuse(
+                        stream,
+                        "421 4.3.2 Service shutting down, try again later\r\n",
+                    ));
+                }
+            }
+            _ = &mut deadline => {
+                tracing::warn!(message = "Drain timeout: closing the sessions still open.", sessions = tasks.len());
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
     while tasks.join_next().await.is_some() {}
+    refusals.abort_all();
 }
 
 fn take_ip_slot(receiver: &Arc<Receiver>, peer: SocketAddr) -> Option<IpSlot> {

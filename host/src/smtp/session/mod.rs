@@ -361,6 +361,12 @@ impl Session {
         !self.output.is_empty()
     }
 
+    /// Whether a transaction is under way (MAIL accepted, or data or AUTH being read): at a
+    /// stop, the shell lets it finish.
+    pub fn busy(&self) -> bool {
+        self.txn.is_some() || matches!(self.mode, Mode::Data { .. } | Mode::AuthLine(_))
+    }
+
     /// The client closed the connection (or it broke).
     pub fn input_closed(&mut self) {
         self.closing

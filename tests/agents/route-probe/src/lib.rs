@@ -32,10 +32,14 @@ impl RouteProbe {
         Ok(())
     }
 
-    /// Panics when the `panic_event` parameter names this event.
+    /// Panics when the `panic_event` parameter names this event; never returns (an hour) when
+    /// `hang_event` does.
     fn maybe_panic(&self, event: &str) {
         if self.params.get("panic_event") == Some(event) {
             panic!("route probe panics in {event}");
+        }
+        if self.params.get("hang_event") == Some(event) {
+            std::thread::sleep(Duration::from_secs(3600));
         }
     }
 
@@ -136,7 +140,8 @@ impl RoutingAgent for RouteProbe {
 
 /// A delivery agent for the `PROBE` protocol: acks every recipient, or panics in the event named
 /// by its `panic` parameter (fails with an error text holding CR LF for `fail`); logs each
-/// event to `log` (`OnDeliverMailItem subject=...`). Keyed by the item's subject:
+/// event to `log` (`OnDeliverMailItem subject=...`); never returns from the event `hang` names.
+/// Keyed by the item's subject:
 /// `retry_subject` acks Retry, `defer_queue_subject` defers the queue for `defer_queue_ms`
 /// (once), `fail_queue_subject` fails the queue, `submit_subject` submits a new message to
 /// `submit_to`. `unregister` = true unregisters the connection after each item.
@@ -159,6 +164,9 @@ impl DeliveryProbe {
         }
         if self.params.get("panic") == Some(event) {
             panic!("delivery probe panics in {event}");
+        }
+        if self.params.get("hang") == Some(event) {
+            std::thread::sleep(Duration::from_secs(3600));
         }
         if self.params.get("fail") == Some(event) {
             // Text with control characters, as an agent may well produce.
