@@ -8,7 +8,7 @@ use std::fmt;
 /// digit of 2 to 5 and a second of 0 to 5 (RFC 5321 §4.2); the enhanced status code is
 /// `class.subject.detail` (RFC 3463) whose class equals the reply code's first digit. A 3xx reply
 /// has no enhanced code. The text may hold several lines (separated by `\n`) of at most 500
-/// characters and no other control character than TAB.
+/// bytes and no other control character than TAB.
 ///
 /// Text that comes from outside (a remote server's reply, an error message, a file) goes through
 /// [`SmtpResponse::sanitized`], which never fails.
@@ -93,7 +93,8 @@ impl SmtpResponse {
     ///
     /// An invalid reply code becomes 451 (554 for a 5xx class), an enhanced code that is not
     /// valid for the class becomes `class.0.0`, control characters become spaces, lines are cut
-    /// at 500 characters and at most [`MAX_LINES`](Self::MAX_LINES) lines are kept.
+    /// at 500 bytes (on a character boundary) and at most [`MAX_LINES`](Self::MAX_LINES) lines
+    /// are kept.
     ///
     /// ```
     /// use mta_agent_sdk::SmtpResponse;

@@ -104,7 +104,10 @@ fn run_one(target: &str, input: &[u8], scratch: &Path) {
             let _ = mta_host::agents::file::parse(Path::new("fuzz/agents.config"), text);
         }
         "replay" => {
-            let _ = Replay.read(input);
+            let _ = Replay {
+                postmaster: "postmaster@fuzz.test".into(),
+            }
+            .read(input);
         }
         "pickup" => {
             let _ = Pickup {

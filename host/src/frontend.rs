@@ -44,19 +44,25 @@ impl ProxySink {
         })
     }
 
-    /// A session with a node that answers, the client named to it with XCLIENT.
-    async fn connect(&self, xclient: &str) -> Option<Client> {
+    /// A session with a node that answers, the client named to it with XCLIENT. A node that
+    /// refuses the client for good (its agents, at OnConnect or EHLO) gives the client that
+    /// refusal; one that cannot be reached, or refuses for now, makes way for the next.
+    async fn connect(&self, xclient: &str) -> Result<Client, SmtpResponse> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..self.nodes.len() {
             let node = &self.nodes[(start + i) % self.nodes.len()];
             match Client::connect_naming(node, &self.hostname, TIMEOUT, xclient).await {
-                Ok(client) => return Some(client),
+                Ok(client) => return Ok(client),
+                Err(SendError::Rejected(_, r)) if r.is_permanent() => {
+                    tracing::info!(message = "Transport refused the client.", node = %node, reply = %r);
+                    return Err(r);
+                }
                 Err(e) => {
                     tracing::warn!(message = "Transport node unavailable; trying the next.", node = %node, error = %e);
                 }
             }
         }
-        None
+        Err(unavailable())
     }
 }
 
@@ -170,7 +176,7 @@ impl Transactions for Relay {
                 }
             }
             if self.upstream.is_none() {
-                self.upstream = self.proxy.connect(&named).await;
+                self.upstream = Some(self.proxy.connect(&named).await?);
                 self.named = named;
             }
             let Some(client) = self.upstream.as_ref() else {

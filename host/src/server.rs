@@ -167,7 +167,9 @@ pub async fn run(
             ),
             (
                 config.directories.replay.as_deref(),
-                Arc::new(crate::directories::replay::Replay),
+                Arc::new(crate::directories::replay::Replay {
+                    postmaster: organization.postmaster(),
+                }),
             ),
         ];
         for (dir, format) in formats {

@@ -39,6 +39,7 @@ impl Format for Pickup {
     }
 
     fn read(&self, raw: &[u8]) -> Result<MailItem, String> {
+        let raw = &crate::message::to_crlf(raw);
         let parsed = mail_parser::MessageParser::default()
             .parse_headers(raw)
             .ok_or("not a message: no header block")?;

@@ -7,7 +7,10 @@ use crate::message::{Envelope, EnvelopeRecipient, MailItem, Message};
 use crate::smtp::command::{self, Command};
 
 /// The replay format.
-pub struct Replay;
+pub struct Replay {
+    /// The address `X-Receiver: <Postmaster>` stands for.
+    pub postmaster: String,
+}
 
 impl Format for Replay {
     fn name(&self) -> &'static str {
@@ -17,7 +20,7 @@ impl Format for Replay {
     /// The envelope fields are read with the very parser of MAIL FROM and RCPT TO, so a replay
     /// file's parameters are checked and decoded as a client's would be.
     fn read(&self, raw: &[u8]) -> Result<MailItem, String> {
-        let mut message = Message::parse(raw);
+        let mut message = Message::parse(&crate::message::to_crlf(raw));
         let mut envelope = Envelope::default();
         let mut sender = None;
         // The envelope fields lead the header block.
@@ -39,8 +42,13 @@ impl Format for Replay {
                     let Ok(Command::Rcpt(to)) = command::parse(&line) else {
                         return Err(format!("X-Receiver: {}", refusal(&line)));
                     };
+                    let address = if to.address.eq_ignore_ascii_case("postmaster") {
+                        self.postmaster.clone()
+                    } else {
+                        to.address
+                    };
                     envelope.recipients.push(EnvelopeRecipient {
-                        address: to.address,
+                        address,
                         notify: to.notify,
                         orcpt: to.orcpt,
                         ..EnvelopeRecipient::default()
@@ -75,9 +83,15 @@ fn refusal(line: &str) -> String {
 mod tests {
     use super::*;
 
+    fn replay() -> Replay {
+        Replay {
+            postmaster: "postmaster@example.test".into(),
+        }
+    }
+
     #[test]
     fn envelope_from_x_fields_which_are_removed() {
-        let item = Replay
+        let item = replay()
             .read(b"X-Sender: <a@elsewhere.test> RET=HDRS ENVID=e1\r\nX-Receiver: <alice@example.test> NOTIFY=FAILURE\r\nX-Receiver: <bob@example.test>\r\nSubject: r\r\n\r\nbody\r\n")
             .unwrap();
         assert_eq!(item.envelope.from, "a@elsewhere.test");
@@ -96,17 +110,24 @@ mod tests {
     #[test]
     fn null_sender_is_allowed_missing_envelope_is_not() {
         assert_eq!(
-            Replay
+            replay()
                 .read(b"X-Sender: <>\r\nX-Receiver: <a@b.test>\r\n\r\nx")
                 .unwrap()
                 .envelope
                 .from,
             ""
         );
-        assert!(Replay.read(b"Subject: no envelope\r\n\r\nx").is_err());
-        assert!(Replay.read(b"X-Sender: <a@b.test>\r\n\r\nx").is_err());
-        assert!(Replay
+        assert!(replay().read(b"Subject: no envelope\r\n\r\nx").is_err());
+        assert!(replay().read(b"X-Sender: <a@b.test>\r\n\r\nx").is_err());
+        assert!(replay()
             .read(b"X-Sender: <a@b.test> ENVID=a+0D+0A\r\nX-Receiver: <a@b.test>\r\n\r\nx")
             .is_err());
+        let item = replay()
+            .read(b"X-Sender: <>\r\nX-Receiver: <Postmaster>\r\n\r\nx")
+            .unwrap();
+        assert_eq!(
+            item.envelope.recipients[0].address,
+            "postmaster@example.test"
+        );
     }
 }

@@ -93,7 +93,8 @@ fn deliver(
             }
             let answer = match store.deliver(&mailbox, &item.envelope.from, &r.address, &copy) {
                 Ok(path) => {
-                    tracing::info!(message = "Delivered.", recipient = ?r.address, queue_id = %item.id, path = %path.display());
+                    let message_id = item.message.header("Message-ID").unwrap_or_default();
+                    tracing::info!(message = "Delivered.", recipient = ?r.address, message_id = ?message_id, path = %path.display());
                     reply(250, "2.0.0", &format!("Delivered to {mailbox}"))
                 }
                 Err(e) if e.raw_os_error() == Some(28) => {

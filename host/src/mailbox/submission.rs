@@ -89,6 +89,7 @@ impl OutboxSubmission {
 
     async fn submit(&self, mailbox: &str, path: &Path) {
         let Ok(raw) = std::fs::read(path) else { return };
+        let raw = crate::message::to_crlf(&raw);
         let own = self.own_address(mailbox);
         let Some(parsed) = mail_parser::MessageParser::default().parse_headers(&raw) else {
             return self.refused(path, "not a message");
@@ -207,16 +208,16 @@ impl OutboxSubmission {
                         pass.sent = true;
                         pass.done.insert(rcpt.to_ascii_lowercase());
                     }
-                    Err(r) if r.code() == 452 || r.enhanced_code() == "4.5.3" => {
-                        again.push(rcpt.clone())
-                    }
-                    Err(r) if r.is_permanent() => {
+                    Err(refusal) if refusal.too_many_recipients() => again.push(rcpt.clone()),
+                    Err(refusal) if refusal.response.is_permanent() => {
                         pass.done.insert(rcpt.to_ascii_lowercase());
-                        pass.refused
-                            .push((EnvelopeRecipient::new(rcpt), Diagnosis::local(r)));
+                        pass.refused.push((
+                            EnvelopeRecipient::new(rcpt),
+                            Diagnosis::local(refusal.response),
+                        ));
                     }
-                    Err(r) => {
-                        tracing::info!(message = "Outbox recipient deferred.", recipient = ?rcpt, reply = %r);
+                    Err(refusal) => {
+                        tracing::info!(message = "Outbox recipient deferred.", recipient = ?rcpt, reply = %refusal.response);
                         pass.waiting += 1;
                     }
                 }

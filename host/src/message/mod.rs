@@ -11,6 +11,21 @@ pub mod parameters;
 
 pub use mail_item::{Envelope, EnvelopeRecipient, LastAttempt, MailItem, Trace};
 
+/// `bytes` with every bare LF made CRLF: files on disk (Maildir, pickup) have LF line endings,
+/// SMTP has CRLF, and a bare LF must not reach a next hop (some end the data at LF "." LF).
+pub fn to_crlf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
+    let mut previous = 0u8;
+    for &b in bytes {
+        if b == b'\n' && previous != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        previous = b;
+    }
+    out
+}
+
 /// A new Message-ID (`<nanoseconds.pid.counter@hostname>`), unique on this host.
 pub fn new_message_id(hostname: &str) -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -330,6 +345,12 @@ mod tests {
         m.prepend_header("Received", "from x").unwrap();
         assert_eq!(m.fields()[0].name(), "Received");
         assert!(m.prepend_header("Received", "from x\r\nBcc: y").is_err());
+    }
+
+    #[test]
+    fn files_get_crlf_line_endings() {
+        assert_eq!(to_crlf(b"a\nb\r\nc\rd\n"), b"a\r\nb\r\nc\rd\r\n");
+        assert_eq!(to_crlf(b""), b"");
     }
 
     #[test]

@@ -42,8 +42,29 @@ impl SendError {
 #[derive(Debug)]
 pub struct Sent {
     /// `Ok`: the server took the message for this recipient (its reply); `Err`: it refused
-    /// the recipient, or the message, with this reply.
-    pub recipients: Vec<Result<SmtpResponse, SmtpResponse>>,
+    /// the recipient, or the message.
+    pub recipients: Vec<Result<SmtpResponse, Refusal>>,
+}
+
+/// A refusal, and whether it came at RCPT (before any data was sent).
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    /// The server's reply.
+    pub response: SmtpResponse,
+    /// The reply to RCPT TO (rather than to DATA or the data).
+    pub at_rcpt: bool,
+}
+
+impl Refusal {
+    /// "Too many recipients" (RFC 5321 4.5.3.1.10: 452, which some old servers send as 552):
+    /// the recipient goes in another transaction at once. Only a reply to RCPT, and not one
+    /// that names another cause (452 4.3.1 is a full disk).
+    pub fn too_many_recipients(&self) -> bool {
+        let r = &self.response;
+        self.at_rcpt
+            && (matches!(r.enhanced_code(), "4.5.3" | "5.5.3")
+                || (r.code() == 452 && r.enhanced_code() == "4.0.0"))
+    }
 }
 
 /// Whether a connection uses STARTTLS.
@@ -167,10 +188,11 @@ impl Client {
             let r = client.command(&format!("XCLIENT {attributes}")).await?;
             match r.code() {
                 220 => {}
-                // The node does not take XCLIENT from us: go on as a plain client.
-                500..=504 | 550 => {
+                // The node does not offer XCLIENT to us: go on as a plain client.
+                500..=504 => {
                     tracing::debug!(message = "XCLIENT not taken.", peer = %addr, reply = %r)
                 }
+                // The node refused the client it names (its agents, at OnConnect).
                 _ => {
                     client.quit_ref().await;
                     return Err(SendError::Rejected(addr.into(), r));
@@ -324,11 +346,19 @@ impl Client {
             self.reset().await?;
             return Err(SendError::Rejected(self.peer.clone(), mail));
         }
+        let at_rcpt = |response: SmtpResponse| Refusal {
+            response,
+            at_rcpt: true,
+        };
+        let after = |response: SmtpResponse| Refusal {
+            response,
+            at_rcpt: false,
+        };
         let accepted = rcpts.iter().filter(|r| r.is_success()).count();
         if accepted == 0 {
             self.reset().await?;
             return Ok(Sent {
-                recipients: rcpts.into_iter().map(Err).collect(),
+                recipients: rcpts.into_iter().map(|r| Err(at_rcpt(r))).collect(),
             });
         }
         let go = self.command("DATA").await?;
@@ -337,7 +367,13 @@ impl Client {
             return Ok(Sent {
                 recipients: rcpts
                     .into_iter()
-                    .map(|r| Err(if r.is_success() { go.clone() } else { r }))
+                    .map(|r| {
+                        Err(if r.is_success() {
+                            after(go.clone())
+                        } else {
+                            at_rcpt(r)
+                        })
+                    })
                     .collect(),
             });
         }
@@ -350,7 +386,7 @@ impl Client {
             .into_iter()
             .map(|r| {
                 if !r.is_success() {
-                    return Err(r);
+                    return Err(at_rcpt(r));
                 }
                 let answer = single
                     .clone()
@@ -359,7 +395,7 @@ impl Client {
                 if answer.is_success() {
                     Ok(answer)
                 } else {
-                    Err(answer)
+                    Err(after(answer))
                 }
             })
             .collect();

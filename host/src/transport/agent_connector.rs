@@ -14,7 +14,8 @@
 //! - `defer_queue(delay)`: nothing is delivered through the connector until the delay is over;
 //!   this item and every later one wait for it;
 //! - `fail_queue`: this item and every item waiting in the connector's queue fail, each sender
-//!   getting a report; items that arrive later are delivered as usual;
+//!   getting a report (the delivery queue does that); items that arrive later are delivered as
+//!   usual;
 //! - `submit_message`: a new message enters the Submission queue.
 
 use super::delivery::{all, now_ms, Diagnosis, Outcome, Outcomes};
@@ -38,9 +39,8 @@ pub const IDLE: Duration = Duration::from_secs(1);
 pub struct AgentDelivery {
     /// Each recipient's outcome.
     pub outcomes: Outcomes,
-    /// The agent failed the whole queue: every item waiting in it should be tried now (it
-    /// fails).
-    pub queue_failed: bool,
+    /// The agent failed the whole queue with this reply: every item waiting in it fails.
+    pub queue_failed: Option<SmtpResponse>,
     /// Messages the agent submitted, for the Submission queue.
     pub submitted: Vec<MailItem>,
 }
@@ -48,6 +48,8 @@ pub struct AgentDelivery {
 /// An open connection: one agent instance that registered.
 struct Connection {
     set: AgentSet,
+    /// The next-hop domain its events are told.
+    next_hop: String,
     generation: u64,
     delivered: usize,
     idle_since: Instant,
@@ -63,8 +65,6 @@ struct Connector {
     available: tokio::sync::Notify,
     /// `defer_queue`: nothing is delivered before this time (ms since the epoch), and why.
     paused: Mutex<Option<(u64, SmtpResponse)>>,
-    /// `fail_queue`: items that arrived before this time (ms since the epoch) fail, and why.
-    failed: Mutex<Option<(u64, SmtpResponse)>>,
 }
 
 /// Delivery Agent connectors: the agent serving each, and their connections.
@@ -97,7 +97,6 @@ impl AgentConnectors {
                         idle: Mutex::new(Vec::new()),
                         available: tokio::sync::Notify::new(),
                         paused: Mutex::new(None),
-                        failed: Mutex::new(None),
                     };
                     (c.name.clone(), Arc::new(state))
                 })
@@ -169,6 +168,7 @@ impl AgentConnectors {
                         delivery.submitted = submitted;
                         Connection {
                             set,
+                            next_hop: next_hop.clone(),
                             generation,
                             delivered: 0,
                             idle_since: Instant::now(),
@@ -230,7 +230,10 @@ impl AgentConnectors {
             ..connection
         };
         let unregistered = cx.asked(|a| matches!(a, Action::UnregisterConnection));
-        if unregistered || connection.delivered >= state.max_messages || delivery.queue_failed {
+        if unregistered
+            || connection.delivered >= state.max_messages
+            || delivery.queue_failed.is_some()
+        {
             close(connection).await;
         } else {
             lock(&state.idle).push(connection);
@@ -269,13 +272,8 @@ impl Connector {
         }
     }
 
-    /// What the queue-wide actions of earlier deliveries decide for `item`, if anything.
+    /// What a `defer_queue` of an earlier delivery decides for `item`, if anything.
     fn queue_decision(&self, item: &MailItem) -> Option<Outcomes> {
-        if let Some((at, response)) = lock(&self.failed).clone() {
-            if item.trace.received_ms <= at {
-                return Some(all(item, Outcome::Fail(Diagnosis::local(response))));
-            }
-        }
         self.paused_outcome().map(|o| all(item, o))
     }
 
@@ -293,9 +291,9 @@ impl Connector {
         Some(Outcome::Retry(diagnosis))
     }
 
-    /// Applies `defer_queue` and `fail_queue`; whether the queue failed.
-    fn queue_actions(&self, actions: &[Action]) -> bool {
-        let mut failed = false;
+    /// Applies `defer_queue`; the reply of a `fail_queue`, if the agent asked for one.
+    fn queue_actions(&self, actions: &[Action]) -> Option<SmtpResponse> {
+        let mut failed = None;
         for action in actions {
             match action {
                 Action::DeferQueue { delay, response } => {
@@ -304,9 +302,8 @@ impl Connector {
                     tracing::info!(message = "Delivery agent deferred its queue.", delay_ms = delay.as_millis() as u64, reply = %response);
                 }
                 Action::FailQueue(response) => {
-                    *lock(&self.failed) = Some((now_ms(), response.clone()));
                     tracing::info!(message = "Delivery agent failed its queue.", reply = %response);
-                    failed = true;
+                    failed = Some(response.clone());
                 }
                 _ => {}
             }
@@ -346,8 +343,8 @@ async fn open(set: AgentSet, next_hop: &str, item: &MailItem) -> Opened {
 
 /// Raises OnCloseConnection on a connection that is done.
 async fn close(connection: Connection) {
-    let Connection { set, .. } = connection;
-    close_set(set, "").await;
+    let Connection { set, next_hop, .. } = connection;
+    close_set(set, &next_hop).await;
 }
 
 async fn close_set(set: AgentSet, next_hop: &str) {

@@ -103,14 +103,6 @@ pub fn all(item: &MailItem, outcome: Outcome) -> Outcomes {
         .collect()
 }
 
-/// Whether a refusal means "too many recipients in this transaction" (RFC 5321 4.5.3.1.10:
-/// 452, which some old servers send as 552): the rest go in another transaction at once.
-fn too_many_recipients(response: &SmtpResponse) -> bool {
-    response.code() == 452
-        || response.enhanced_code() == "4.5.3"
-        || response.enhanced_code() == "5.5.3"
-}
-
 /// Where an SMTP or LMTP delivery goes.
 pub struct Target<'a> {
     /// `host:port` to connect to.
@@ -180,22 +172,22 @@ pub async fn smtp(
         for (r, result) in part.envelope.recipients.iter().zip(sent.recipients) {
             match result {
                 Ok(_) => outcomes.push((r.clone(), Outcome::Delivered)),
-                Err(response) if too_many_recipients(&response) => again.push(r.clone()),
-                Err(response) => {
-                    outcomes.push((r.clone(), Outcome::refused(response, target.name)))
+                Err(refusal) if refusal.too_many_recipients() => {
+                    again.push((r.clone(), refusal.response))
+                }
+                Err(refusal) => {
+                    outcomes.push((r.clone(), Outcome::refused(refusal.response, target.name)))
                 }
             }
         }
         if again.len() == part.envelope.recipients.len() {
             // No progress at all: wait for a retry instead of looping.
-            let waiting = Outcome::Retry(Diagnosis::remote(
-                reply(452, "4.5.3", "Too many recipients"),
-                target.name,
-            ));
-            outcomes.extend(again.into_iter().map(|r| (r, waiting.clone())));
+            outcomes.extend(again.into_iter().map(|(r, response)| {
+                (r, Outcome::Retry(Diagnosis::remote(response, target.name)))
+            }));
             break;
         }
-        pending = again;
+        pending = again.into_iter().map(|(r, _)| r).collect();
     }
     Ok(outcomes)
 }
@@ -695,8 +687,8 @@ pub struct Deliverer {
 pub struct Attempted {
     /// Each recipient's outcome.
     pub outcomes: Outcomes,
-    /// A delivery agent failed its whole queue: what waits in it should be tried now.
-    pub queue_failed: bool,
+    /// A delivery agent failed its whole queue with this reply: what waits in it fails.
+    pub queue_failed: Option<SmtpResponse>,
     /// Messages a delivery agent submitted.
     pub submitted: Vec<MailItem>,
 }
@@ -772,7 +764,7 @@ impl Deliverer {
         use crate::routing::NextHop;
         let plain = |outcomes| Attempted {
             outcomes,
-            queue_failed: false,
+            queue_failed: None,
             submitted: Vec::new(),
         };
         let gone = |name: &str| {

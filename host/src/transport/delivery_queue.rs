@@ -312,15 +312,44 @@ impl DeliveryQueues {
         self.sequence.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Tries every copy waiting in the queue of `key` now (after a delivery agent failed its
-    /// queue, so they fail at once instead of at their next retry).
-    fn kick(&self, key: &QueueKey) {
-        if let Some(queue) = lock(&self.queues).get(key) {
+    /// Fails every copy waiting in `queue` (not those being delivered) with `response`: a
+    /// delivery agent failed its queue. Each sender gets a report.
+    async fn fail_waiting(&self, queue: &NextHopQueue, response: mta_agent_sdk::SmtpResponse) {
+        let waiting: Vec<Entry> = {
             let mut s = lock(&queue.state);
-            let due: Vec<Entry> = std::mem::take(&mut s.scheduled).into_values().collect();
-            s.ready.extend(due);
-            drop(s);
-            queue.wake.notify_one();
+            let mut all: Vec<Entry> = s.ready.drain(..).collect();
+            all.extend(std::mem::take(&mut s.scheduled).into_values());
+            s.memory_bytes = 0;
+            s.failed += all.len() as u64;
+            all
+        };
+        for entry in waiting {
+            let (item, settle, from_file) = match entry {
+                Entry::Memory { item, settle, .. } => (*item, settle, false),
+                Entry::File(id) => {
+                    let dir = Arc::clone(&queue.dir);
+                    match tokio::task::spawn_blocking(move || dir.load(&id)).await {
+                        Ok(Ok((item, _))) => (item, None, true),
+                        _ => continue,
+                    }
+                }
+            };
+            let failures = item
+                .envelope
+                .recipients
+                .iter()
+                .map(|r| (r.clone(), Diagnosis::local(response.clone())))
+                .collect();
+            self.reports
+                .notify(&item, failures, dsn::Kind::Failed)
+                .await;
+            if from_file {
+                let (dir, id) = (Arc::clone(&queue.dir), item.id.clone());
+                let _ = tokio::task::spawn_blocking(move || dir.remove(&id)).await;
+            }
+            if let Some(settle) = settle {
+                settle.one().await;
+            }
         }
     }
 
@@ -381,15 +410,19 @@ impl DeliveryQueues {
                 tracing::warn!(message = "Agent submission refused.", reply = %e);
             }
         }
-        if queue_failed {
-            self.kick(key);
+        if let Some(response) = queue_failed {
+            self.fail_waiting(queue, response).await;
         }
         let mut failures = Vec::new();
         let mut waiting: Vec<(EnvelopeRecipient, Diagnosis)> = Vec::new();
         let mut delivered = 0u64;
+        let latency_ms = now_ms().saturating_sub(item.trace.received_ms);
         for (r, outcome) in outcomes {
             match outcome {
-                Outcome::Delivered => delivered += 1,
+                Outcome::Delivered => {
+                    delivered += 1;
+                    tracing::info!(message = "Sent.", queue = %key.name(), queue_id = %item.id, recipient = ?r.address, latency_ms);
+                }
                 Outcome::Fail(why) => failures.push((r, why)),
                 Outcome::Retry(why) => waiting.push((r, why)),
             }

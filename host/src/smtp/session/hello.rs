@@ -167,9 +167,11 @@ impl Session {
     /// XCLIENT from a Front End node: the session starts over as the client it names.
     pub(super) fn xclient(&mut self, attributes: Vec<(String, String)>) -> Option<Effect> {
         if !self.is_front_end_node() {
+            // 502: a Front End that is not (or no longer) one of ours goes on as a plain
+            // client.
             self.refuse(
                 "XCLIENT",
-                reply(550, "5.7.0", "XCLIENT is not allowed from your address"),
+                reply(502, "5.7.0", "XCLIENT is not offered to your address"),
             );
             return None;
         }

@@ -424,7 +424,7 @@ fn a_front_end_names_its_client_and_agents_see_one_connect() {
         b"EHLO c\r\nXCLIENT ADDR=1.2.3.4\r\n",
         1000,
     );
-    assert_eq!(codes(&run.output), [220, 250, 550], "{}", run.output);
+    assert_eq!(codes(&run.output), [220, 250, 502], "{}", run.output);
     let run = drive(config(), all, "10.9.9.9:1000", b"EHLO fe\r\nNOOP\r\n", 1000);
     let names: Vec<Event> = run.events.iter().map(|(e, _)| *e).collect();
     assert_eq!(
