@@ -200,6 +200,20 @@ fn agents_that_hang_are_quarantined_and_the_server_keeps_serving() {
         "{}",
         mta.log()
     );
+    let (_, shown, _) = run_mta(
+        &dir.0,
+        &[
+            "--config",
+            mta.config.to_str().unwrap(),
+            "queue",
+            "show",
+            "poison",
+        ],
+    );
+    assert!(
+        shown.contains("reason: 2 agent faults; the last: agent \"Route Probe\""),
+        "{shown}"
+    );
     // Now mail flows, while the delivery agent hangs on the copies for probe.test.
     for i in 0..3 {
         send(
@@ -236,4 +250,87 @@ fn agents_that_hang_are_quarantined_and_the_server_keeps_serving() {
         "stopped in {:?}",
         stopping.elapsed()
     );
+}
+
+#[test]
+fn unreachable_mail_is_routed_again_at_start_up_and_expires_otherwise() {
+    let peer = Peer::start();
+    let dir = TestDir::new("unreachable");
+    let mut mta = Mta::start(
+        &dir,
+        "[routing]\nretry_base_ms = 100\nretry_max_ms = 200\n",
+        &[],
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    let r = smtp.send_mail(
+        "alice@example.test",
+        &["carol@far.test"],
+        "Subject: no route yet\n\nx\n",
+    );
+    assert_eq!(r.code, 250);
+    smtp.quit();
+    assert!(
+        wait_until(WAIT, || mta.queued("unreachable") == 1),
+        "{}",
+        mta.log()
+    );
+    let (_, shown, _) = run_mta(
+        &dir.0,
+        &[
+            "--config",
+            mta.config.to_str().unwrap(),
+            "queue",
+            "show",
+            "unreachable",
+        ],
+    );
+    assert!(
+        shown.contains("reason: no route for carol@far.test"),
+        "{shown}"
+    );
+    // A connector appears: at the next start the item goes out through it.
+    mta.stop();
+    let config = std::fs::read_to_string(&mta.config).unwrap();
+    std::fs::write(
+        &mta.config,
+        format!(
+            "{config}\n[[send_connectors]]\nname = \"Out\"\naddress_spaces = [\"SMTP:far.test;1\"]\nsmart_hosts = [\"{}\"]\ntls = \"none\"\n",
+            peer.address()
+        ),
+    )
+    .unwrap();
+    mta.spawn(&[]);
+    assert!(
+        wait_until(WAIT, || peer.messages().len() == 1),
+        "{}",
+        mta.log()
+    );
+    assert!(wait_until(WAIT, || mta.queued("unreachable") == 0));
+
+    // Without a route, an item expires like any other: its sender gets a 4.4.7 report.
+    let dir = TestDir::new("unreachable-expiry");
+    let mta = Mta::start(
+        &dir,
+        "[routing]\nretry_base_ms = 100\nretry_max_ms = 200\nexpiration_hours = 0\n",
+        &[],
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    let r = smtp.send_mail(
+        "alice@example.test",
+        &["dan@nowhere.test"],
+        "Subject: lost\n\nx\n",
+    );
+    assert_eq!(r.code, 250);
+    smtp.quit();
+    assert!(
+        wait_until(WAIT, || mta
+            .maildir("alice")
+            .iter()
+            .any(|m| m.contains("Undeliverable: lost"))),
+        "{}",
+        mta.log()
+    );
+    let report = mta.maildir("alice").remove(0);
+    assert!(report.contains("Status: 4.4.7"), "{report}");
+    assert!(wait_until(WAIT, || mta.queued("unreachable") == 0));
 }

@@ -96,12 +96,18 @@ fn a_client_transport_refuses_at_connect_is_refused_at_mail() {
     let log = dir.path("probe.log");
     dir.write(
         "agents.config",
-        &agents_xml(5000, &[Entry::probe("T", &log).param("reject", "OnConnect")]),
+        &agents_xml(
+            5000,
+            &[Entry::probe("T", &log).param("reject", "OnConnect")],
+        ),
     );
     let mta = Mta::start(&dir, "[agents]\ntransport = \"agents.config\"\n", &[]);
     let mut smtp = Smtp::ehlo(mta.frontend);
     let r = smtp.cmd("MAIL FROM:<a@elsewhere.test>");
     assert_eq!((r.code, r.enhanced()), (550, "5.7.1".into()), "{r:?}");
-    assert!(r.text().contains("probe T rejects"), "Transport's own reply: {r:?}");
+    assert!(
+        r.text().contains("probe T rejects"),
+        "Transport's own reply: {r:?}"
+    );
     smtp.quit();
 }

@@ -34,7 +34,7 @@ fn items(config: &HostConfig, queue: &str) -> anyhow::Result<Vec<(MailItem, u32)
     let q = QueueDir::open(&config.data_dir, queue)?;
     Ok(q.ids()?
         .into_iter()
-        .filter_map(|id| q.load(&id).ok())
+        .filter_map(|id| q.load_meta(&id).ok())
         .collect())
 }
 
@@ -65,7 +65,7 @@ pub fn run(config: &HostConfig, command: QueueCommand) -> anyhow::Result<ExitCod
                     .filter_map(|e| e.ok())
                     .filter(|e| e.path().is_dir())
                     .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n != "journal" && n != "tmp")
+                    .filter(|n| n != "journal" && n != "tmp" && n != "outbox")
                     .collect();
                 others.sort();
                 names.extend(others);
@@ -107,6 +107,31 @@ pub fn run(config: &HostConfig, command: QueueCommand) -> anyhow::Result<ExitCod
                         .map(|q| format!("  quarantined: {q}"))
                         .unwrap_or_default(),
                 );
+                if let Some(reason) = &item.trace.reason {
+                    println!("    reason: {reason}");
+                }
+                for r in &item.envelope.recipients {
+                    if let Some(last) = &r.last_attempt {
+                        println!(
+                            "    {}: last attempt {} {} {}{}",
+                            r.address,
+                            last.code,
+                            last.enhanced,
+                            last.text.replace('\n', " / "),
+                            last.remote_mta
+                                .as_deref()
+                                .map(|m| format!(" (from {m})"))
+                                .unwrap_or_default()
+                        );
+                    }
+                }
+                if item.trace.next_attempt_ms > 0 {
+                    let wait = item
+                        .trace
+                        .next_attempt_ms
+                        .saturating_sub(crate::transport::delivery::now_ms());
+                    println!("    next attempt in {}s", wait / 1000);
+                }
             }
         }
     }

@@ -112,6 +112,10 @@ pub struct Trace {
     /// Agent faults while categorizing it.
     #[serde(default)]
     pub faults: u32,
+    /// Why the item is parked (Poison: the agent faults; Unreachable: the recipients without a
+    /// route), for the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// Whether someone vouched for the sender: the client authenticated or was a trusted
     /// server, or the message came from this host (a directory, an agent, a mailbox). Only then
     /// may a failure report carry the whole message back (RET=FULL): otherwise anyone could

@@ -62,6 +62,8 @@ pub struct Categorizer {
 enum Origin {
     Journal,
     Deferred,
+    /// Resubmitted from the Unreachable queue (its routes may exist now).
+    Unreachable,
 }
 
 impl Categorizer {
@@ -100,7 +102,13 @@ impl Categorizer {
             );
         }
         for w in recovered {
-            let _ = self.work.send(w);
+            match w {
+                // A deferred item waits for the time it was deferred to, across a restart.
+                Work::Resubmit(id) => self.resubmit_at_its_time(id),
+                w => {
+                    let _ = self.work.send(w);
+                }
+            }
         }
         let mut in_flight = tokio::task::JoinSet::new();
         while let Some(w) = work.recv().await {
@@ -110,6 +118,21 @@ impl Categorizer {
             let this = Arc::clone(&self);
             in_flight.spawn(async move { this.process(w).await });
         }
+    }
+
+    fn resubmit_at_its_time(&self, id: String) {
+        let (queues, work) = (Arc::clone(&self.queues), self.work.clone());
+        tokio::spawn(async move {
+            let load = id.clone();
+            let due = tokio::task::spawn_blocking(move || queues.deferred.load_meta(&load))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map_or(0, |(item, _)| item.trace.next_attempt_ms);
+            let wait = due.saturating_sub(super::delivery::now_ms());
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let _ = work.send(Work::Resubmit(id));
+        });
     }
 
     async fn process(&self, work: Work) {
@@ -122,6 +145,15 @@ impl Categorizer {
                     tokio::task::spawn_blocking(move || queues.deferred.load(&load)).await
                 {
                     self.categorize(item, attempts, Origin::Deferred).await;
+                }
+            }
+            Work::Unreachable(id) => {
+                let queues = Arc::clone(&self.queues);
+                let load = id.clone();
+                if let Ok(Ok((item, attempts))) =
+                    tokio::task::spawn_blocking(move || queues.unreachable.load(&load)).await
+                {
+                    self.categorize(item, attempts, Origin::Unreachable).await;
                 }
             }
         }
@@ -217,8 +249,8 @@ impl Categorizer {
                         self.reports
                             .notify(&item, std::mem::take(&mut failures), dsn::Kind::Failed)
                             .await;
-                        tracing::warn!(message = "Routing agent fault.", agent = %fault.agent, event = %fault.event, error = %fault.message, queue_id = %id);
-                        return self.faulted(item, attempts, origin).await;
+                        tracing::warn!(message = "Routing agent fault.", agent = %fault.agent, event = %fault.event, error = ?fault.message, queue_id = %id);
+                        return self.faulted(item, attempts, origin, &fault).await;
                     }
                     match self.apply(&mut item, &cx.actions).await {
                         Next::Continue => {}
@@ -244,7 +276,7 @@ impl Categorizer {
                     self.reports
                         .notify(&kept, std::mem::take(&mut failures), dsn::Kind::Failed)
                         .await;
-                    return self.faulted(kept, attempts, origin).await;
+                    return self.faulted(kept, attempts, origin, &fault).await;
                 }
             }
         }
@@ -265,7 +297,13 @@ impl Categorizer {
         }
         if !unreachable.is_empty() {
             let mut parked = item.clone();
+            let addresses: Vec<&str> = unreachable.iter().map(|r| r.address.as_str()).collect();
+            parked.trace.reason = Some(format!("no route for {}", addresses.join(", ")));
             parked.envelope.recipients = unreachable;
+            if origin == Origin::Unreachable {
+                // Parked again: under a new id, as the old file goes with the release.
+                parked.id = self.queues.new_id();
+            }
             tracing::info!(message = "No route for recipients; parked in Unreachable.", queue_id = %id, recipients = parked.envelope.recipients.len());
             let queues = Arc::clone(&self.queues);
             let stored = tokio::task::spawn_blocking(move || {
@@ -287,6 +325,7 @@ impl Categorizer {
         let release = match origin {
             Origin::Journal => Release::Journal(id.clone()),
             Origin::Deferred => Release::Deferred(id.clone()),
+            Origin::Unreachable => Release::Unreachable(id.clone()),
         };
         let settle = Settle::new(Arc::clone(&self.queues), release, hops.len());
         let many = hops.len() > 1;
@@ -356,8 +395,18 @@ impl Categorizer {
         }
     }
 
-    async fn faulted(&self, mut item: MailItem, attempts: u32, origin: Origin) {
+    async fn faulted(
+        &self,
+        mut item: MailItem,
+        attempts: u32,
+        origin: Origin,
+        fault: &crate::agents::Fault,
+    ) {
         item.trace.faults += 1;
+        item.trace.reason = Some(format!(
+            "{} agent faults; the last: {fault}",
+            item.trace.faults
+        ));
         if item.trace.faults >= POISON_THRESHOLD {
             let queues = Arc::clone(&self.queues);
             let id = item.id.clone();
@@ -376,6 +425,9 @@ impl Categorizer {
 
     async fn defer(&self, mut item: MailItem, attempts: u32, origin: Origin, delay: Duration) {
         let id = item.id.clone();
+        // The time survives a restart.
+        item.trace.next_attempt_ms =
+            super::delivery::now_ms().saturating_add(delay.as_millis() as u64);
         let queues = Arc::clone(&self.queues);
         let stored =
             tokio::task::spawn_blocking(move || queues.deferred.store(&mut item, attempts + 1))
@@ -397,12 +449,15 @@ impl Categorizer {
 
     /// The item is fully handed on: remove it from where it came from.
     async fn release(&self, id: &str, origin: &Origin) {
+        let queues = Arc::clone(&self.queues);
+        let id = id.to_string();
         match origin {
-            Origin::Journal => self.queues.journal.done(id),
+            Origin::Journal => self.queues.journal.done(&id),
             Origin::Deferred => {
-                let queues = Arc::clone(&self.queues);
-                let id = id.to_string();
                 let _ = tokio::task::spawn_blocking(move || queues.deferred.remove(&id)).await;
+            }
+            Origin::Unreachable => {
+                let _ = tokio::task::spawn_blocking(move || queues.unreachable.remove(&id)).await;
             }
         }
     }

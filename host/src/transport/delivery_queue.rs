@@ -41,6 +41,8 @@ pub enum Release {
     Journal(String),
     /// The item's file in the deferred queue (removed).
     Deferred(String),
+    /// The item's file in the Unreachable queue (removed).
+    Unreachable(String),
 }
 
 /// Counts the unsettled copies of one item; the last one settled releases the item.
@@ -71,6 +73,10 @@ impl Settle {
             Some(Release::Deferred(id)) => {
                 let queues = Arc::clone(&self.queues);
                 let _ = tokio::task::spawn_blocking(move || queues.deferred.remove(&id)).await;
+            }
+            Some(Release::Unreachable(id)) => {
+                let queues = Arc::clone(&self.queues);
+                let _ = tokio::task::spawn_blocking(move || queues.unreachable.remove(&id)).await;
             }
             None => {}
         }

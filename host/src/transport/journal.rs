@@ -6,14 +6,21 @@
 //! durable, and only then is each client answered 250. So durability costs one flush per batch
 //! instead of one or two per message.
 //!
-//! When the categorizer is done with an item (delivered, or moved to a per-next-hop queue file
-//! that was itself fsync'd), a `done` record is appended without waiting for a flush: if a crash
-//! loses it, the item is simply processed again (at-least-once). A segment whose items are all
-//! done is deleted; segments rotate at [`SEGMENT_MAX`] bytes.
+//! When every copy of an item is settled (delivered, failed, or written to its delivery queue's
+//! fsync'd file), a `done` record is appended without waiting for a flush: if a crash loses it,
+//! the item is simply processed again (at-least-once); a stop flushes them ([`Journal::sync`]).
+//! A segment whose items are all done is deleted; segments rotate at [`SEGMENT_MAX`] bytes, and
+//! at each rotation the live records of older segments are carried forward into the new one
+//! (compaction), so one long-lived item never keeps later segments on disk.
+//!
+//! A write that fails (a full disk) fails its whole batch, and nothing more is written to that
+//! segment: appends are refused (the client gets 4xx) until a new segment could be opened, so a
+//! torn record can only ever be the last of its segment.
 //!
 //! Record: `0xA7, kind, len (u32 LE), payload, crc32(kind, len, payload) (u32 LE)`. Recovery
-//! reads every segment in order and stops a segment at its first torn or corrupt record (a
-//! record that was being written when the process died was never acknowledged).
+//! reads every segment in order. A torn record at the end of a segment was being written when
+//! the process died and was never acknowledged; a bad record anywhere else (a damaged disk) is
+//! logged with its offset and skipped, and reading goes on at the next valid record.
 
 use crate::message::MailItem;
 use crate::transport::submission_queue::{decode, encode};
@@ -26,6 +33,8 @@ use tokio::sync::oneshot;
 
 /// Segments rotate past this size.
 pub const SEGMENT_MAX: u64 = 64 * 1024 * 1024;
+/// Live records carried forward per rotation, at most (the rest at the next rotations).
+const CARRY_MAX: usize = 10_000;
 const MAGIC: u8 = 0xA7;
 const APPEND: u8 = 1;
 const DONE: u8 = 2;
@@ -57,6 +66,11 @@ impl Journal {
     /// Opens the journal in `dir`, returning it and the items that were accepted but not done
     /// before the last stop, oldest first, with their attempt counts.
     pub fn open(dir: &Path) -> io::Result<(Self, Vec<(MailItem, u32)>)> {
+        Self::open_with(dir, SEGMENT_MAX)
+    }
+
+    /// [`open`](Self::open) with segments rotating at `segment_max` bytes (tests use small ones).
+    pub fn open_with(dir: &Path, segment_max: u64) -> io::Result<(Self, Vec<(MailItem, u32)>)> {
         fs::create_dir_all(dir)?;
         let mut segments: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
@@ -114,12 +128,15 @@ impl Journal {
         let mut writer = Writer {
             dir: dir.to_path_buf(),
             current: next,
-            file: open_segment(dir, next)?,
+            file: Some(open_segment(dir, next)?),
             size: 0,
             counts,
             location,
+            segment_max,
         };
         writer.counts.entry(next).or_default();
+        // What earlier runs left live moves into the new segment, so the old ones can go.
+        writer.carry_forward();
         writer.collect();
         let (sender, receiver) = mpsc::channel();
         std::thread::Builder::new()
@@ -162,79 +179,165 @@ impl Journal {
 struct Writer {
     dir: PathBuf,
     current: u64,
-    file: File,
+    /// The current segment; `None` after a failed write until a new one could be opened.
+    file: Option<File>,
     size: u64,
     /// Live items per segment.
     counts: HashMap<u64, usize>,
     /// Segment of each live item.
     location: HashMap<String, u64>,
+    segment_max: u64,
 }
 
 impl Writer {
     fn run(&mut self, receiver: mpsc::Receiver<Request>) {
         let mut buffer = Vec::with_capacity(1 << 20);
         while let Ok(first) = receiver.recv() {
-            let mut acks = Vec::new();
+            let mut appends: Vec<(String, oneshot::Sender<io::Result<()>>)> = Vec::new();
+            let mut dones: Vec<String> = Vec::new();
             let mut syncs = Vec::new();
-            let mut finished = Vec::new();
             buffer.clear();
             let mut next = Some(first);
             while let Some(request) = next.take() {
                 match request {
                     Request::Append { id, payload, ack } => {
                         encode_record(&mut buffer, APPEND, &id, &payload);
-                        *self.counts.entry(self.current).or_default() += 1;
-                        if let Some(old) = self.location.insert(id, self.current) {
-                            finished.push(old);
-                        }
-                        acks.push(ack);
+                        appends.push((id, ack));
                     }
                     Request::Done { id } => {
                         encode_record(&mut buffer, DONE, &id, &[]);
-                        if let Some(segment) = self.location.remove(&id) {
-                            finished.push(segment);
-                        }
+                        dones.push(id);
                     }
                     Request::Sync { ack } => syncs.push(ack),
                 }
-                if acks.len() < BATCH_MAX {
+                if appends.len() < BATCH_MAX {
                     next = receiver.try_recv().ok();
                 }
             }
-            let result = self.file.write_all(&buffer).and_then(|()| {
-                if acks.is_empty() && syncs.is_empty() {
+            if self.file.is_none() {
+                // The last write failed: nothing more goes to that segment.
+                self.rotate();
+            }
+            let result = match self.file.as_mut() {
+                None => Err(io::Error::other(
+                    "no journal segment can be opened (is the disk full?)",
+                )),
+                Some(file) => file.write_all(&buffer).and_then(|()| {
+                    if appends.is_empty() && syncs.is_empty() {
+                        Ok(())
+                    } else {
+                        file.sync_data()
+                    }
+                }),
+            };
+            let failed = result.as_ref().err().map(|e| (e.kind(), e.raw_os_error()));
+            let error = || match failed {
+                Some((_, Some(code))) => io::Error::from_raw_os_error(code),
+                Some((kind, None)) => io::Error::new(kind, "journal write failed"),
+                None => io::Error::other("journal write failed"),
+            };
+            for ack in syncs {
+                let _ = ack.send(if failed.is_none() {
                     Ok(())
                 } else {
-                    self.file.sync_data()
-                }
-            });
-            for ack in syncs {
-                let _ = ack.send(match &result {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                    Err(error())
                 });
             }
-            self.size += buffer.len() as u64;
-            let failed = result
-                .as_ref()
-                .err()
-                .map(|e| (e.kind(), e.to_string(), e.raw_os_error()));
-            for ack in acks {
-                let _ = ack.send(match &failed {
-                    None => Ok(()),
-                    Some((kind, text, Some(code))) => {
-                        let _ = (kind, text);
-                        Err(io::Error::from_raw_os_error(*code))
+            if failed.is_some() {
+                // The batch is not on disk: its appends were refused (their clients get 4xx),
+                // so they are not live; its done records may be lost, which only means their
+                // items would be processed again after a crash. The segment is not written to
+                // again.
+                tracing::error!(message = "Journal write failed; appends are refused until a new segment is open.", segment = self.current, error = %error());
+                for (_, ack) in appends {
+                    let _ = ack.send(Err(error()));
+                }
+                for id in dones {
+                    if let Some(segment) = self.location.remove(&id) {
+                        self.release(segment);
                     }
-                    Some((kind, text, None)) => Err(io::Error::new(*kind, text.clone())),
-                });
+                }
+                self.file = None;
+                continue;
+            }
+            self.size += buffer.len() as u64;
+            let mut finished = Vec::new();
+            for (id, ack) in appends {
+                *self.counts.entry(self.current).or_default() += 1;
+                if let Some(old) = self.location.insert(id, self.current) {
+                    finished.push(old);
+                }
+                let _ = ack.send(Ok(()));
+            }
+            for id in dones {
+                if let Some(segment) = self.location.remove(&id) {
+                    finished.push(segment);
+                }
             }
             for segment in finished {
                 self.release(segment);
             }
-            if self.size >= SEGMENT_MAX || failed.is_some() {
+            if self.size >= self.segment_max {
                 self.rotate();
+                self.carry_forward();
             }
+        }
+    }
+
+    /// Copies the live records of the segments before the current one into it, so those
+    /// segments can go. Their items are found again at their new place after a crash (the
+    /// last append of an id wins).
+    fn carry_forward(&mut self) {
+        let old: Vec<u64> = {
+            let mut numbers: Vec<u64> = self
+                .counts
+                .iter()
+                .filter(|(n, c)| **n != self.current && **c > 0)
+                .map(|(n, _)| *n)
+                .collect();
+            numbers.sort_unstable();
+            numbers
+        };
+        let mut carried = 0;
+        for number in old {
+            if carried >= CARRY_MAX {
+                break;
+            }
+            let path = segment_path(&self.dir, number);
+            let Ok(records) = read_records(&path) else {
+                continue;
+            };
+            let mut buffer = Vec::new();
+            let mut moved = Vec::new();
+            for (kind, payload) in records {
+                let Some((id, rest)) = split_id(&payload) else {
+                    continue;
+                };
+                if kind == APPEND && self.location.get(&id) == Some(&number) {
+                    encode_record(&mut buffer, APPEND, &id, rest);
+                    moved.push(id);
+                }
+            }
+            let Some(file) = self.file.as_mut() else {
+                return;
+            };
+            if let Err(e) = file.write_all(&buffer).and_then(|()| file.sync_data()) {
+                tracing::error!(message = "Cannot carry journal records forward.", segment = number, error = %e);
+                self.file = None;
+                return;
+            }
+            self.size += buffer.len() as u64;
+            carried += moved.len();
+            for id in moved {
+                *self.counts.entry(self.current).or_default() += 1;
+                self.location.insert(id, self.current);
+                self.release(number);
+            }
+            tracing::debug!(
+                message = "Journal records carried forward.",
+                from = number,
+                to = self.current
+            );
         }
     }
 
@@ -265,13 +368,16 @@ impl Writer {
         let next = self.current + 1;
         match open_segment(&self.dir, next) {
             Ok(file) => {
-                self.file = file;
+                self.file = Some(file);
                 self.current = next;
                 self.size = 0;
                 self.counts.entry(next).or_default();
                 self.collect();
             }
-            Err(e) => tracing::error!(message = "Cannot open a new journal segment.", error = %e),
+            Err(e) => {
+                self.file = None;
+                tracing::error!(message = "Cannot open a new journal segment.", error = %e)
+            }
         }
     }
 }
@@ -335,33 +441,54 @@ fn encode_record(out: &mut Vec<u8>, kind: u8, id: &str, body: &[u8]) {
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
-/// The records of a segment up to its first torn or corrupt one.
+/// The records of a segment. A bad record before the end (damage) is reported and skipped:
+/// reading goes on at the next offset where a valid record starts. One at the very end (a torn
+/// write, never acknowledged) is ignored with a warning.
 fn read_records(path: &Path) -> io::Result<Vec<(u8, Vec<u8>)>> {
     let mut bytes = Vec::new();
     File::open(path)?.read_to_end(&mut bytes)?;
     let mut records = Vec::new();
     let mut pos = 0;
-    while pos + 10 <= bytes.len() {
-        if bytes[pos] != MAGIC {
-            break;
+    while pos < bytes.len() {
+        if let Some((kind, payload, next)) = record_at(&bytes, pos) {
+            records.push((kind, payload.to_vec()));
+            pos = next;
+            continue;
         }
-        let kind = bytes[pos + 1];
-        let len = u32::from_le_bytes(bytes[pos + 2..pos + 6].try_into().expect("4 bytes")) as usize;
-        let end = pos + 6 + len;
-        if end + 4 > bytes.len() {
-            break;
+        // Resynchronise: the next offset where a whole, valid record starts.
+        let resume = (pos + 1..bytes.len())
+            .filter(|&p| bytes[p] == MAGIC)
+            .find(|&p| record_at(&bytes, p).is_some());
+        match resume {
+            Some(at) => {
+                tracing::error!(message = "Damaged journal record skipped; reading goes on after it.", path = %path.display(), offset = pos, skipped_bytes = at - pos);
+                pos = at;
+            }
+            None => {
+                tracing::warn!(message = "Journal segment ends with an incomplete record (never acknowledged); ignored.", path = %path.display(), offset = pos, bytes = bytes.len() - pos);
+                break;
+            }
         }
-        let crc = u32::from_le_bytes(bytes[end..end + 4].try_into().expect("4 bytes"));
-        if crc32fast::hash(&bytes[pos + 1..end]) != crc {
-            break;
-        }
-        records.push((kind, bytes[pos + 6..end].to_vec()));
-        pos = end + 4;
-    }
-    if pos < bytes.len() {
-        tracing::warn!(message = "Journal segment ends with an incomplete record (never acknowledged); ignored.", path = %path.display(), bytes = bytes.len() - pos);
     }
     Ok(records)
+}
+
+/// The record starting at `pos`, if a whole one with a valid checksum is there: its kind, its
+/// payload and where the next one starts.
+fn record_at(bytes: &[u8], pos: usize) -> Option<(u8, &[u8], usize)> {
+    if *bytes.get(pos)? != MAGIC {
+        return None;
+    }
+    let kind = *bytes.get(pos + 1)?;
+    let mut len = [0u8; 4];
+    len.copy_from_slice(bytes.get(pos + 2..pos + 6)?);
+    let end = (pos + 6).checked_add(u32::from_le_bytes(len) as usize)?;
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(bytes.get(end..end.checked_add(4)?)?);
+    if crc32fast::hash(&bytes[pos + 1..end]) != u32::from_le_bytes(crc) {
+        return None;
+    }
+    Some((kind, &bytes[pos + 6..end], end + 4))
 }
 
 fn split_id(payload: &[u8]) -> Option<(String, &[u8])> {
@@ -388,6 +515,69 @@ mod tests {
             message: Message::parse(format!("Subject: {id}\r\n\r\nx\r\n").as_bytes()),
             ..Default::default()
         }
+    }
+
+    fn segments(dir: &Path) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_long_lived_item_is_carried_forward_and_pins_no_segment() {
+        let dir = std::env::temp_dir().join(format!("mta-journal-carry-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        {
+            let (j, _) = Journal::open_with(&dir, 2000).unwrap();
+            j.append(&item("LONG"), 3).await.unwrap();
+            for n in 0..100 {
+                let id = format!("short-{n}");
+                j.append(&item(&id), 0).await.unwrap();
+                j.done(&id);
+            }
+            j.sync().await.unwrap();
+            assert!(
+                segments(&dir).len() <= 3,
+                "segments kept: {:?}",
+                segments(&dir)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (_j, recovered) = Journal::open_with(&dir, 2000).unwrap();
+        let ids: Vec<(String, u32)> = recovered.iter().map(|(i, a)| (i.id.clone(), *a)).collect();
+        assert_eq!(ids, [("LONG".to_string(), 3)]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_damaged_record_costs_only_itself() {
+        let dir = std::env::temp_dir().join(format!("mta-journal-damage-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        {
+            let (j, _) = Journal::open(&dir).unwrap();
+            for id in ["A", "B", "C"] {
+                j.append(&item(id), 0).await.unwrap();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Flip a byte inside B's record.
+        let path = segments(&dir).pop().unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        let at = bytes.windows(10).position(|w| w == b"Subject: B").unwrap();
+        bytes[at + 9] ^= 0x20;
+        fs::write(&path, &bytes).unwrap();
+        let (_j, recovered) = Journal::open(&dir).unwrap();
+        let ids: Vec<String> = recovered.iter().map(|(i, _)| i.id.clone()).collect();
+        assert_eq!(
+            ids,
+            ["A", "C"],
+            "the records after the damaged one are read"
+        );
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]

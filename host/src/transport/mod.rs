@@ -18,6 +18,7 @@ pub mod dsn;
 pub mod journal;
 pub mod reports;
 pub mod submission_queue;
+pub mod unreachable;
 
 use crate::message::MailItem;
 use crate::smtp::receive::{ready, BoxFuture, Sink, Transactions};
@@ -53,6 +54,8 @@ pub enum Work {
     Fresh(Box<MailItem>, u32),
     /// A deferred item to categorize again.
     Resubmit(String),
+    /// An item of the Unreachable queue to categorize again (routes may exist now).
+    Unreachable(String),
 }
 
 impl Queues {
@@ -221,6 +224,13 @@ impl Transport {
         if waiting > 0 {
             tracing::info!(message = "Delivery queues recovered.", copies = waiting);
         }
+        tokio::spawn(unreachable::run(
+            Arc::clone(&queues),
+            Arc::clone(&reports),
+            work_tx.clone(),
+            std::time::Duration::from_secs(config.routing.expiration_hours * 3600),
+            std::time::Duration::from_millis(config.routing.retry_max_ms),
+        ));
         let categorizer = Arc::new(categorizer::Categorizer::new(
             config,
             Arc::clone(&queues),
