@@ -334,3 +334,102 @@ fn unreachable_mail_is_routed_again_at_start_up_and_expires_otherwise() {
     assert!(report.contains("Status: 4.4.7"), "{report}");
     assert!(wait_until(WAIT, || mta.queued("unreachable") == 0));
 }
+
+#[test]
+fn back_pressure_refuses_new_mail_over_the_high_mark_and_takes_it_again_under_the_low_mark() {
+    let dir = TestDir::new("back-pressure");
+    let hold = dir.path("hold");
+    std::fs::write(&hold, b"").unwrap();
+    dir.write(
+        "agents.config",
+        &agents_xml(
+            120_000,
+            &[Entry {
+                name: "Holder",
+                base_type: "RoutingAgent",
+                factory: "Tests.RouteProbeFactory",
+                assembly: lib("route-probe").display().to_string(),
+                enabled: true,
+                params: vec![("hold_file", hold.display().to_string())],
+            }],
+        ),
+    );
+    let mta = Mta::start(
+        &dir,
+        "[agents]\ntransport = \"agents.config\"\n[back_pressure]\nqueued_items_high = 10\nqueued_items_low = 5\n",
+        &[],
+    );
+    // The categorizer is held: every accepted message stays queued in memory.
+    let mut accepted = 0;
+    let mut refused = None;
+    for i in 0..30 {
+        let mut smtp = Smtp::ehlo(mta.transport);
+        let r = smtp.cmd("MAIL FROM:<someone@elsewhere.test>");
+        if r.code != 250 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(smtp.cmd("RCPT TO:<alice@example.test>").code, 250);
+        assert_eq!(smtp.cmd("DATA").code, 354);
+        smtp.send(format!("Subject: pressed {i}\r\n\r\nx\r\n.\r\n").as_bytes());
+        assert_eq!(smtp.read_reply().code, 250);
+        smtp.quit();
+        accepted += 1;
+    }
+    let refused = refused.expect("MAIL refused over the high-water mark");
+    assert_eq!(
+        (refused.code, refused.enhanced()),
+        (452, "4.3.1".to_string()),
+        "{refused:?}"
+    );
+    assert_eq!(accepted, 10, "refused exactly at the high-water mark");
+    assert!(mta.wait_log("Back pressure: new mail is refused", 1, WAIT));
+    // The pickup directory waits too.
+    dir.write(
+        "mta-data/pickup/waiting.eml",
+        "From: op@example.test\r\nTo: alice@example.test\r\nSubject: picked up\r\n\r\nx\r\n",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        dir.path("mta-data/pickup/waiting.eml").exists(),
+        "pickup paused"
+    );
+    let (_, listing, _) = run_mta(
+        &dir.0,
+        &["--config", mta.config.to_str().unwrap(), "queue", "list"],
+    );
+    assert!(
+        listing.contains("new mail refused (452 4.3.1)"),
+        "{listing}"
+    );
+    assert!(listing.contains("OVER"), "{listing}");
+    // Released: the backlog drains under the low-water mark, mail is taken again, nothing
+    // accepted was lost.
+    std::fs::remove_file(&hold).unwrap();
+    assert!(
+        mta.wait_log("Back pressure relieved", 1, WAIT),
+        "{}",
+        mta.log()
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    let r = smtp.send_mail(
+        "someone@elsewhere.test",
+        &["alice@example.test"],
+        "Subject: after\n\nx\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    smtp.quit();
+    assert!(
+        wait_until(WAIT, || mta.maildir("alice").len() == 12),
+        "{} delivered\n{}",
+        mta.maildir("alice").len(),
+        mta.log()
+    );
+    let got = mta.maildir("alice");
+    for subject in (0..10)
+        .map(|i| format!("Subject: pressed {i}\n"))
+        .chain(["Subject: picked up\n".into(), "Subject: after\n".into()])
+    {
+        assert!(got.iter().any(|m| m.contains(&subject)), "{subject} lost");
+    }
+}

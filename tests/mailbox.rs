@@ -68,7 +68,7 @@ for key, msg in box.items():
 #[test]
 fn a_partly_failed_mailbox_delivery_retries_only_the_recipient_that_failed() {
     let dir = TestDir::new("partial-delivery");
-    let mta = Mta::start(
+    let mut mta = Mta::start(
         &dir,
         "[routing]\nretry_base_ms = 100\nretry_max_ms = 200\n",
         &[],
@@ -99,6 +99,17 @@ fn a_partly_failed_mailbox_delivery_retries_only_the_recipient_that_failed() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(mta.maildir("alice").len(), 1);
     assert_eq!(mta.maildir("bob").len(), 1);
+    // The retried delivery was recorded as done: a restart delivers nothing again.
+    assert!(mta.stop().is_some_and(|s| s.success()));
+    mta.spawn(&[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        (mta.maildir("alice").len(), mta.maildir("bob").len()),
+        (1, 1),
+        "{}",
+        mta.log()
+    );
+    assert_eq!(mta.queued("delivery-mailbox"), 0);
 }
 
 #[test]

@@ -41,6 +41,8 @@ pub struct HostConfig {
     /// At a stop (SIGTERM), how long sessions and deliveries under way may take to finish, in
     /// seconds.
     pub drain_timeout_secs: u64,
+    /// Back pressure: the marks over which the Transport service takes no new mail.
+    pub back_pressure: BackPressureConfig,
     /// Where the configuration was read from (`None`: embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -135,6 +137,110 @@ impl ListenerConfig {
             frontend_nodes: None,
             transport_nodes: None,
         }
+    }
+}
+
+/// `[back_pressure]`: over any high-water mark the Transport service answers new MAIL with
+/// 452 4.3.1 and the pickup and replay directories pause; once every resource is under its
+/// low-water mark, mail is taken again.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackPressureConfig {
+    /// Items accepted and not yet settled (waiting for the categorizer or in a delivery
+    /// queue's memory).
+    pub queued_items_high: u64,
+    /// See `queued_items_high`.
+    pub queued_items_low: u64,
+    /// The bytes of those items held in memory, in MiB (a spooled body counts as its
+    /// reference only: it is on disk).
+    pub queued_mb_high: u64,
+    /// See `queued_mb_high`.
+    pub queued_mb_low: u64,
+    /// The process's resident memory, as a percentage of the machine's.
+    pub memory_percent_high: u64,
+    /// See `memory_percent_high`.
+    pub memory_percent_low: u64,
+    /// Used space of the file system holding the queue, as a percentage.
+    pub disk_percent_high: u64,
+    /// See `disk_percent_high`.
+    pub disk_percent_low: u64,
+}
+
+impl Default for BackPressureConfig {
+    fn default() -> Self {
+        Self {
+            queued_items_high: 2000,
+            queued_items_low: 1500,
+            queued_mb_high: 48,
+            queued_mb_low: 32,
+            memory_percent_high: 75,
+            memory_percent_low: 70,
+            disk_percent_high: 99,
+            disk_percent_low: 97,
+        }
+    }
+}
+
+impl BackPressureConfig {
+    /// Each mark pair, by key name: (low key, low, high key, high, percentage?).
+    fn pairs(&self) -> [(&'static str, u64, &'static str, u64, bool); 4] {
+        [
+            (
+                "queued_items_low",
+                self.queued_items_low,
+                "queued_items_high",
+                self.queued_items_high,
+                false,
+            ),
+            (
+                "queued_mb_low",
+                self.queued_mb_low,
+                "queued_mb_high",
+                self.queued_mb_high,
+                false,
+            ),
+            (
+                "memory_percent_low",
+                self.memory_percent_low,
+                "memory_percent_high",
+                self.memory_percent_high,
+                true,
+            ),
+            (
+                "disk_percent_low",
+                self.disk_percent_low,
+                "disk_percent_high",
+                self.disk_percent_high,
+                true,
+            ),
+        ]
+    }
+
+    /// Checks that each low-water mark is under its high-water mark and percentages are
+    /// percentages; the error names the key at its place in `text`.
+    fn check(&self, path: &Path, text: &str) -> Result<(), Diagnostic> {
+        let at = |key: &str| {
+            let table = text.find("[back_pressure]").unwrap_or(0);
+            text[table..]
+                .find(key)
+                .map(|i| Position::at(path, text, table + i))
+                .unwrap_or_else(|| Position::file(path))
+        };
+        for (low_key, low, high_key, high, percent) in self.pairs() {
+            if percent && high > 100 {
+                return Err(Diagnostic::new(
+                    &at(high_key),
+                    format!("[back_pressure] {high_key} = {high}: expected a percentage, 1 to 100"),
+                ));
+            }
+            if high == 0 || low >= high {
+                return Err(Diagnostic::new(
+                    &at(low_key),
+                    format!("[back_pressure] {low_key} = {low} must be under {high_key} = {high} (and {high_key} above 0)"),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -421,6 +527,7 @@ impl Default for HostConfig {
             delivery_agent_connectors: Vec::new(),
             foreign_connectors: Vec::new(),
             drain_timeout_secs: 30,
+            back_pressure: BackPressureConfig::default(),
             source: None,
         }
     }
@@ -443,6 +550,7 @@ impl HostConfig {
                 .unwrap_or_else(|| Position::file(path));
             Diagnostic::new(&position, e.message().to_string())
         })?;
+        config.back_pressure.check(path, &text)?;
         config.source = Some(path.to_path_buf());
         let dir = path
             .parent()
@@ -526,5 +634,37 @@ impl HostConfig {
     /// The status file of a service's agent host.
     pub fn agents_status_path(&self, service: Service) -> PathBuf {
         self.run_dir().join(format!("agents-{service}.json"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<HostConfig, Diagnostic> {
+        let path = std::env::temp_dir().join(format!("mta-config-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let loaded = HostConfig::load(Some(&path));
+        let _ = std::fs::remove_file(&path);
+        loaded
+    }
+
+    #[test]
+    fn back_pressure_marks_are_checked_with_their_place() {
+        let e = load(
+            "hostname = \"x\"\n[back_pressure]\nqueued_items_high = 10\nqueued_items_low = 10\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.position.line, e.position.column), (4, 1), "{e}");
+        assert!(
+            e.message
+                .contains("queued_items_low = 10 must be under queued_items_high = 10"),
+            "{e}"
+        );
+        let e = load("[back_pressure]\ndisk_percent_high = 120\n").unwrap_err();
+        assert_eq!(e.position.line, 2, "{e}");
+        assert!(e.message.contains("expected a percentage"), "{e}");
+        let ok = load("[back_pressure]\nqueued_items_high = 10\nqueued_items_low = 5\n").unwrap();
+        assert_eq!(ok.back_pressure.queued_items_high, 10);
     }
 }

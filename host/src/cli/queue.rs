@@ -81,6 +81,7 @@ pub fn run(config: &HostConfig, command: QueueCommand) -> anyhow::Result<ExitCod
                     .unwrap_or_else(|| "-".into());
                 println!("{:<40} {:>8} {:>10}", name, list.len(), oldest);
             }
+            print_live(config);
         }
         QueueCommand::Show { queue } => {
             for (item, attempts) in items(config, &queue)? {
@@ -136,4 +137,58 @@ pub fn run(config: &HostConfig, command: QueueCommand) -> anyhow::Result<ExitCod
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The running server's back pressure and delivery queues, from its status file.
+fn print_live(config: &HostConfig) {
+    let Some(live) = crate::transport::status::read(&config.run_dir().join("queues.json")) else {
+        println!(
+            "\nBack pressure: not running (no recent {})",
+            config.run_dir().join("queues.json").display()
+        );
+        return;
+    };
+    let bp = &live.back_pressure;
+    println!(
+        "\nBack pressure: {}",
+        if bp.refusing {
+            "new mail refused (452 4.3.1)"
+        } else {
+            "normal, new mail accepted"
+        }
+    );
+    for r in &bp.readings {
+        let show = |n: u64| match r.unit.as_str() {
+            "bytes" => format!("{:.1} MiB", n as f64 / (1 << 20) as f64),
+            "percent" => format!("{n}%"),
+            _ => n.to_string(),
+        };
+        println!(
+            "  {:<14} {:>10}  high {:>10}  low {:>10}{}",
+            r.resource,
+            show(r.value),
+            show(r.high),
+            show(r.low),
+            if r.over { "  OVER" } else { "" }
+        );
+    }
+    if live.queues.is_empty() {
+        return;
+    }
+    println!(
+        "\n{:<40} {:>7} {:>7} {:>9} {:>9} {:>7}  LAST ERROR",
+        "DELIVERY QUEUE", "ACTIVE", "RETRY", "IN FLIGHT", "DELIVERED", "FAILED"
+    );
+    for q in &live.queues {
+        println!(
+            "{:<40} {:>7} {:>7} {:>9} {:>9} {:>7}  {}",
+            q.name,
+            q.active,
+            q.retry,
+            q.in_flight,
+            q.delivered,
+            q.failed,
+            q.last_error.as_deref().unwrap_or("-").replace('\n', " / ")
+        );
+    }
 }

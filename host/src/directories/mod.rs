@@ -42,6 +42,10 @@ pub async fn watch(
     }
     loop {
         for path in files(&dir, "eml").into_iter().take(per_poll) {
+            if sink.paused() {
+                // Back pressure: the files wait where they are.
+                break;
+            }
             take(&path, format.as_ref(), sink.as_ref()).await;
         }
         tokio::select! {

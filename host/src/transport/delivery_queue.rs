@@ -242,8 +242,10 @@ impl DeliveryQueues {
             let s = lock(&queue.state);
             (s.ready.len() + s.scheduled.len(), s.memory_bytes)
         };
-        if backlog >= SPILL_ITEMS || bytes >= SPILL_BYTES {
-            // A backlog in memory: keep the copy on disk instead.
+        // A backlog in memory, or memory getting tight for the node while this queue has
+        // copies waiting: keep the copy on disk instead.
+        let tight = backlog > 0 && self.submission.pressure.tight();
+        if backlog >= SPILL_ITEMS || bytes >= SPILL_BYTES || tight {
             item.trace.next_hop = Some(key.hop.key());
             item.trace.next_hop_domain = key.domain.clone();
             item.trace.next_attempt_ms = now_ms();

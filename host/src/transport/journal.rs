@@ -26,9 +26,10 @@ use crate::message::MailItem;
 use crate::transport::submission_queue::{decode, encode};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use tokio::sync::oneshot;
 
 /// Segments rotate past this size.
@@ -60,6 +61,38 @@ enum Request {
 #[derive(Clone)]
 pub struct Journal {
     sender: mpsc::Sender<Request>,
+    load: Arc<Load>,
+}
+
+/// What the journal holds live: the items accepted and not yet settled, and the bytes of their
+/// records. Each is also in memory (waiting for the categorizer or in a delivery queue), so
+/// back pressure watches these.
+#[derive(Debug, Default)]
+pub struct Load {
+    items: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Load {
+    /// Live items.
+    pub fn items(&self) -> u64 {
+        self.items.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of their records (a spooled body counts as its reference only).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, bytes: u64) {
+        self.items.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn remove(&self, bytes: u64) {
+        self.items.fetch_sub(1, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
 }
 
 impl Journal {
@@ -105,6 +138,7 @@ impl Journal {
         let mut counts: HashMap<u64, usize> = HashMap::new();
         let mut location = HashMap::new();
         let mut items = Vec::new();
+        let load = Arc::new(Load::default());
         for id in order {
             let Some((segment, bytes)) = live.remove(&id) else {
                 continue;
@@ -112,7 +146,8 @@ impl Journal {
             match decode(&id, &bytes) {
                 Ok(item) => {
                     *counts.entry(segment).or_default() += 1;
-                    location.insert(id, segment);
+                    load.add(bytes.len() as u64);
+                    location.insert(id, (segment, bytes.len() as u64));
                     items.push(item);
                 }
                 Err(e) => {
@@ -133,6 +168,7 @@ impl Journal {
             counts,
             location,
             segment_max,
+            load: Arc::clone(&load),
         };
         writer.counts.entry(next).or_default();
         // What earlier runs left live moves into the new segment, so the old ones can go.
@@ -142,7 +178,12 @@ impl Journal {
         std::thread::Builder::new()
             .name("queue-journal".into())
             .spawn(move || writer.run(receiver))?;
-        Ok((Self { sender }, items))
+        Ok((Self { sender, load }, items))
+    }
+
+    /// What the journal holds live.
+    pub fn load(&self) -> &Arc<Load> {
+        &self.load
     }
 
     /// Appends an item and waits until it is durable.
@@ -184,16 +225,17 @@ struct Writer {
     size: u64,
     /// Live items per segment.
     counts: HashMap<u64, usize>,
-    /// Segment of each live item.
-    location: HashMap<String, u64>,
+    /// Segment and record size of each live item.
+    location: HashMap<String, (u64, u64)>,
     segment_max: u64,
+    load: Arc<Load>,
 }
 
 impl Writer {
     fn run(&mut self, receiver: mpsc::Receiver<Request>) {
         let mut buffer = Vec::with_capacity(1 << 20);
         while let Ok(first) = receiver.recv() {
-            let mut appends: Vec<(String, oneshot::Sender<io::Result<()>>)> = Vec::new();
+            let mut appends: Vec<(String, u64, oneshot::Sender<io::Result<()>>)> = Vec::new();
             let mut dones: Vec<String> = Vec::new();
             let mut syncs = Vec::new();
             buffer.clear();
@@ -202,7 +244,7 @@ impl Writer {
                 match request {
                     Request::Append { id, payload, ack } => {
                         encode_record(&mut buffer, APPEND, &id, &payload);
-                        appends.push((id, ack));
+                        appends.push((id, payload.len() as u64, ack));
                     }
                     Request::Done { id } => {
                         encode_record(&mut buffer, DONE, &id, &[]);
@@ -249,11 +291,12 @@ impl Writer {
                 // items would be processed again after a crash. The segment is not written to
                 // again.
                 tracing::error!(message = "Journal write failed; appends are refused until a new segment is open.", segment = self.current, error = %error());
-                for (_, ack) in appends {
+                for (_, _, ack) in appends {
                     let _ = ack.send(Err(error()));
                 }
                 for id in dones {
-                    if let Some(segment) = self.location.remove(&id) {
+                    if let Some((segment, size)) = self.location.remove(&id) {
+                        self.load.remove(size);
                         self.release(segment);
                     }
                 }
@@ -262,15 +305,18 @@ impl Writer {
             }
             self.size += buffer.len() as u64;
             let mut finished = Vec::new();
-            for (id, ack) in appends {
+            for (id, size, ack) in appends {
                 *self.counts.entry(self.current).or_default() += 1;
-                if let Some(old) = self.location.insert(id, self.current) {
+                self.load.add(size);
+                if let Some((old, old_size)) = self.location.insert(id, (self.current, size)) {
+                    self.load.remove(old_size);
                     finished.push(old);
                 }
                 let _ = ack.send(Ok(()));
             }
             for id in dones {
-                if let Some(segment) = self.location.remove(&id) {
+                if let Some((segment, size)) = self.location.remove(&id) {
+                    self.load.remove(size);
                     finished.push(segment);
                 }
             }
@@ -307,30 +353,48 @@ impl Writer {
             let Ok(records) = read_records(&path) else {
                 continue;
             };
+            let Some(file) = self.file.as_mut() else {
+                return;
+            };
+            // Written in pieces, so carrying forward never holds a segment's worth in memory;
+            // the items move only once all of it is on disk.
             let mut buffer = Vec::new();
             let mut moved = Vec::new();
+            let mut written = 0u64;
+            let mut result = Ok(());
             for (kind, payload) in records {
                 let Some((id, rest)) = split_id(&payload) else {
                     continue;
                 };
-                if kind == APPEND && self.location.get(&id) == Some(&number) {
+                if kind == APPEND && self.location.get(&id).map(|l| l.0) == Some(number) {
                     encode_record(&mut buffer, APPEND, &id, rest);
                     moved.push(id);
                 }
+                if buffer.len() >= 1 << 20 {
+                    result = file.write_all(&buffer);
+                    written += buffer.len() as u64;
+                    buffer.clear();
+                    if result.is_err() {
+                        break;
+                    }
+                }
             }
-            let Some(file) = self.file.as_mut() else {
-                return;
-            };
-            if let Err(e) = file.write_all(&buffer).and_then(|()| file.sync_data()) {
+            if result.is_ok() {
+                written += buffer.len() as u64;
+                result = file.write_all(&buffer).and_then(|()| file.sync_data());
+            }
+            self.size += written;
+            if let Err(e) = result {
                 tracing::error!(message = "Cannot carry journal records forward.", segment = number, error = %e);
                 self.file = None;
                 return;
             }
-            self.size += buffer.len() as u64;
             carried += moved.len();
             for id in moved {
                 *self.counts.entry(self.current).or_default() += 1;
-                self.location.insert(id, self.current);
+                if let Some(at) = self.location.get_mut(&id) {
+                    at.0 = self.current;
+                }
                 self.release(number);
             }
             tracing::debug!(
@@ -399,7 +463,7 @@ pub fn live_items(dir: &Path) -> io::Result<Vec<(MailItem, u32)>> {
     segments.sort();
     let mut live: Vec<(String, Vec<u8>)> = Vec::new();
     for (_, path) in &segments {
-        for (kind, payload) in read_records(path).unwrap_or_default() {
+        for (kind, payload) in read_records(path).into_iter().flatten() {
             let Some((id, rest)) = split_id(&payload) else {
                 continue;
             };
@@ -441,54 +505,121 @@ fn encode_record(out: &mut Vec<u8>, kind: u8, id: &str, body: &[u8]) {
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
-/// The records of a segment. A bad record before the end (damage) is reported and skipped:
-/// reading goes on at the next offset where a valid record starts. One at the very end (a torn
-/// write, never acknowledged) is ignored with a warning.
-fn read_records(path: &Path) -> io::Result<Vec<(u8, Vec<u8>)>> {
-    let mut bytes = Vec::new();
-    File::open(path)?.read_to_end(&mut bytes)?;
-    let mut records = Vec::new();
-    let mut pos = 0;
-    while pos < bytes.len() {
-        if let Some((kind, payload, next)) = record_at(&bytes, pos) {
-            records.push((kind, payload.to_vec()));
-            pos = next;
-            continue;
-        }
-        // Resynchronise: the next offset where a whole, valid record starts.
-        let resume = (pos + 1..bytes.len())
-            .filter(|&p| bytes[p] == MAGIC)
-            .find(|&p| record_at(&bytes, p).is_some());
-        match resume {
-            Some(at) => {
-                tracing::error!(message = "Damaged journal record skipped; reading goes on after it.", path = %path.display(), offset = pos, skipped_bytes = at - pos);
-                pos = at;
-            }
-            None => {
-                tracing::warn!(message = "Journal segment ends with an incomplete record (never acknowledged); ignored.", path = %path.display(), offset = pos, bytes = bytes.len() - pos);
-                break;
-            }
-        }
-    }
-    Ok(records)
+/// The records of a segment, read one at a time (a segment is never held in memory whole). A
+/// bad record before the end (damage) is reported and skipped: reading goes on at the next
+/// offset where a valid record starts. One at the very end (a torn write, never acknowledged)
+/// is ignored with a warning.
+fn read_records(path: &Path) -> io::Result<Records> {
+    let file = File::open(path)?;
+    let len = file.metadata()?.len();
+    Ok(Records {
+        reader: io::BufReader::with_capacity(256 * 1024, file),
+        path: path.to_path_buf(),
+        pos: 0,
+        at: 0,
+        len,
+    })
 }
 
-/// The record starting at `pos`, if a whole one with a valid checksum is there: its kind, its
-/// payload and where the next one starts.
-fn record_at(bytes: &[u8], pos: usize) -> Option<(u8, &[u8], usize)> {
-    if *bytes.get(pos)? != MAGIC {
-        return None;
+/// The iterator of [`read_records`].
+struct Records {
+    reader: io::BufReader<File>,
+    path: PathBuf,
+    /// Where the next record starts.
+    pos: u64,
+    /// Where the reader stands.
+    at: u64,
+    len: u64,
+}
+
+impl Records {
+    /// The record at `pos`, if a whole one with a valid checksum is there: its kind, payload
+    /// and where the next one starts.
+    fn record_at(&mut self, pos: u64) -> Option<(u8, Vec<u8>, u64)> {
+        if self.at != pos {
+            self.reader.seek(io::SeekFrom::Start(pos)).ok()?;
+            self.at = pos;
+        }
+        let mut head = [0u8; 6];
+        self.reader.read_exact(&mut head).ok()?;
+        self.at += 6;
+        if head[0] != MAGIC {
+            return None;
+        }
+        let len = u32::from_le_bytes([head[2], head[3], head[4], head[5]]) as u64;
+        if pos + 6 + len + 4 > self.len {
+            return None;
+        }
+        let mut payload = vec![0u8; len as usize];
+        self.reader.read_exact(&mut payload).ok()?;
+        let mut crc = [0u8; 4];
+        self.reader.read_exact(&mut crc).ok()?;
+        self.at += len + 4;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&head[1..]);
+        hasher.update(&payload);
+        if hasher.finalize() != u32::from_le_bytes(crc) {
+            return None;
+        }
+        Some((head[1], payload, pos + 6 + len + 4))
     }
-    let kind = *bytes.get(pos + 1)?;
-    let mut len = [0u8; 4];
-    len.copy_from_slice(bytes.get(pos + 2..pos + 6)?);
-    let end = (pos + 6).checked_add(u32::from_le_bytes(len) as usize)?;
-    let mut crc = [0u8; 4];
-    crc.copy_from_slice(bytes.get(end..end.checked_add(4)?)?);
-    if crc32fast::hash(&bytes[pos + 1..end]) != u32::from_le_bytes(crc) {
-        return None;
+
+    /// The next offset after `pos` where a whole, valid record starts.
+    fn resync(&mut self, pos: u64) -> Option<u64> {
+        let mut candidate = pos + 1;
+        while candidate < self.len {
+            // Find the next MAGIC byte, reading forward.
+            if self.at != candidate {
+                self.reader.seek(io::SeekFrom::Start(candidate)).ok()?;
+                self.at = candidate;
+            }
+            let buffer = self.reader.fill_buf().ok()?;
+            if buffer.is_empty() {
+                return None;
+            }
+            match memchr::memchr(MAGIC, buffer) {
+                Some(i) => {
+                    candidate += i as u64;
+                    if self.record_at(candidate).is_some() {
+                        return Some(candidate);
+                    }
+                    candidate += 1;
+                }
+                None => {
+                    let n = buffer.len();
+                    self.reader.consume(n);
+                    self.at += n as u64;
+                    candidate = self.at;
+                }
+            }
+        }
+        None
     }
-    Some((kind, &bytes[pos + 6..end], end + 4))
+}
+
+impl Iterator for Records {
+    type Item = (u8, Vec<u8>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.pos < self.len {
+            let pos = self.pos;
+            if let Some((kind, payload, next)) = self.record_at(pos) {
+                self.pos = next;
+                return Some((kind, payload));
+            }
+            match self.resync(pos) {
+                Some(at) => {
+                    tracing::error!(message = "Damaged journal record skipped; reading goes on after it.", path = %self.path.display(), offset = pos, skipped_bytes = at - pos);
+                    self.pos = at;
+                }
+                None => {
+                    tracing::warn!(message = "Journal segment ends with an incomplete record (never acknowledged); ignored.", path = %self.path.display(), offset = pos, bytes = self.len - pos);
+                    self.pos = self.len;
+                }
+            }
+        }
+        None
+    }
 }
 
 fn split_id(payload: &[u8]) -> Option<(String, &[u8])> {
@@ -550,6 +681,27 @@ mod tests {
         let (_j, recovered) = Journal::open_with(&dir, 2000).unwrap();
         let ids: Vec<(String, u32)> = recovered.iter().map(|(i, a)| (i.id.clone(), *a)).collect();
         assert_eq!(ids, [("LONG".to_string(), 3)]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_load_counts_live_items_and_their_bytes() {
+        let dir = std::env::temp_dir().join(format!("mta-journal-load-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        {
+            let (j, _) = Journal::open(&dir).unwrap();
+            for id in ["A", "B", "C"] {
+                j.append(&item(id), 0).await.unwrap();
+            }
+            j.done("B");
+            j.sync().await.unwrap();
+            assert_eq!(j.load().items(), 2);
+            let one = encode(&item("A"), 0).unwrap().len() as u64;
+            assert_eq!(j.load().bytes(), 2 * one);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (j, recovered) = Journal::open(&dir).unwrap();
+        assert_eq!((recovered.len(), j.load().items()), (2, 2));
         let _ = fs::remove_dir_all(&dir);
     }
 

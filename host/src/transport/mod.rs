@@ -11,12 +11,14 @@
 //! queue's directory.
 
 pub mod agent_connector;
+pub mod back_pressure;
 pub mod categorizer;
 pub mod delivery;
 pub mod delivery_queue;
 pub mod dsn;
 pub mod journal;
 pub mod reports;
+pub mod status;
 pub mod submission_queue;
 pub mod unreachable;
 
@@ -105,12 +107,23 @@ impl Queues {
 pub struct SubmissionSink {
     queues: Arc<Queues>,
     work: mpsc::UnboundedSender<Work>,
+    /// Whether new mail is taken now.
+    pub pressure: Arc<back_pressure::BackPressure>,
 }
 
 impl SubmissionSink {
-    /// A sink writing to `queues`, passing each item on to `work`.
-    pub fn new(queues: Arc<Queues>, work: mpsc::UnboundedSender<Work>) -> Self {
-        Self { queues, work }
+    /// A sink writing to `queues`, passing each item on to `work`; `pressure` decides whether
+    /// new mail (not reports or agent submissions) is taken.
+    pub fn new(
+        queues: Arc<Queues>,
+        work: mpsc::UnboundedSender<Work>,
+        pressure: Arc<back_pressure::BackPressure>,
+    ) -> Self {
+        Self {
+            queues,
+            work,
+            pressure,
+        }
     }
 
     /// Stores an item durably (under its queue id, given one if it has none); the reply the
@@ -152,9 +165,14 @@ struct Submission {
 impl Transactions for Submission {
     fn mail<'a>(
         &'a mut self,
-        _request: &'a MailRequest,
+        request: &'a MailRequest,
     ) -> BoxFuture<'a, Result<String, SmtpResponse>> {
-        ready(Ok(self.sink.queues.new_id()))
+        ready(
+            self.sink
+                .pressure
+                .admit(request.from.size)
+                .map(|()| self.sink.queues.new_id()),
+        )
     }
 
     fn message(&mut self, item: MailItem) -> BoxFuture<'_, Vec<SmtpResponse>> {
@@ -179,6 +197,10 @@ impl Sink for TransportSink {
 
     fn submit(&self, item: MailItem) -> BoxFuture<'_, Result<SmtpResponse, SmtpResponse>> {
         Box::pin(self.0.enqueue(item))
+    }
+
+    fn paused(&self) -> bool {
+        self.0.pressure.paused()
     }
 }
 
@@ -206,7 +228,16 @@ impl Transport {
         let router = crate::routing::Router::new(config, Arc::clone(&organization))
             .map_err(|e| anyhow::anyhow!("routing: {e}"))?;
         let (work_tx, work_rx) = mpsc::unbounded_channel();
-        let submission = Arc::new(SubmissionSink::new(Arc::clone(&queues), work_tx.clone()));
+        let pressure = back_pressure::BackPressure::new(
+            &config.back_pressure,
+            Arc::clone(queues.journal.load()),
+            &queues.root(),
+        );
+        let submission = Arc::new(SubmissionSink::new(
+            Arc::clone(&queues),
+            work_tx.clone(),
+            Arc::clone(&pressure),
+        ));
         let reports = Arc::new(reports::Reports::new(
             Arc::clone(&submission),
             &config.hostname,
@@ -244,6 +275,11 @@ impl Transport {
             work_tx,
         ));
         tokio::spawn(categorizer.run(recovered, work_rx));
+        tokio::spawn(status::run(
+            pressure,
+            Arc::clone(&deliveries),
+            config.run_dir().join("queues.json"),
+        ));
         Ok(Self {
             sink: TransportSink(submission),
             deliveries,

@@ -40,6 +40,11 @@ pub trait Sink: Send + Sync + 'static {
     /// file of the pickup or replay directory. `Ok` is the 2xx answer, once the message is
     /// durable.
     fn submit(&self, item: MailItem) -> BoxFuture<'_, Result<SmtpResponse, SmtpResponse>>;
+
+    /// Whether the directories should wait before submitting more (back pressure).
+    fn paused(&self) -> bool {
+        false
+    }
 }
 
 /// One session's transactions, step by step, as the client sends them. Each `Err` is the reply

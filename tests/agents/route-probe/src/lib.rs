@@ -2,7 +2,8 @@
 //! the message's subject, takes routing actions: `delete_subject`, `defer_subject` (once, for
 //! `defer_ms`), `panic_subject` (at OnResolvedMessage), `fork_subject` (keep the first recipient),
 //! `expand_subject` with `add_recipient`; `override_recipient` with `override_domain` (at
-//! OnResolvedMessage); `stamp` (a header listing the events seen, at OnCategorizedMessage).
+//! OnResolvedMessage); `stamp` (a header listing the events seen, at OnCategorizedMessage);
+//! `hold_file` (OnSubmittedMessage waits while that file exists, a minute at most).
 
 use mta_agent_sdk::prelude::*;
 use std::io::Write;
@@ -62,6 +63,12 @@ impl RoutingAgent for RouteProbe {
     fn on_submitted_message(&mut self, event: &mut SubmittedMessageEvent<'_>) -> AgentResult {
         self.seen.push("OnSubmittedMessage");
         self.maybe_panic("OnSubmittedMessage");
+        if let Some(hold) = self.params.get("hold_file") {
+            let since = std::time::Instant::now();
+            while std::path::Path::new(hold).exists() && since.elapsed() < Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let item = event.mail_item();
         self.log("OnSubmittedMessage", &item)?;
         let (delete, fork, expand) = (
