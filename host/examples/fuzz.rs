@@ -11,7 +11,7 @@
 //! `MTA_FUZZ_PORT`, the server must stay up).
 
 use mta_host::directories::{pickup::Pickup, replay::Replay, Format};
-use mta_host::smtp::session::{Effect, Raised, Session, SessionConfig, Step};
+use mta_host::smtp::session::{Effect, Raised, Session, SessionConfig, SpoolChunk, Step};
 use std::io::{Read, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -107,13 +107,17 @@ fn run_one(target: &str, input: &[u8], scratch: &Path) {
             let _ = Replay {
                 postmaster: "postmaster@fuzz.test".into(),
             }
-            .read(input);
+            .read(mta_host::message::Message::parse(
+                &mta_host::message::to_crlf(input),
+            ));
         }
         "pickup" => {
             let _ = Pickup {
                 hostname: "fuzz.test".into(),
             }
-            .read(input);
+            .read(mta_host::message::Message::parse(
+                &mta_host::message::to_crlf(input),
+            ));
         }
         "host-config" => {
             let path = scratch.join("mta.toml");
@@ -122,11 +126,15 @@ fn run_one(target: &str, input: &[u8], scratch: &Path) {
         }
         "message" => {
             let m = mta_host::message::Message::parse(input);
-            assert_eq!(m.to_bytes(), input, "every byte survives a parse");
+            assert_eq!(
+                m.to_vec().expect("in memory"),
+                input,
+                "every byte survives a parse"
+            );
             let mut m = m;
             let _ = m.header("Subject");
             let _ = m.set_header("X-Fuzz", "1");
-            let bytes = m.to_bytes();
+            let bytes = m.to_vec().expect("in memory");
             assert_eq!(bytes.len(), m.len(), "len() agrees with to_bytes()");
             let again = mta_host::message::Message::parse(&bytes);
             assert_eq!(
@@ -165,7 +173,11 @@ impl mta_host::smtp::receive::RecipientPolicy for Anyone {
 
 /// Runs a session over `input` (in reads of a size the input picks), answering every effect
 /// as an accepting Transport would; the messages it took and how many DATA it answered 354.
-fn drive(input: &[u8], chunk: usize) -> (Vec<mta_host::message::MailItem>, usize) {
+fn drive(
+    input: &[u8],
+    chunk: usize,
+    spool: Option<usize>,
+) -> (Vec<mta_host::message::MailItem>, usize) {
     let config = SessionConfig {
         service: mta_host::service::Service::Transport,
         hostname: "fuzz.test".into(),
@@ -184,7 +196,9 @@ fn drive(input: &[u8], chunk: usize) -> (Vec<mta_host::message::MailItem>, usize
         auth: true,
         auth_requires_tls: false,
         postmaster: "postmaster@fuzz.test".into(),
+        spool,
     };
+    let mut spooled = Vec::new();
     let peer = "127.0.0.1:1".parse().expect("an address");
     let events = mta_agent_sdk::Event::ALL.into_iter().collect();
     let mut session = Session::new(Arc::new(config), Arc::new(Anyone), events, peer, peer);
@@ -217,6 +231,16 @@ fn drive(input: &[u8], chunk: usize) -> (Vec<mta_host::message::MailItem>, usize
                     session.message_done(vec![mta_host::smtp::reply(250, "2.0.0", "OK")]);
                 }
                 Effect::Reset => session.reset_done(),
+                // The spool, in memory: the session cannot tell.
+                Effect::Spool(SpoolChunk::Write(bytes)) => {
+                    spooled.extend_from_slice(&bytes);
+                    session.spool_done(Ok(None));
+                }
+                Effect::Spool(SpoolChunk::Finish(bytes)) => {
+                    spooled.extend_from_slice(&bytes);
+                    let body = std::mem::take(&mut spooled).into();
+                    session.spool_done(Ok(Some(body)));
+                }
             },
         }
     }
@@ -241,11 +265,18 @@ fn session(input: &[u8]) {
                 .to_vec();
         mta_host::smtp::data::dot_stuff(&body, &mut wire);
         wire.extend_from_slice(&rest[split..]);
-        let (messages, _) = drive(&wire, chunk);
-        assert!(!messages.is_empty(), "the message arrives");
-        assert_eq!(messages[0].message.body(), body.as_slice(), "byte for byte");
+        // Kept whole, and spooled past a threshold the input picks.
+        for spool in [None, Some(1 + chunk % 97)] {
+            let (messages, _) = drive(&wire, chunk, spool);
+            assert!(!messages.is_empty(), "the message arrives");
+            assert_eq!(
+                messages[0].message.body().in_memory(),
+                Some(body.as_slice()),
+                "byte for byte"
+            );
+        }
     }
-    let (messages, go_aheads) = drive(rest, chunk);
+    let (messages, go_aheads) = drive(rest, chunk, Some(1 + chunk % 61));
     assert!(messages.len() <= go_aheads, "at most one message per DATA");
 }
 

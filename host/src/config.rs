@@ -626,6 +626,16 @@ impl HostConfig {
         }
     }
 
+    /// Where a service spools large bodies: Transport under its queue (where the queues keep
+    /// them, by hard link), the others in nameless files under `<data_dir>/spool`.
+    pub fn spool_place(&self, service: Service) -> crate::message::body::SpoolPlace {
+        use crate::message::body::SpoolPlace;
+        match service {
+            Service::Transport => SpoolPlace::named(&self.data_dir.join("queue").join("spool")),
+            _ => SpoolPlace::anonymous(&self.data_dir.join("spool")),
+        }
+    }
+
     /// Where running services write their status files.
     pub fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run")

@@ -244,10 +244,8 @@ impl Transactions for Relay {
             let Some(client) = self.upstream.as_mut() else {
                 return vec![unavailable()];
             };
-            let bytes = item.message.to_bytes();
-            drop(item);
             self.in_data = false;
-            match client.message(&bytes, 1).await {
+            match client.message(&item.message, 1).await {
                 Ok(mut replies) => vec![replies.pop().unwrap_or_else(unavailable)],
                 Err(e) => vec![self.lost(&e)],
             }

@@ -33,6 +33,7 @@ fn receive_config(
     let mut rc = ReceiveConfig::new(service, &config.hostname);
     rc.postmaster = organization.postmaster();
     rc.drain_timeout = Duration::from_secs(config.drain_timeout_secs);
+    rc.spool = Some(config.spool_place(service));
     if let Some(groups) = &listener.permission_groups {
         rc.permissions = crate::smtp::receive::Permissions::from_names(groups)
             .map_err(|e| anyhow::anyhow!("[{}] permission_groups: {e}", service.as_str()))?;
@@ -125,6 +126,7 @@ pub async fn run(
             transport: config.transport.listen.clone(),
             hostname: config.hostname.clone(),
             progress: config.data_dir.join("queue").join("outbox"),
+            spool: config.spool_place(Service::Mailbox),
         };
         tokio::spawn(outbox.run(
             Duration::from_millis(config.directories.poll_interval_ms),
@@ -178,6 +180,7 @@ pub async fn run(
                     dir.to_path_buf(),
                     format,
                     Arc::new(submission.clone()),
+                    config.spool_place(Service::Transport),
                     poll,
                     config.directories.max_per_poll,
                     shutdown.clone(),

@@ -264,9 +264,11 @@ impl EventHost for CallContext {
             .unwrap_or(0)
     }
 
+    /// A spooled body is read back whole for the agent that asks for it (the agent runs on
+    /// its own thread, so the read blocks nothing else).
     fn body(&self) -> RVec<u8> {
         self.item()
-            .map(|i| RVec::from(i.message.body()))
+            .map(|i| RVec::from(read_back(i.message.body().to_vec())))
             .unwrap_or_default()
     }
 
@@ -281,7 +283,7 @@ impl EventHost for CallContext {
 
     fn mime(&self) -> RVec<u8> {
         self.item()
-            .map(|i| RVec::from(i.message.to_bytes()))
+            .map(|i| RVec::from(read_back(i.message.to_vec())))
             .unwrap_or_default()
     }
 
@@ -295,4 +297,12 @@ impl EventHost for CallContext {
         }
         self.item_mut().map(|i| i.message = message).into()
     }
+}
+
+/// What an agent gets when a spooled body cannot be read back: nothing, and the log says why.
+fn read_back(bytes: std::io::Result<Vec<u8>>) -> Vec<u8> {
+    bytes.unwrap_or_else(|e| {
+        tracing::error!(message = "Cannot read a spooled body back for an agent.", error = %e);
+        Vec::new()
+    })
 }

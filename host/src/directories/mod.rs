@@ -3,13 +3,15 @@
 //! (messages carrying their envelope in leading `X-Sender` / `X-Receiver` fields).
 //!
 //! Both are polled. A file is claimed by renaming it to `.tmp` (so another poller or a restart
-//! never takes it twice), submitted durably, then deleted; a file that cannot be read as a
-//! message is renamed `.bad` and left for the operator.
+//! never takes it twice), read a piece at a time (its body spooled, never whole in memory),
+//! submitted durably, then deleted; a file that cannot be read as a message is renamed `.bad`
+//! and left for the operator. While back pressure holds new mail back, files wait.
 
 pub mod pickup;
 pub mod replay;
 
-use crate::message::MailItem;
+use crate::message::body::SpoolPlace;
+use crate::message::{MailItem, Message};
 use crate::smtp::receive::Sink;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,15 +21,17 @@ use std::time::Duration;
 pub trait Format: Send + Sync + 'static {
     /// The directory's name in logs.
     fn name(&self) -> &'static str;
-    /// Reads a file's bytes into a mail item, or says why it is bad.
-    fn read(&self, raw: &[u8]) -> Result<MailItem, String>;
+    /// Makes a file's message (CRLF line endings) a mail item, or says why it is bad.
+    fn read(&self, message: Message) -> Result<MailItem, String>;
 }
 
-/// Polls `dir` every `interval`, submitting at most `per_poll` files each time.
+/// Polls `dir` every `interval`, submitting at most `per_poll` files each time; large bodies
+/// are spooled to `spool`.
 pub async fn watch(
     dir: PathBuf,
     format: Arc<dyn Format>,
     sink: Arc<dyn Sink>,
+    spool: SpoolPlace,
     interval: Duration,
     per_poll: usize,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -46,7 +50,7 @@ pub async fn watch(
                 // Back pressure: the files wait where they are.
                 break;
             }
-            take(&path, format.as_ref(), sink.as_ref()).await;
+            take(&path, format.as_ref(), sink.as_ref(), &spool).await;
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -73,20 +77,29 @@ fn files(dir: &Path, extension: &str) -> Vec<PathBuf> {
     found
 }
 
-async fn take(path: &Path, format: &dyn Format, sink: &dyn Sink) {
+async fn take(path: &Path, format: &dyn Format, sink: &dyn Sink, spool: &SpoolPlace) {
     let claimed = path.with_extension("tmp");
     if std::fs::rename(path, &claimed).is_err() {
         return; // someone else took it
     }
-    let raw = match std::fs::read(&claimed) {
-        Ok(raw) => raw,
+    let (file, place) = (claimed.clone(), spool.clone());
+    let read = tokio::task::spawn_blocking(move || crate::message::file::read(&file, Some(&place)))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let message = match read {
+        Ok(message) => message,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            tracing::warn!(message = "Bad message file; renamed .bad.", directory = format.name(), path = %path.display(), reason = %e);
+            let _ = std::fs::rename(&claimed, path.with_extension("bad"));
+            return;
+        }
         Err(e) => {
             tracing::warn!(message = "Cannot read file.", directory = format.name(), path = %claimed.display(), error = %e);
             let _ = std::fs::rename(&claimed, path);
             return;
         }
     };
-    let mut item = match format.read(&raw) {
+    let mut item = match format.read(message) {
         Ok(item) => item,
         Err(reason) => {
             tracing::warn!(message = "Bad message file; renamed .bad.", directory = format.name(), path = %path.display(), reason = %reason);

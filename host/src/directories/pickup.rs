@@ -38,10 +38,10 @@ impl Format for Pickup {
         "pickup"
     }
 
-    fn read(&self, raw: &[u8]) -> Result<MailItem, String> {
-        let raw = &crate::message::to_crlf(raw);
+    fn read(&self, mut message: Message) -> Result<MailItem, String> {
+        let head = message.head();
         let parsed = mail_parser::MessageParser::default()
-            .parse_headers(raw)
+            .parse_headers(&head)
             .ok_or("not a message: no header block")?;
         let from = addresses(&parsed, "Sender")
             .into_iter()
@@ -62,7 +62,6 @@ impl Format for Pickup {
         if recipients.is_empty() {
             return Err("no recipient in To, Cc or Bcc".into());
         }
-        let mut message = Message::parse(raw);
         if message.fields().is_empty() {
             return Err("not a message: no header block".into());
         }
@@ -102,7 +101,7 @@ mod tests {
             hostname: "h.test".into(),
         };
         let item = p
-            .read(b"From: Ann <ann@example.test>\r\nTo: bob@example.test, \"C\" <c@x.test>\r\nBcc: hidden@example.test\r\nSubject: s\r\n\r\nbody\r\n")
+            .read(Message::parse(b"From: Ann <ann@example.test>\r\nTo: bob@example.test, \"C\" <c@x.test>\r\nBcc: hidden@example.test\r\nSubject: s\r\n\r\nbody\r\n"))
             .unwrap();
         assert_eq!(item.envelope.from, "ann@example.test");
         let rcpts: Vec<_> = item
@@ -129,8 +128,8 @@ mod tests {
         let p = Pickup {
             hostname: "h".into(),
         };
-        assert!(p.read(b"To: a@b.test\r\n\r\nx").is_err());
-        assert!(p.read(b"From: a@b.test\r\n\r\nx").is_err());
-        assert!(p.read(b"").is_err());
+        assert!(p.read(Message::parse(b"To: a@b.test\r\n\r\nx")).is_err());
+        assert!(p.read(Message::parse(b"From: a@b.test\r\n\r\nx")).is_err());
+        assert!(p.read(Message::parse(b"")).is_err());
     }
 }

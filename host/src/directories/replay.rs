@@ -19,8 +19,7 @@ impl Format for Replay {
 
     /// The envelope fields are read with the very parser of MAIL FROM and RCPT TO, so a replay
     /// file's parameters are checked and decoded as a client's would be.
-    fn read(&self, raw: &[u8]) -> Result<MailItem, String> {
-        let mut message = Message::parse(&crate::message::to_crlf(raw));
+    fn read(&self, mut message: Message) -> Result<MailItem, String> {
         let mut envelope = Envelope::default();
         let mut sender = None;
         // The envelope fields lead the header block.
@@ -92,7 +91,7 @@ mod tests {
     #[test]
     fn envelope_from_x_fields_which_are_removed() {
         let item = replay()
-            .read(b"X-Sender: <a@elsewhere.test> RET=HDRS ENVID=e1\r\nX-Receiver: <alice@example.test> NOTIFY=FAILURE\r\nX-Receiver: <bob@example.test>\r\nSubject: r\r\n\r\nbody\r\n")
+            .read(Message::parse(b"X-Sender: <a@elsewhere.test> RET=HDRS ENVID=e1\r\nX-Receiver: <alice@example.test> NOTIFY=FAILURE\r\nX-Receiver: <bob@example.test>\r\nSubject: r\r\n\r\nbody\r\n"))
             .unwrap();
         assert_eq!(item.envelope.from, "a@elsewhere.test");
         assert_eq!(
@@ -111,19 +110,29 @@ mod tests {
     fn null_sender_is_allowed_missing_envelope_is_not() {
         assert_eq!(
             replay()
-                .read(b"X-Sender: <>\r\nX-Receiver: <a@b.test>\r\n\r\nx")
+                .read(Message::parse(
+                    b"X-Sender: <>\r\nX-Receiver: <a@b.test>\r\n\r\nx"
+                ))
                 .unwrap()
                 .envelope
                 .from,
             ""
         );
-        assert!(replay().read(b"Subject: no envelope\r\n\r\nx").is_err());
-        assert!(replay().read(b"X-Sender: <a@b.test>\r\n\r\nx").is_err());
         assert!(replay()
-            .read(b"X-Sender: <a@b.test> ENVID=a+0D+0A\r\nX-Receiver: <a@b.test>\r\n\r\nx")
+            .read(Message::parse(b"Subject: no envelope\r\n\r\nx"))
+            .is_err());
+        assert!(replay()
+            .read(Message::parse(b"X-Sender: <a@b.test>\r\n\r\nx"))
+            .is_err());
+        assert!(replay()
+            .read(Message::parse(
+                b"X-Sender: <a@b.test> ENVID=a+0D+0A\r\nX-Receiver: <a@b.test>\r\n\r\nx"
+            ))
             .is_err());
         let item = replay()
-            .read(b"X-Sender: <>\r\nX-Receiver: <Postmaster>\r\n\r\nx")
+            .read(Message::parse(
+                b"X-Sender: <>\r\nX-Receiver: <Postmaster>\r\n\r\nx",
+            ))
             .unwrap();
         assert_eq!(
             item.envelope.recipients[0].address,

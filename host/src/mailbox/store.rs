@@ -23,13 +23,77 @@ pub struct MailboxStore {
     counter: AtomicU64,
 }
 
-/// A message as stored: LF line endings, converted once for all of its recipients.
-pub struct StoredCopy(Vec<u8>);
+/// A message as stored, with LF line endings: converted once for all of its recipients when
+/// it is in memory; a spooled body is converted as it is written, a piece at a time.
+pub struct StoredCopy {
+    message: Message,
+    converted: Option<Vec<u8>>,
+}
 
 impl StoredCopy {
-    /// The message's bytes with every CRLF turned into LF.
+    /// The message, to be stored with every CRLF turned into LF.
     pub fn new(message: &Message) -> Self {
-        Self(to_lf(&message.to_bytes()))
+        let converted = message.body().in_memory().map(|body| {
+            let mut all = message.head();
+            all.extend_from_slice(body);
+            to_lf(&all)
+        });
+        Self {
+            message: message.clone(),
+            converted,
+        }
+    }
+
+    /// Writes the converted message. Blocking.
+    fn write_into(&self, out: &mut impl Write) -> std::io::Result<()> {
+        if let Some(bytes) = &self.converted {
+            return out.write_all(bytes);
+        }
+        let mut lf = LfStream::default();
+        let mut buffer = Vec::new();
+        lf.push(&self.message.head(), &mut buffer);
+        out.write_all(&buffer)?;
+        self.message.body().for_each_chunk(|chunk| {
+            buffer.clear();
+            lf.push(chunk, &mut buffer);
+            out.write_all(&buffer)
+        })?;
+        buffer.clear();
+        lf.finish(&mut buffer);
+        out.write_all(&buffer)
+    }
+}
+
+/// [`to_lf`] across the pieces of a stream: a CR at the end of a piece waits for the next.
+#[derive(Default)]
+struct LfStream {
+    cr: bool,
+}
+
+impl LfStream {
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        out.reserve(bytes.len() + 1);
+        for &b in bytes {
+            if self.cr {
+                self.cr = false;
+                if b == b'\n' {
+                    out.push(b'\n');
+                    continue;
+                }
+                out.push(b'\r');
+            }
+            if b == b'\r' {
+                self.cr = true;
+            } else {
+                out.push(b);
+            }
+        }
+    }
+
+    fn finish(self, out: &mut Vec<u8>) {
+        if self.cr {
+            out.push(b'\r');
+        }
     }
 }
 
@@ -94,15 +158,22 @@ impl MailboxStore {
             trace_address(from),
             trace_address(recipient)
         );
-        self.write(&self.maildir(mailbox), &[head.as_bytes(), &copy.0])
+        self.write(&self.maildir(mailbox), |file| {
+            file.write_all(head.as_bytes())?;
+            copy.write_into(file)
+        })
     }
 
     /// Delivers a message as it is (already in LF form) into the Maildir folder `folder`.
     pub fn deliver_to(&self, folder: &Path, message: &[u8]) -> std::io::Result<PathBuf> {
-        self.write(folder, &[message])
+        self.write(folder, |file| file.write_all(message))
     }
 
-    fn write(&self, folder: &Path, parts: &[&[u8]]) -> std::io::Result<PathBuf> {
+    fn write(
+        &self,
+        folder: &Path,
+        contents: impl FnOnce(&mut std::io::BufWriter<File>) -> std::io::Result<()>,
+    ) -> std::io::Result<PathBuf> {
         for sub in ["tmp", "new", "cur"] {
             fs::create_dir_all(folder.join(sub))?;
         }
@@ -110,11 +181,9 @@ impl MailboxStore {
         let tmp = folder.join("tmp").join(&name);
         let new = folder.join("new").join(&name);
         let written = (|| {
-            let mut file = File::create(&tmp)?;
-            for part in parts {
-                file.write_all(part)?;
-            }
-            file.sync_all()?;
+            let mut file = std::io::BufWriter::with_capacity(64 * 1024, File::create(&tmp)?);
+            contents(&mut file)?;
+            file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
             fs::rename(&tmp, &new)?;
             File::open(folder.join("new"))?.sync_all()
         })();
@@ -149,6 +218,14 @@ mod tests {
     #[test]
     fn crlf_becomes_lf_and_the_rest_stays() {
         assert_eq!(to_lf(b"a\r\nb\rc\nd\r\r\n"), b"a\nb\rc\nd\r\n");
+        let raw = b"a\r\nb\rc\nd\r\r\n\r";
+        for cut in 0..raw.len() {
+            let (mut lf, mut out) = (LfStream::default(), Vec::new());
+            lf.push(&raw[..cut], &mut out);
+            lf.push(&raw[cut..], &mut out);
+            lf.finish(&mut out);
+            assert_eq!(out, to_lf(raw), "cut at {cut}");
+        }
         assert_eq!(to_lf(b""), b"");
         assert_eq!(trace_address("a\r\n>b@c"), "ab@c");
     }

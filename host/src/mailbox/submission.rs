@@ -44,6 +44,8 @@ pub struct OutboxSubmission {
     pub hostname: String,
     /// Where the recipients already handed over are recorded.
     pub progress: PathBuf,
+    /// Where large bodies are spooled while they are sent.
+    pub spool: crate::message::body::SpoolPlace,
 }
 
 /// What became of the recipients of one pass.
@@ -88,10 +90,22 @@ impl OutboxSubmission {
     }
 
     async fn submit(&self, mailbox: &str, path: &Path) {
-        let Ok(raw) = std::fs::read(path) else { return };
-        let raw = crate::message::to_crlf(&raw);
+        // Read a piece at a time: a large body is spooled, not held.
+        let (file, place) = (path.to_path_buf(), self.spool.clone());
+        let read =
+            tokio::task::spawn_blocking(move || crate::message::file::read(&file, Some(&place)))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let mut message = match read {
+            Ok(message) => message,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return self.refused(path, &e.to_string())
+            }
+            Err(_) => return,
+        };
+        let head = message.head();
         let own = self.own_address(mailbox);
-        let Some(parsed) = mail_parser::MessageParser::default().parse_headers(&raw) else {
+        let Some(parsed) = mail_parser::MessageParser::default().parse_headers(&head) else {
             return self.refused(path, "not a message");
         };
         let from = addresses(&parsed, "From")
@@ -110,7 +124,6 @@ impl OutboxSubmission {
         if recipients.is_empty() {
             return self.refused(path, "no recipient in To, Cc or Bcc");
         }
-        let mut message = Message::parse(&raw);
         message.remove_header("Bcc");
         let progress = self.progress_file(mailbox, path);
         let already = read_progress(&progress);
@@ -174,12 +187,11 @@ impl OutboxSubmission {
             &attributes,
         )
         .await?;
-        let bytes = message.to_bytes();
         let mut pending: Vec<String> = todo.to_vec();
         while !pending.is_empty() {
             let rcpts: Vec<(String, String)> =
                 pending.iter().map(|r| (r.clone(), String::new())).collect();
-            let sent = match client.transaction(from, "", &rcpts, &bytes).await {
+            let sent = match client.transaction(from, "", &rcpts, message).await {
                 Ok(sent) => sent,
                 Err(SendError::Rejected(_, r)) if r.is_permanent() => {
                     // The sender itself is refused: every recipient is.

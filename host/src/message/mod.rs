@@ -5,11 +5,35 @@
 //! byte except where an agent or the host edits it; values are unfolded only when read. A
 //! [`MailItem`] is a message with its envelope and property bag.
 
+pub mod body;
 pub mod date;
+pub mod file;
 mod mail_item;
 pub mod parameters;
 
+pub use body::MessageBody;
 pub use mail_item::{Envelope, EnvelopeRecipient, LastAttempt, MailItem, Trace};
+
+/// Turns LF line endings into CRLF across pieces of a stream: like [`to_crlf`], with the last
+/// byte of the previous piece remembered.
+#[derive(Debug, Default)]
+pub struct CrlfStream {
+    previous: u8,
+}
+
+impl CrlfStream {
+    /// Appends `bytes` to `out`, every bare LF made CRLF.
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        out.reserve(bytes.len() + bytes.len() / 32);
+        for &b in bytes {
+            if b == b'\n' && self.previous != b'\r' {
+                out.push(b'\r');
+            }
+            out.push(b);
+            self.previous = b;
+        }
+    }
+}
 
 /// `bytes` with every bare LF made CRLF: files on disk (Maildir, pickup) have LF line endings,
 /// SMTP has CRLF, and a bare LF must not reach a next hop (some end the data at LF "." LF).
@@ -122,56 +146,93 @@ pub struct Message {
     /// The empty line after the header block as it came (`CRLF`, `LF`), or nothing when the
     /// header block ended otherwise (at a line that is not a field, or at the end).
     separator: Vec<u8>,
-    body: Vec<u8>,
+    body: MessageBody,
+}
+
+/// Where the body of a message arriving piece by piece starts: `Some(offset)` once the header
+/// block in `head` is known to have ended (as [`Message::parse`] would end it), `None` while
+/// more is needed.
+pub fn header_end(head: &[u8]) -> Option<usize> {
+    scan(head, true).map(|(_, _, at)| at)
+}
+
+/// The header block of `raw`: its fields, its separator and where the body starts. With
+/// `partial`, `raw` is the beginning of a message: `None` when it ends before the block does.
+fn scan(raw: &[u8], partial: bool) -> Option<(Vec<HeaderField>, Vec<u8>, usize)> {
+    let mut fields: Vec<HeaderField> = Vec::new();
+    let mut separator = Vec::new();
+    let mut pos = 0;
+    while pos < raw.len() {
+        let end = match memchr::memchr(b'\n', &raw[pos..]) {
+            Some(i) => pos + i + 1,
+            None if partial => return None,
+            None => raw.len(),
+        };
+        let line = &raw[pos..end];
+        // A line that starts with space or tab continues the last field, and the last field
+        // may go on until the next line is seen.
+        let content = line
+            .strip_suffix(b"\n")
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .unwrap_or(line);
+        if content.is_empty() {
+            separator = line.to_vec();
+            pos = end;
+            return Some((fields, separator, pos));
+        }
+        if matches!(content[0], b' ' | b'\t') {
+            if let Some(last) = fields.last_mut() {
+                last.raw.extend_from_slice(line);
+                pos = end;
+                continue;
+            }
+        }
+        match content.iter().position(|&b| b == b':') {
+            Some(colon)
+                if colon > 0 && content[..colon].iter().all(|&b| (33..=126).contains(&b)) =>
+            {
+                fields.push(HeaderField {
+                    name: String::from_utf8_lossy(&content[..colon]).into_owned(),
+                    raw: line.to_vec(),
+                });
+                pos = end;
+            }
+            _ => return Some((fields, separator, pos)),
+        }
+    }
+    if partial {
+        return None;
+    }
+    Some((fields, separator, pos))
 }
 
 impl Message {
     /// Parses raw bytes, keeping them all. Lenient, as an MTA must be: a line that is not a
     /// field ends the header block (it and the rest become the body).
     pub fn parse(raw: &[u8]) -> Self {
-        let mut fields: Vec<HeaderField> = Vec::new();
-        let mut separator = Vec::new();
-        let mut pos = 0;
-        while pos < raw.len() {
-            let end = raw[pos..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(raw.len(), |i| pos + i + 1);
-            let line = &raw[pos..end];
-            let content = line
-                .strip_suffix(b"\n")
-                .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-                .unwrap_or(line);
-            if content.is_empty() {
-                separator = line.to_vec();
-                pos = end;
-                break;
-            }
-            if matches!(content[0], b' ' | b'\t') {
-                if let Some(last) = fields.last_mut() {
-                    last.raw.extend_from_slice(line);
-                    pos = end;
-                    continue;
-                }
-            }
-            match content.iter().position(|&b| b == b':') {
-                Some(colon)
-                    if colon > 0 && content[..colon].iter().all(|&b| (33..=126).contains(&b)) =>
-                {
-                    fields.push(HeaderField {
-                        name: String::from_utf8_lossy(&content[..colon]).into_owned(),
-                        raw: line.to_vec(),
-                    });
-                    pos = end;
-                }
-                _ => break,
-            }
-        }
+        let (fields, separator, pos) = scan(raw, false).unwrap_or_default();
         Self {
             fields,
             separator,
-            body: raw[pos.min(raw.len())..].to_vec(),
+            body: raw[pos.min(raw.len())..].to_vec().into(),
         }
+    }
+
+    /// A message from its header block (`head`, up to [`header_end`]) and its body.
+    pub fn with_body(head: &[u8], body: MessageBody) -> Self {
+        let mut message = Self::parse(head);
+        let rest = std::mem::take(&mut message.body);
+        if rest.is_empty() {
+            message.body = body;
+        } else {
+            // `head` held more than the header block: keep it all, in order.
+            let mut bytes = rest.in_memory().unwrap_or_default().to_vec();
+            if let Ok(tail) = body.to_vec() {
+                bytes.extend_from_slice(&tail);
+            }
+            message.body = bytes.into();
+        }
+        message
     }
 
     /// Before a field is added: the last field must end its line, and a message that had no
@@ -256,12 +317,22 @@ impl Message {
     }
 
     /// The body.
-    pub fn body(&self) -> &[u8] {
+    pub fn body(&self) -> &MessageBody {
         &self.body
     }
 
-    /// Replaces the body.
+    /// Takes the body out, leaving an empty one (to hand the header block alone to agents).
+    pub fn take_body(&mut self) -> MessageBody {
+        std::mem::take(&mut self.body)
+    }
+
+    /// Replaces the body with these bytes.
     pub fn set_body(&mut self, body: Vec<u8>) {
+        self.set_content(body.into());
+    }
+
+    /// Replaces the body.
+    pub fn set_content(&mut self, body: MessageBody) {
         self.body = body;
         if self.separator.is_empty() && !self.body.is_empty() {
             if let Some(last) = self.fields.last_mut() {
@@ -282,11 +353,25 @@ impl Message {
         out
     }
 
-    /// The size in bytes of [`to_bytes`](Self::to_bytes).
+    /// The header block and its separator: the message up to its body.
+    pub fn head(&self) -> Vec<u8> {
+        let mut out = self.header_bytes();
+        out.extend_from_slice(&self.separator);
+        out
+    }
+
+    /// The size in bytes of the whole message.
     pub fn len(&self) -> usize {
         self.fields.iter().map(|f| f.raw.len()).sum::<usize>()
             + self.separator.len()
-            + self.body.len()
+            + self.body.len() as usize
+    }
+
+    /// The bytes it holds in memory (a spooled body is on disk).
+    pub fn memory_len(&self) -> usize {
+        self.fields.iter().map(|f| f.raw.len()).sum::<usize>()
+            + self.separator.len()
+            + self.body.memory_len()
     }
 
     /// Whether every byte of the message is 7-bit ASCII, without copying it.
@@ -304,20 +389,28 @@ impl Message {
         self.fields.is_empty() && self.body.is_empty()
     }
 
-    /// The whole message: fields, blank line, body.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len());
-        self.write_to(&mut out);
-        out
+    /// The whole message in memory: fields, blank line, body. Blocking when the body is
+    /// spooled (it is read back).
+    pub fn to_vec(&self) -> std::io::Result<Vec<u8>> {
+        let mut out = self.head();
+        out.reserve(self.body.len() as usize);
+        self.body.for_each_chunk(|c| {
+            out.extend_from_slice(c);
+            Ok(())
+        })?;
+        Ok(out)
     }
 
-    /// Appends the whole message to `out`.
-    pub fn write_to(&self, out: &mut Vec<u8>) {
-        for f in &self.fields {
-            out.extend_from_slice(&f.raw);
-        }
-        out.extend_from_slice(&self.separator);
-        out.extend_from_slice(&self.body);
+    /// Writes the whole message to `out`, a piece at a time. Blocking.
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<()> {
+        out.write_all(&self.head())?;
+        self.body.for_each_chunk(|c| out.write_all(c))
+    }
+
+    /// The whole message for a test (panics on a read error).
+    #[cfg(test)]
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.to_vec().expect("the body reads back")
     }
 }
 
@@ -357,10 +450,45 @@ mod tests {
     fn no_header_block() {
         let mut m = Message::parse(b"just a body line\r\n");
         assert!(m.fields().is_empty());
-        assert_eq!(m.body(), b"just a body line\r\n");
+        assert_eq!(m.body().in_memory().unwrap(), b"just a body line\r\n");
         assert_eq!(m.to_bytes(), b"just a body line\r\n");
         m.prepend_header("Received", "x").unwrap();
         assert_eq!(m.to_bytes(), b"Received: x\r\n\r\njust a body line\r\n");
+    }
+
+    #[test]
+    fn the_header_end_found_piece_by_piece_is_where_parse_puts_the_body() {
+        let table: &[&[u8]] = &[
+            b"A: 1\r\nB: 2\r\n\r\nbody\r\n",
+            b"A: 1\n folded\n\nbody",
+            b"A: 1\r\nnot a field\r\nB: 2\r\n",
+            b"just a body\r\n",
+            b"\r\nonly a body",
+            b" starts folded\r\n\r\n",
+        ];
+        for raw in table {
+            let whole = Message::parse(raw);
+            let at = (0..=raw.len())
+                .find_map(|n| header_end(&raw[..n]))
+                .expect("found before the end");
+            let head = &raw[..at];
+            let rebuilt = Message::with_body(head, raw[at..].to_vec().into());
+            assert_eq!(rebuilt, whole, "{:?}", String::from_utf8_lossy(raw));
+        }
+        assert_eq!(header_end(b"A: 1\r\nB: 2"), None, "the line may go on");
+        assert_eq!(header_end(b"A: 1\r\n"), None, "the next line may fold");
+    }
+
+    #[test]
+    fn crlf_streams_like_the_whole() {
+        let raw = b"a\nb\r\nc\rd\n\n";
+        for cut in 0..raw.len() {
+            let mut s = CrlfStream::default();
+            let mut out = Vec::new();
+            s.push(&raw[..cut], &mut out);
+            s.push(&raw[cut..], &mut out);
+            assert_eq!(out, to_crlf(raw), "cut at {cut}");
+        }
     }
 
     #[test]

@@ -102,29 +102,70 @@ impl DataReceiver {
 /// not end in CRLF gets one first: the data of an SMTP message always ends a line.
 pub fn dot_stuff(message: &[u8], out: &mut Vec<u8>) {
     out.reserve(message.len() + message.len() / 64 + 5);
-    let mut at_line_start = true;
-    let mut rest = message;
-    while !rest.is_empty() {
-        if at_line_start && rest[0] == b'.' {
-            out.push(b'.');
+    let mut stuffer = DotStuffer::new();
+    stuffer.push(message, out);
+    stuffer.finish(out);
+}
+
+/// [`dot_stuff`] a piece at a time, for a message read as it is sent.
+#[derive(Clone, Debug)]
+pub struct DotStuffer {
+    /// The next byte starts a line.
+    at_line_start: bool,
+    /// The last byte was a CR (a LF now ends the line).
+    after_cr: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DotStuffer {
+    /// At the start of the message.
+    pub fn new() -> Self {
+        Self {
+            at_line_start: true,
+            after_cr: false,
         }
-        match memchr::memmem::find(rest, b"\r\n") {
-            Some(at) => {
-                out.extend_from_slice(&rest[..at + 2]);
-                rest = &rest[at + 2..];
-                at_line_start = true;
+    }
+
+    /// Appends the next piece of the message to `out`, dot-stuffed.
+    pub fn push(&mut self, mut piece: &[u8], out: &mut Vec<u8>) {
+        while let Some(&first) = piece.first() {
+            if self.at_line_start && first == b'.' {
+                out.push(b'.');
             }
-            None => {
-                out.extend_from_slice(rest);
-                rest = &[];
-                at_line_start = false;
+            self.at_line_start = false;
+            match memchr::memchr(b'\n', piece) {
+                Some(at) => {
+                    let crlf = if at > 0 {
+                        piece[at - 1] == b'\r'
+                    } else {
+                        self.after_cr
+                    };
+                    out.extend_from_slice(&piece[..=at]);
+                    piece = &piece[at + 1..];
+                    self.after_cr = false;
+                    self.at_line_start = crlf;
+                }
+                None => {
+                    out.extend_from_slice(piece);
+                    self.after_cr = piece.last() == Some(&b'\r');
+                    piece = &[];
+                }
             }
         }
     }
-    if !at_line_start {
-        out.extend_from_slice(b"\r\n");
+
+    /// Ends the data: CRLF if the message did not end a line, then `.` CRLF.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if !self.at_line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
     }
-    out.extend_from_slice(b".\r\n");
 }
 
 #[cfg(test)]
@@ -219,6 +260,27 @@ mod tests {
             let (message, rest) = receive(&wire, chunk).expect("the end of data is found");
             prop_assert_eq!(message, body);
             prop_assert_eq!(rest, b"QUIT\r\n".to_vec());
+        }
+
+        /// Stuffing piece by piece gives the same bytes as stuffing the whole.
+        #[test]
+        fn stuffing_in_pieces_is_stuffing_the_whole(
+            parts in proptest::collection::vec(prop_oneof![
+                Just(b"\r\n".to_vec()), Just(b"\n".to_vec()), Just(b"\r".to_vec()),
+                Just(b".".to_vec()), proptest::collection::vec(any::<u8>(), 0..8),
+            ], 0..40),
+            cut in 1usize..32,
+        ) {
+            let message: Vec<u8> = parts.concat();
+            let mut whole = Vec::new();
+            dot_stuff(&message, &mut whole);
+            let mut stuffer = DotStuffer::new();
+            let mut pieces = Vec::new();
+            for piece in message.chunks(cut) {
+                stuffer.push(piece, &mut pieces);
+            }
+            stuffer.finish(&mut pieces);
+            prop_assert_eq!(pieces, whole);
         }
     }
 }

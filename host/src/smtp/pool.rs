@@ -22,6 +22,8 @@ pub struct Pool {
     idle: Mutex<HashMap<String, Vec<(Instant, Client)>>>,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
     idle_for: Duration,
+    /// Where a copy converted for one next hop (8-bit to 7-bit) spools its body.
+    spool: Option<crate::message::body::SpoolPlace>,
 }
 
 fn key(address: &str, tls: TlsMode) -> String {
@@ -43,11 +45,12 @@ fn close(clients: Vec<Client>) {
 impl Pool {
     /// A pool keeping idle connections for `idle_for`, with the timer that closes them after.
     /// Must be called inside the tokio runtime.
-    pub fn new(idle_for: Duration) -> Arc<Self> {
+    pub fn new(idle_for: Duration, spool: Option<crate::message::body::SpoolPlace>) -> Arc<Self> {
         let pool = Arc::new(Self {
             idle: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             idle_for,
+            spool,
         });
         let weak: Weak<Pool> = Arc::downgrade(&pool);
         let tick = (idle_for / 2).max(Duration::from_millis(50));
@@ -59,6 +62,11 @@ impl Pool {
             }
         });
         pool
+    }
+
+    /// Where a copy converted for one next hop spools its body.
+    pub fn spool(&self) -> Option<&crate::message::body::SpoolPlace> {
+        self.spool.as_ref()
     }
 
     /// Takes every connection idle for longer than the pool keeps them.

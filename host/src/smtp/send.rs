@@ -4,7 +4,8 @@
 //!
 //! It behaves as servers expect of a client: EHLO, falling back to HELO when the server does
 //! not know EHLO; commands pipelined only when the server offers PIPELINING; the message
-//! dot-stuffed by [`crate::smtp::data::dot_stuff`]; QUIT before every close it decides on.
+//! dot-stuffed by [`crate::smtp::data::DotStuffer`] as it is read (a spooled body a piece at a
+//! time, never whole in memory); QUIT before every close it decides on.
 //! Replies are parsed with `smtp-proto` and kept whole (made safe by
 //! [`SmtpResponse::sanitized`], whatever the server sent), so the caller can pass the next
 //! hop's own answer back to its client.
@@ -284,15 +285,44 @@ impl Client {
 
     /// Sends the message data (after a 354) and reads the reply to it: one for SMTP, one per
     /// accepted recipient (`accepted`) for LMTP.
+    ///
+    /// A spooled body that cannot be read back breaks the connection off before the end of the
+    /// data, so the server drops what it got.
     pub async fn message(
         &mut self,
-        message: &[u8],
+        message: &crate::message::Message,
         accepted: usize,
     ) -> Result<Vec<SmtpResponse>, SendError> {
-        let mut stuffed = Vec::new();
-        crate::smtp::data::dot_stuff(message, &mut stuffed);
-        self.send(&stuffed).await?;
-        drop(stuffed);
+        use crate::message::body::CHUNK;
+        let mut stuffer = crate::smtp::data::DotStuffer::new();
+        let mut out = Vec::new();
+        stuffer.push(&message.head(), &mut out);
+        let body = message.body();
+        if let Some(bytes) = body.in_memory() {
+            stuffer.push(bytes, &mut out);
+        } else {
+            let mut offset = 0;
+            loop {
+                let chunk = body.chunk(offset).await.map_err(|e| {
+                    SendError::Io(
+                        self.peer.clone(),
+                        format!("cannot read the spooled body: {e}"),
+                    )
+                })?;
+                if chunk.is_empty() {
+                    break;
+                }
+                offset += chunk.len() as u64;
+                stuffer.push(&chunk, &mut out);
+                if out.len() >= CHUNK {
+                    self.send(&out).await?;
+                    out.clear();
+                }
+            }
+        }
+        stuffer.finish(&mut out);
+        self.send(&out).await?;
+        drop(out);
         let replies = match self.protocol {
             Protocol::Smtp => 1,
             Protocol::Lmtp => accepted.max(1),
@@ -312,7 +342,7 @@ impl Client {
         from: &str,
         mail_params: &str,
         recipients: &[(String, String)],
-        message: &[u8],
+        message: &crate::message::Message,
     ) -> Result<Sent, SendError> {
         let mail_line = format!("MAIL FROM:<{from}>{mail_params}");
         let rcpt_lines: Vec<String> = recipients

@@ -252,7 +252,12 @@ async fn one_transaction(
         }
         // Content conversion: a next hop without 8BITMIME gets 7-bit content (RFC 6152).
         let part = if !client.offers("8BITMIME") && !item.message.is_ascii() {
-            match seven_bit(&item) {
+            let (copy, spool) = (item.clone(), pool.spool().cloned());
+            let converted = tokio::task::spawn_blocking(move || seven_bit(&copy, spool.as_ref()))
+                .await
+                .ok()
+                .flatten();
+            match converted {
                 Some(copy) => copy,
                 None => {
                     pool.put(target.address, target.tls, client);
@@ -267,12 +272,7 @@ async fn one_transaction(
         };
         let (params, rcpts) = parameters(&client, &part);
         let sent = client
-            .transaction(
-                &part.envelope.from,
-                &params,
-                &rcpts,
-                &part.message.to_bytes(),
-            )
+            .transaction(&part.envelope.from, &params, &rcpts, &part.message)
             .await;
         match sent {
             Err(SendError::Io(..)) if reused => fresh_only = true,
@@ -342,8 +342,12 @@ fn parameters(client: &Client, item: &MailItem) -> (String, Vec<(String, String)
 }
 
 /// A copy of a single-part text message with its body quoted-printable encoded, so that it is
-/// 7-bit; `None` for other messages (multipart or non-text 8-bit content is not converted).
-fn seven_bit(item: &MailItem) -> Option<MailItem> {
+/// 7-bit; `None` for other messages (multipart or non-text 8-bit content is not converted). A
+/// spooled body is converted a piece at a time into a new spool file in `spool`. Blocking.
+fn seven_bit(
+    item: &MailItem,
+    spool: Option<&crate::message::body::SpoolPlace>,
+) -> Option<MailItem> {
     let headers_ascii = item.message.fields().iter().all(|f| f.value().is_ascii());
     let content_type = item
         .message
@@ -353,7 +357,21 @@ fn seven_bit(item: &MailItem) -> Option<MailItem> {
         return None;
     }
     let mut copy = item.clone();
-    copy.message.set_body(quoted_printable(item.message.body()));
+    let mut encoder = QuotedPrintable::default();
+    let mut body = crate::message::body::BodyBuilder::new(spool.cloned());
+    let mut out = Vec::new();
+    item.message
+        .body()
+        .for_each_chunk(|chunk| {
+            out.clear();
+            encoder.push(chunk, &mut out);
+            body.push(&out)
+        })
+        .ok()?;
+    out.clear();
+    encoder.finish(&mut out);
+    body.push(&out).ok()?;
+    copy.message.set_content(body.finish().ok()?);
     copy.message
         .set_header("Content-Transfer-Encoding", "quoted-printable")
         .ok()?;
@@ -364,39 +382,84 @@ fn seven_bit(item: &MailItem) -> Option<MailItem> {
     Some(copy)
 }
 
-/// Quoted-printable (RFC 2045 6.7), keeping CRLF line breaks, soft breaks at 76 columns.
-fn quoted_printable(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + body.len() / 8);
-    for line in body.split_inclusive(|b| *b == b'\n') {
-        let (content, eol) = match line.strip_suffix(b"\r\n") {
-            Some(c) => (c, true),
-            None => match line.strip_suffix(b"\n") {
-                Some(c) => (c, true),
-                None => (line, false),
-            },
-        };
-        let mut column = 0;
-        for (i, &b) in content.iter().enumerate() {
-            let last = i + 1 == content.len();
-            let literal =
-                ((b == b' ' || b == b'\t') && !last) || ((33..=126).contains(&b) && b != b'=');
-            let piece: Vec<u8> = if literal {
-                vec![b]
-            } else {
-                format!("={b:02X}").into_bytes()
-            };
-            if column + piece.len() > 75 {
-                out.extend_from_slice(b"=\r\n");
-                column = 0;
-            }
-            column += piece.len();
-            out.extend_from_slice(&piece);
+/// Quoted-printable (RFC 2045 6.7), keeping CRLF line breaks (a bare LF becomes one too),
+/// soft breaks at 76 columns; a piece at a time. A white space byte is held until the next
+/// byte shows whether it ends its line (then it is encoded), and a CR until the next shows
+/// whether it ends the line.
+#[derive(Default)]
+struct QuotedPrintable {
+    column: usize,
+    /// A space or tab not yet known to be last on its line.
+    space: Option<u8>,
+    /// A CR not yet known to be part of CRLF.
+    cr: bool,
+}
+
+impl QuotedPrintable {
+    fn emit(&mut self, b: u8, literal: bool, out: &mut Vec<u8>) {
+        let width = if literal { 1 } else { 3 };
+        if self.column + width > 75 {
+            out.extend_from_slice(b"=\r\n");
+            self.column = 0;
         }
-        if eol {
-            out.extend_from_slice(b"\r\n");
+        self.column += width;
+        if literal {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("={b:02X}").as_bytes());
         }
     }
-    out
+
+    /// What is held is content with more content after it: the space was not last on its
+    /// line, and the CR did not end it.
+    fn flush(&mut self, out: &mut Vec<u8>) {
+        if let Some(space) = self.space.take() {
+            self.emit(space, true, out);
+        }
+        if std::mem::take(&mut self.cr) {
+            self.emit(b'\r', false, out);
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        out.reserve(bytes.len() + bytes.len() / 4);
+        for &b in bytes {
+            match b {
+                b'\n' => {
+                    // The line ends (a CR held was its CRLF): a held space was last on it.
+                    if let Some(space) = self.space.take() {
+                        self.emit(space, false, out);
+                    }
+                    self.cr = false;
+                    out.extend_from_slice(b"\r\n");
+                    self.column = 0;
+                }
+                b'\r' => {
+                    if self.cr {
+                        self.flush(out);
+                    }
+                    self.cr = true;
+                }
+                b' ' | b'\t' => {
+                    self.flush(out);
+                    self.space = Some(b);
+                }
+                _ => {
+                    self.flush(out);
+                    self.emit(b, (33..=126).contains(&b) && b != b'=', out);
+                }
+            }
+        }
+    }
+
+    /// The body ended without a line break: a CR held is content; a space held, last.
+    fn finish(mut self, out: &mut Vec<u8>) {
+        if self.cr {
+            self.flush(out);
+        } else if let Some(space) = self.space.take() {
+            self.emit(space, false, out);
+        }
+    }
 }
 
 /// Through a Send connector: its smart hosts in order until one answers, or, without smart
@@ -534,10 +597,10 @@ pub fn foreign_connector(
             ),
         );
     }
-    let mut bytes = replay_envelope(item).into_bytes();
-    item.message.write_to(&mut bytes);
+    let envelope = replay_envelope(item);
+    let size = (envelope.len() + item.message.len()) as u64;
     if let Some(quota) = connector.quota_bytes {
-        if directory_size(dir) + bytes.len() as u64 > quota {
+        if directory_size(dir) + size > quota {
             return all(
                 item,
                 Outcome::retry(452, "4.3.1", "Drop directory is over its quota"),
@@ -549,9 +612,10 @@ pub fn foreign_connector(
     let tmp = dir.join(format!(".{name}.tmp"));
     let written = (|| -> std::io::Result<()> {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
+        let mut f = std::io::BufWriter::with_capacity(64 * 1024, std::fs::File::create(&tmp)?);
+        f.write_all(envelope.as_bytes())?;
+        item.message.write_to(&mut f)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, dir.join(&name))?;
         std::fs::File::open(dir)?.sync_all()
     })();
@@ -713,9 +777,10 @@ impl Deliverer {
                     (c.name.clone(), Arc::new(tokio::sync::Semaphore::new(n)))
                 })
                 .collect(),
-            pool: Pool::new(Duration::from_millis(
-                config.routing.idle_connection_ms.max(1),
-            )),
+            pool: Pool::new(
+                Duration::from_millis(config.routing.idle_connection_ms.max(1)),
+                Some(config.spool_place(crate::service::Service::Transport)),
+            ),
             mx: config
                 .send_connectors
                 .iter()
@@ -861,6 +926,71 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The encoder over a whole body.
+    fn quoted_printable(body: &[u8]) -> Vec<u8> {
+        let (mut qp, mut out) = (QuotedPrintable::default(), Vec::new());
+        qp.push(body, &mut out);
+        qp.finish(&mut out);
+        out
+    }
+
+    /// Line by line, as a reference for the encoder.
+    /// Quoted-printable (RFC 2045 6.7), keeping CRLF line breaks, soft breaks at 76 columns.
+    fn quoted_printable_by_lines(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(body.len() + body.len() / 8);
+        for line in body.split_inclusive(|b| *b == b'\n') {
+            let (content, eol) = match line.strip_suffix(b"\r\n") {
+                Some(c) => (c, true),
+                None => match line.strip_suffix(b"\n") {
+                    Some(c) => (c, true),
+                    None => (line, false),
+                },
+            };
+            let mut column = 0;
+            for (i, &b) in content.iter().enumerate() {
+                let last = i + 1 == content.len();
+                let literal =
+                    ((b == b' ' || b == b'\t') && !last) || ((33..=126).contains(&b) && b != b'=');
+                let piece: Vec<u8> = if literal {
+                    vec![b]
+                } else {
+                    format!("={b:02X}").into_bytes()
+                };
+                if column + piece.len() > 75 {
+                    out.extend_from_slice(b"=\r\n");
+                    column = 0;
+                }
+                column += piece.len();
+                out.extend_from_slice(&piece);
+            }
+            if eol {
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn quoted_printable_in_pieces_is_quoted_printable_by_lines(
+            parts in proptest::collection::vec(proptest::prop_oneof![
+                proptest::strategy::Just(b"\r\n".to_vec()), proptest::strategy::Just(b"\n".to_vec()),
+                proptest::strategy::Just(b"\r".to_vec()), proptest::strategy::Just(b" ".to_vec()),
+                proptest::strategy::Just(b"\t".to_vec()), proptest::strategy::Just(b"=".to_vec()),
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..90),
+            ], 0..30),
+            cut in 1usize..40,
+        ) {
+            let body: Vec<u8> = parts.concat();
+            let (mut qp, mut out) = (QuotedPrintable::default(), Vec::new());
+            for piece in body.chunks(cut) {
+                qp.push(piece, &mut out);
+            }
+            qp.finish(&mut out);
+            proptest::prop_assert_eq!(out, quoted_printable_by_lines(&body));
+        }
+    }
 
     #[test]
     fn quoted_printable_encodes_8bit_and_long_lines() {

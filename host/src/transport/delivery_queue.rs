@@ -26,10 +26,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// A queue with more than this many copies in memory writes new ones to its directory.
+/// A stalled queue with more than this many copies in memory writes new ones to its directory.
 const SPILL_ITEMS: usize = 500;
 /// ... or more than this many bytes.
 const SPILL_BYTES: usize = 32 * 1024 * 1024;
+/// A queue that has copies to deliver and has finished no attempt for this long is stalled.
+const STALLED_MS: u64 = 3000;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -99,7 +101,7 @@ enum Entry {
 impl Entry {
     fn bytes(&self) -> usize {
         match self {
-            Entry::Memory { item, .. } => item.message.len(),
+            Entry::Memory { item, .. } => item.message.memory_len(),
             Entry::File(_) => 0,
         }
     }
@@ -114,6 +116,8 @@ struct State {
     in_flight: usize,
     memory_bytes: usize,
     last_error: Option<String>,
+    /// When an attempt last finished (or the queue started).
+    last_progress_ms: u64,
     delivered: u64,
     failed: u64,
     deferred: u64,
@@ -200,7 +204,10 @@ impl DeliveryQueues {
             key: key.clone(),
             dir: self.store.delivery(&key.dir_name())?,
             workers: self.deliverer.concurrency(&key.hop),
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                last_progress_ms: now_ms(),
+                ..State::default()
+            }),
             wake: Notify::new(),
         });
         queues.insert(key.clone(), Arc::clone(&q));
@@ -238,14 +245,20 @@ impl DeliveryQueues {
                 return;
             }
         };
-        let (backlog, bytes) = {
+        let (backlog, bytes, stalled) = {
             let s = lock(&queue.state);
-            (s.ready.len() + s.scheduled.len(), s.memory_bytes)
+            let stalled = now_ms().saturating_sub(s.last_progress_ms) > STALLED_MS;
+            (s.ready.len() + s.scheduled.len(), s.memory_bytes, stalled)
         };
-        // A backlog in memory, or memory getting tight for the node while this queue has
-        // copies waiting: keep the copy on disk instead.
-        let tight = backlog > 0 && self.submission.pressure.tight();
-        if backlog >= SPILL_ITEMS || bytes >= SPILL_BYTES || tight {
+        // A queue that is not getting through its copies (a slow, dead or tarpitting next
+        // hop) keeps new ones on disk once its backlog in memory is large, or once memory is
+        // getting tight for the node: then it holds no memory the other queues need. A queue
+        // that is moving keeps its copies in memory (writing each would cost an fsync); if
+        // the node takes more than it delivers, back pressure slows the senders.
+        let spill = stalled
+            && backlog > 0
+            && (backlog >= SPILL_ITEMS || bytes >= SPILL_BYTES || self.submission.pressure.tight());
+        if spill {
             item.trace.next_hop = Some(key.hop.key());
             item.trace.next_hop_domain = key.domain.clone();
             item.trace.next_attempt_ms = now_ms();
@@ -291,6 +304,7 @@ impl DeliveryQueues {
                     continue;
                 }
                 let Ok(dir) = store.delivery(&name) else { continue };
+                let _ = dir.collect_orphans();
                 for id in dir.ids().unwrap_or_default() {
                     match dir.load_meta(&id) {
                         Ok((item, _)) => found.push((id, item)),
@@ -559,6 +573,10 @@ impl DeliveryQueues {
 impl NextHopQueue {
     fn push(&self, entry: Entry) {
         let mut s = lock(&self.state);
+        if s.ready.is_empty() && s.scheduled.is_empty() && s.in_flight == 0 {
+            // An idle queue gets work: it is not stalled until it has had time to try.
+            s.last_progress_ms = now_ms();
+        }
         s.memory_bytes += entry.bytes();
         s.ready.push_back(entry);
         drop(s);
@@ -602,7 +620,10 @@ impl NextHopQueue {
     }
 
     fn finished(&self) {
-        lock(&self.state).in_flight -= 1;
+        let mut s = lock(&self.state);
+        s.in_flight -= 1;
+        s.last_progress_ms = now_ms();
+        drop(s);
         self.wake.notify_one();
     }
 

@@ -8,7 +8,8 @@
 //! RFC 2046 5.2.1 requires) only when the sender asked for it (RET=FULL) **and** someone vouched
 //! for the sender (an authenticated client, a trusted server, this host's own directories and
 //! agents); otherwise only its header fields (`text/rfc822-headers`). So a forged sender can
-//! never make this host deliver arbitrary content to a third party.
+//! never make this host deliver arbitrary content to a third party. A message whose body was
+//! spooled (larger than the spool threshold) comes back as its header fields only.
 
 use super::delivery::Diagnosis;
 use crate::message::parameters::Ret;
@@ -114,9 +115,14 @@ pub fn notification(
             fold(&format!("smtp; {}", why.response))
         ));
     }
-    let full = item.envelope.ret == Some(Ret::Full) && item.trace.vouched;
+    // A spooled (large) original comes back as its header fields only, as Postfix does past
+    // its bounce size limit: a report never holds a large message in memory.
+    let full = item.envelope.ret == Some(Ret::Full)
+        && item.trace.vouched
+        && item.message.body().in_memory().is_some();
     let original = if full {
-        let bytes = item.message.to_bytes();
+        let mut bytes = item.message.head();
+        bytes.extend_from_slice(item.message.body().in_memory().unwrap_or_default());
         let encoding = if bytes.is_ascii() { "7bit" } else { "8bit" };
         MimePart::new("message/rfc822", bytes).transfer_encoding(encoding)
     } else {

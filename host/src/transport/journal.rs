@@ -46,6 +46,8 @@ enum Request {
     Append {
         id: String,
         payload: Vec<u8>,
+        /// The spooled body's file in the spool directory.
+        body: Option<String>,
         ack: oneshot::Sender<io::Result<()>>,
     },
     Done {
@@ -62,6 +64,7 @@ enum Request {
 pub struct Journal {
     sender: mpsc::Sender<Request>,
     load: Arc<Load>,
+    spool: PathBuf,
 }
 
 /// What the journal holds live: the items accepted and not yet settled, and the bytes of their
@@ -103,8 +106,14 @@ impl Journal {
     }
 
     /// [`open`](Self::open) with segments rotating at `segment_max` bytes (tests use small ones).
+    ///
+    /// Spooled bodies of the journal's items are in the `spool` directory beside `dir`; a
+    /// record names its body's file, which the journal removes once the item is done. Files
+    /// there that no live record names (a session that died while receiving) are removed here.
     pub fn open_with(dir: &Path, segment_max: u64) -> io::Result<(Self, Vec<(MailItem, u32)>)> {
         fs::create_dir_all(dir)?;
+        let spool = dir.parent().unwrap_or(dir).join("spool");
+        fs::create_dir_all(&spool)?;
         let mut segments: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
@@ -143,17 +152,33 @@ impl Journal {
             let Some((segment, bytes)) = live.remove(&id) else {
                 continue;
             };
-            match decode(&id, &bytes) {
+            match decode(&id, &bytes, Some(&spool)) {
                 Ok(item) => {
                     *counts.entry(segment).or_default() += 1;
                     load.add(bytes.len() as u64);
-                    location.insert(id, (segment, bytes.len() as u64));
+                    let body = spool_name(&spool, &item.0);
+                    location.insert(id, (segment, bytes.len() as u64, body));
                     items.push(item);
                 }
                 Err(e) => {
                     tracing::error!(message = "Unreadable journal record skipped.", id = %id, error = %e)
                 }
             }
+        }
+        let named: std::collections::HashSet<String> =
+            location.values().filter_map(|l| l.2.clone()).collect();
+        let mut orphans = 0;
+        for entry in fs::read_dir(&spool)?.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !named.contains(&name) && fs::remove_file(entry.path()).is_ok() {
+                orphans += 1;
+            }
+        }
+        if orphans > 0 {
+            tracing::info!(
+                message = "Spool files of messages never accepted removed.",
+                count = orphans
+            );
         }
         let next = segments.last().map_or(1, |(n, _)| n + 1);
         // Every segment is tracked; finished ones go once all older ones have gone (below).
@@ -169,6 +194,7 @@ impl Journal {
             location,
             segment_max,
             load: Arc::clone(&load),
+            spool: spool.clone(),
         };
         writer.counts.entry(next).or_default();
         // What earlier runs left live moves into the new segment, so the old ones can go.
@@ -178,7 +204,14 @@ impl Journal {
         std::thread::Builder::new()
             .name("queue-journal".into())
             .spawn(move || writer.run(receiver))?;
-        Ok((Self { sender, load }, items))
+        Ok((
+            Self {
+                sender,
+                load,
+                spool,
+            },
+            items,
+        ))
     }
 
     /// What the journal holds live.
@@ -186,14 +219,26 @@ impl Journal {
         &self.load
     }
 
-    /// Appends an item and waits until it is durable.
+    /// Appends an item and waits until it is durable. A spooled body is made durable in the
+    /// spool directory first, and the record names it.
     pub async fn append(&self, item: &MailItem, attempts: u32) -> io::Result<()> {
-        let payload = encode(item, attempts)?;
+        let body = if item.message.body().is_spooled() {
+            let (content, spool) = (item.message.body().clone(), self.spool.clone());
+            Some(
+                tokio::task::spawn_blocking(move || adopt(&content, &spool))
+                    .await
+                    .map_err(io::Error::other)??,
+            )
+        } else {
+            None
+        };
+        let payload = encode(item, attempts, body.as_deref())?;
         let (ack, done) = oneshot::channel();
         self.sender
             .send(Request::Append {
                 id: item.id.clone(),
                 payload,
+                body,
                 ack,
             })
             .map_err(|_| io::Error::other("the journal writer stopped"))?;
@@ -225,26 +270,32 @@ struct Writer {
     size: u64,
     /// Live items per segment.
     counts: HashMap<u64, usize>,
-    /// Segment and record size of each live item.
-    location: HashMap<String, (u64, u64)>,
+    /// Segment, record size and spooled body of each live item.
+    location: HashMap<String, (u64, u64, Option<String>)>,
     segment_max: u64,
     load: Arc<Load>,
+    spool: PathBuf,
 }
 
 impl Writer {
     fn run(&mut self, receiver: mpsc::Receiver<Request>) {
         let mut buffer = Vec::with_capacity(1 << 20);
         while let Ok(first) = receiver.recv() {
-            let mut appends: Vec<(String, u64, oneshot::Sender<io::Result<()>>)> = Vec::new();
+            let mut appends: Vec<Appended> = Vec::new();
             let mut dones: Vec<String> = Vec::new();
             let mut syncs = Vec::new();
             buffer.clear();
             let mut next = Some(first);
             while let Some(request) = next.take() {
                 match request {
-                    Request::Append { id, payload, ack } => {
+                    Request::Append {
+                        id,
+                        payload,
+                        body,
+                        ack,
+                    } => {
                         encode_record(&mut buffer, APPEND, &id, &payload);
-                        appends.push((id, payload.len() as u64, ack));
+                        appends.push((id, payload.len() as u64, body, ack));
                     }
                     Request::Done { id } => {
                         encode_record(&mut buffer, DONE, &id, &[]);
@@ -291,12 +342,13 @@ impl Writer {
                 // items would be processed again after a crash. The segment is not written to
                 // again.
                 tracing::error!(message = "Journal write failed; appends are refused until a new segment is open.", segment = self.current, error = %error());
-                for (_, _, ack) in appends {
+                for (_, _, _, ack) in appends {
                     let _ = ack.send(Err(error()));
                 }
                 for id in dones {
-                    if let Some((segment, size)) = self.location.remove(&id) {
+                    if let Some((segment, size, body)) = self.location.remove(&id) {
                         self.load.remove(size);
+                        self.remove_body(body);
                         self.release(segment);
                     }
                 }
@@ -305,18 +357,25 @@ impl Writer {
             }
             self.size += buffer.len() as u64;
             let mut finished = Vec::new();
-            for (id, size, ack) in appends {
+            for (id, size, body, ack) in appends {
                 *self.counts.entry(self.current).or_default() += 1;
                 self.load.add(size);
-                if let Some((old, old_size)) = self.location.insert(id, (self.current, size)) {
+                let kept = body.clone();
+                if let Some((old, old_size, old_body)) =
+                    self.location.insert(id, (self.current, size, body))
+                {
                     self.load.remove(old_size);
+                    if old_body != kept {
+                        self.remove_body(old_body);
+                    }
                     finished.push(old);
                 }
                 let _ = ack.send(Ok(()));
             }
             for id in dones {
-                if let Some((segment, size)) = self.location.remove(&id) {
+                if let Some((segment, size, body)) = self.location.remove(&id) {
                     self.load.remove(size);
+                    self.remove_body(body);
                     finished.push(segment);
                 }
             }
@@ -405,6 +464,14 @@ impl Writer {
         }
     }
 
+    /// An item's spooled body is the journal's no more: every copy was delivered, failed, or
+    /// is kept by a queue directory (by its own link).
+    fn remove_body(&self, body: Option<String>) {
+        if let Some(name) = body {
+            let _ = fs::remove_file(self.spool.join(name));
+        }
+    }
+
     /// One item of `segment` is done.
     fn release(&mut self, segment: u64) {
         if let Some(count) = self.counts.get_mut(&segment) {
@@ -475,8 +542,42 @@ pub fn live_items(dir: &Path) -> io::Result<Vec<(MailItem, u32)>> {
     }
     Ok(live
         .into_iter()
-        .filter_map(|(id, bytes)| decode(&id, &bytes).ok())
+        .filter_map(|(id, bytes)| decode(&id, &bytes, None).ok())
         .collect())
+}
+
+/// An append waiting for its flush: id, record size, spooled body, acknowledgement.
+type Appended = (String, u64, Option<String>, oneshot::Sender<io::Result<()>>);
+
+/// The name of an item's spooled body in `spool`, if it is there.
+fn spool_name(spool: &Path, item: &MailItem) -> Option<String> {
+    let path = item.message.body().path()?;
+    (path.parent() == Some(spool)).then(|| path.file_name()?.to_str().map(str::to_string))?
+}
+
+/// Makes a spooled body the journal's, in `spool`: kept where it is when it is there already,
+/// else linked (or copied) in under a new name. Blocking.
+fn adopt(body: &crate::message::MessageBody, spool: &Path) -> io::Result<String> {
+    if let Some(name) = body.path().and_then(|p| {
+        (p.parent() == Some(spool))
+            .then(|| p.file_name()?.to_str().map(str::to_string))
+            .flatten()
+    }) {
+        body.keep()?;
+        return Ok(name);
+    }
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "j{:x}-{:x}-{:x}.body",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    body.persist_at(&spool.join(&name))?;
+    File::open(spool)?.sync_all()?;
+    Ok(name)
 }
 
 fn segment_path(dir: &Path, number: u64) -> PathBuf {
@@ -696,7 +797,7 @@ mod tests {
             j.done("B");
             j.sync().await.unwrap();
             assert_eq!(j.load().items(), 2);
-            let one = encode(&item("A"), 0).unwrap().len() as u64;
+            let one = encode(&item("A"), 0, None).unwrap().len() as u64;
             assert_eq!(j.load().bytes(), 2 * one);
         }
         std::thread::sleep(std::time::Duration::from_millis(50));

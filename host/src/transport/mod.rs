@@ -73,6 +73,15 @@ impl Queues {
             data_dir: data_dir.to_path_buf(),
             delivery: Mutex::new(HashMap::new()),
         };
+        // Nothing else writes the queues yet: what a crash left half made goes.
+        for q in [
+            &queues.deferred,
+            &queues.unreachable,
+            &queues.quarantine,
+            &queues.poison,
+        ] {
+            q.collect_orphans()?;
+        }
         let mut work: Vec<Work> = recovered
             .into_iter()
             .map(|(i, a)| Work::Fresh(Box::new(i), a))
@@ -145,10 +154,12 @@ impl SubmissionSink {
                 ))
             }
             Err(e) if e.raw_os_error() == Some(28) => {
+                item.message.body().let_go();
                 tracing::error!(message = "Queue disk full.", error = %e);
                 Err(reply(452, "4.3.1", "Insufficient system storage"))
             }
             Err(e) => {
+                item.message.body().let_go();
                 tracing::error!(message = "Queue write failed.", error = %e);
                 Err(reply(451, "4.3.0", "Queue write failed, try again later"))
             }

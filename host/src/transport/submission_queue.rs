@@ -1,12 +1,12 @@
-//! The durable Submission queue of the Transport service.
-//!
-//! Each accepted mail item is one file in `<data_dir>/queue/submission/`: written under a
-//! temporary name, fsync'd, renamed into place, and the directory fsync'd, before the client is
-//! told 250. After a crash, every file there is a message still to categorize; recovery is a
-//! directory scan. A file is removed only once every recipient is delivered or handed on.
+//! Queue directories (`deferred`, `unreachable`, `quarantine`, `poison`, `delivery-*`): one
+//! file per item, `<id>.msg`, written under a temporary name, fsync'd, renamed into place, and
+//! the directory fsync'd. After a crash, every file there is an item still queued; recovery is
+//! a directory scan.
 //!
 //! File format: a first line `MTAQ1 <n>\n`, then `n` bytes of JSON (envelope, properties,
-//! quarantine reason), then the message bytes.
+//! quarantine reason, trace), then the message bytes. A spooled body is not copied into the
+//! file: it is `<id>.body` beside it, a hard link to the spool file (the JSON names it), and
+//! the message bytes are then the header block alone.
 
 use crate::message::{Envelope, MailItem, Message};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,16 @@ struct Meta {
     attempts: u32,
     #[serde(default)]
     trace: crate::message::Trace,
+    /// The spooled body's file, relative to the queue's directory (the journal's: its spool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    body: Option<BodyFile>,
+}
+
+/// A body kept in its own file.
+#[derive(Serialize, Deserialize)]
+struct BodyFile {
+    file: String,
+    ascii: bool,
 }
 
 /// A directory-backed durable queue.
@@ -73,12 +83,40 @@ impl QueueDir {
         self.dir.join(format!("{id}.msg"))
     }
 
+    fn body_path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.body"))
+    }
+
+    /// Removes what a crash left half made: a body without its item, a copy never finished.
+    /// Only while nothing else writes the queue (at start-up). Blocking.
+    pub fn collect_orphans(&self) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for entry in fs::read_dir(&self.dir)?.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let orphan = match name.strip_suffix(".body") {
+                Some(id) => !self.path(id).exists(),
+                None => name.ends_with(".body-tmp"),
+            };
+            if orphan && fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Writes `item` durably under its id (assigning one if empty). Blocking.
     pub fn store(&self, item: &mut MailItem, attempts: u32) -> std::io::Result<String> {
         if item.id.is_empty() {
             item.id = self.new_id();
         }
-        let bytes = encode(item, attempts)?;
+        let body_file = if item.message.body().is_spooled() {
+            let at = self.body_path(&item.id);
+            item.message.body().persist_at(&at)?;
+            Some(format!("{}.body", item.id))
+        } else {
+            None
+        };
+        let bytes = encode(item, attempts, body_file.as_deref())?;
         let tmp = self.tmp.join(format!("{}.{}", item.id, std::process::id()));
         {
             let mut file = File::create(&tmp)?;
@@ -92,7 +130,7 @@ impl QueueDir {
 
     /// Reads a queued item and its attempt count. Blocking.
     pub fn load(&self, id: &str) -> std::io::Result<(MailItem, u32)> {
-        decode(id, &fs::read(self.path(id))?)
+        decode(id, &fs::read(self.path(id))?, Some(&self.dir))
     }
 
     /// Reads a queued item's envelope and trace only, not its message. Blocking.
@@ -115,20 +153,33 @@ impl QueueDir {
         file.read_exact(&mut json)?;
         let mut bytes = first;
         bytes.extend_from_slice(&json);
-        decode(id, &bytes)
+        decode(id, &bytes, None)
     }
 
-    /// Removes an item, durably. Blocking.
+    /// Removes an item (and its body file), durably. Blocking.
     pub fn remove(&self, id: &str) -> std::io::Result<()> {
-        match fs::remove_file(self.path(id)) {
-            Ok(()) => File::open(&self.dir)?.sync_all(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
+        let removed = match fs::remove_file(self.path(id)) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e),
+        };
+        match fs::remove_file(self.body_path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && removed => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
         }
+        File::open(&self.dir)?.sync_all()
     }
 
-    /// Moves an item to another queue (same filesystem), durably. Blocking.
+    /// Moves an item (and its body file) to another queue (same filesystem), durably.
+    /// Blocking.
     pub fn move_to(&self, id: &str, other: &QueueDir) -> std::io::Result<()> {
+        match fs::rename(self.body_path(id), other.body_path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
         fs::rename(self.path(id), other.path(id))?;
         File::open(&other.dir)?.sync_all()?;
         File::open(&self.dir)?.sync_all()
@@ -150,25 +201,40 @@ impl QueueDir {
     }
 }
 
-/// The bytes of a queued item: `MTAQ1 <n>\n`, `n` bytes of JSON metadata, the message.
-pub fn encode(item: &MailItem, attempts: u32) -> std::io::Result<Vec<u8>> {
+/// The bytes of a queued item: `MTAQ1 <n>\n`, `n` bytes of JSON metadata, the message. A
+/// spooled body kept in `body_file` (relative to where the item is kept) is named, not copied;
+/// without `body_file`, it is read back into the bytes (blocking).
+pub fn encode(item: &MailItem, attempts: u32, body_file: Option<&str>) -> std::io::Result<Vec<u8>> {
+    let body = item.message.body();
+    let reference = body_file
+        .filter(|_| body.is_spooled())
+        .map(|file| BodyFile {
+            file: file.to_string(),
+            ascii: body.is_ascii(),
+        });
     let meta = Meta {
         envelope: item.envelope.clone(),
         properties: item.properties.clone(),
         quarantine: item.quarantine.clone(),
         attempts,
         trace: item.trace.clone(),
+        body: reference,
     };
     let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
-    let mut bytes = Vec::with_capacity(json.len() + item.message.len() + 32);
+    let mut bytes = Vec::with_capacity(json.len() + item.message.memory_len() + 32);
     bytes.extend_from_slice(format!("MTAQ1 {}\n", json.len()).as_bytes());
     bytes.extend_from_slice(&json);
-    item.message.write_to(&mut bytes);
+    if meta.body.is_some() {
+        bytes.extend_from_slice(&item.message.head());
+    } else {
+        item.message.write_to(&mut bytes)?;
+    }
     Ok(bytes)
 }
 
-/// Reads [`encode`]'s bytes back.
-pub fn decode(id: &str, bytes: &[u8]) -> std::io::Result<(MailItem, u32)> {
+/// Reads [`encode`]'s bytes back; a body kept in its own file is opened in `base` (with no
+/// `base`, the item comes back with an empty body: for listings).
+pub fn decode(id: &str, bytes: &[u8], base: Option<&Path>) -> std::io::Result<(MailItem, u32)> {
     let bad = |what: &str| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -195,7 +261,14 @@ pub fn decode(id: &str, bytes: &[u8]) -> std::io::Result<(MailItem, u32)> {
         MailItem {
             id: id.to_string(),
             envelope: meta.envelope,
-            message: Message::parse(&bytes[json_end..]),
+            message: match (&meta.body, base) {
+                (Some(body), Some(base)) => Message::with_body(
+                    &bytes[json_end..],
+                    crate::message::MessageBody::open(&base.join(&body.file), body.ascii)
+                        .map_err(|e| bad(&format!("its body {}: {e}", body.file)))?,
+                ),
+                _ => Message::parse(&bytes[json_end..]),
+            },
             properties: meta.properties,
             quarantine: meta.quarantine,
             trace: meta.trace,

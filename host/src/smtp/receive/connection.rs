@@ -1,7 +1,8 @@
 //! One client connection: the tokio shell around the sans-IO [`Session`]. It moves bytes
 //! between the socket and the session, keeps the timeouts, and carries out the session's
 //! effects: agent events (on the agents' pool, through `dispatch_blocking`), the TLS handshake,
-//! password checks, and the service's [`Transactions`].
+//! password checks, spool writes of large bodies (on the blocking pool), and the service's
+//! [`Transactions`].
 //!
 //! The session takes the service's agent pipeline snapshot when it starts and keeps it to the
 //! end, so a reload never changes the agents under a running session.
@@ -10,8 +11,9 @@ use super::{Receiver, Transactions};
 use crate::agents::context::CallContext;
 use crate::agents::dispatch::{dispatch_blocking, Blocking};
 use crate::agents::AgentSet;
+use crate::message::body::{MessageBody, SpoolWriter};
 use crate::message::MailItem;
-use crate::smtp::session::{Effect, RaiseRequest, Raised, Session, Step};
+use crate::smtp::session::{Effect, RaiseRequest, Raised, Session, SpoolChunk, Step};
 use crate::smtp::stream::Stream;
 use mta_agent_sdk::abi::FfiSession;
 use mta_agent_sdk::{Action, AgentClass, DisconnectReason, Event, EventSet};
@@ -41,6 +43,8 @@ struct Connection {
     shutdown: watch::Receiver<bool>,
     /// When the stop began, once it has.
     drain_started: Option<Instant>,
+    /// The spool file of the body being received, once it passed the threshold.
+    spool: Option<SpoolWriter>,
 }
 
 /// Runs a connection to its end.
@@ -75,6 +79,7 @@ pub(super) async fn run(
         started: Instant::now(),
         shutdown,
         drain_started: None,
+        spool: None,
     };
     let span = tracing::info_span!("smtp", service = %connection.receiver.config.service, session = connection.id, peer = %peer);
     async move {
@@ -154,13 +159,52 @@ impl Connection {
             }
             Effect::Mail(request) => session.mail_done(transactions.mail(&request).await),
             Effect::Rcpt(recipient) => session.rcpt_done(transactions.rcpt(&recipient).await),
-            Effect::Data => session.data_done(transactions.data().await),
+            Effect::Data => {
+                self.spool = None;
+                session.data_done(transactions.data().await)
+            }
             Effect::Message(item) => session.message_done(transactions.message(*item).await),
             Effect::Reset => {
+                // A body being spooled for a refused message goes with it.
+                self.spool = None;
                 transactions.reset().await;
                 session.reset_done();
             }
+            Effect::Spool(chunk) => {
+                let result = self.spool(chunk).await;
+                session.spool_done(result);
+            }
         }
+    }
+
+    /// Writes a piece of the body to the spool file (made at the first piece), off the async
+    /// threads; the last piece gives the body.
+    async fn spool(&mut self, chunk: SpoolChunk) -> std::io::Result<Option<MessageBody>> {
+        let place =
+            self.receiver.config.spool.clone().ok_or_else(|| {
+                std::io::Error::other("this service has no place to spool bodies")
+            })?;
+        let writer = self.spool.take();
+        let (bytes, last) = match chunk {
+            SpoolChunk::Write(bytes) => (bytes, false),
+            SpoolChunk::Finish(bytes) => (bytes, true),
+        };
+        let (writer, body) = tokio::task::spawn_blocking(move || {
+            let mut writer = match writer {
+                Some(w) => w,
+                None => SpoolWriter::create(&place)?,
+            };
+            writer.write(&bytes)?;
+            if last {
+                Ok((None, Some(writer.finish()?)))
+            } else {
+                Ok::<_, std::io::Error>((Some(writer), None))
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.spool = writer;
+        Ok(body)
     }
 
     /// Sends the session's replies.

@@ -127,6 +127,8 @@ pub struct ReceiveConfig {
     pub allowed_clients: Option<Vec<crate::net::IpRange>>,
     /// Who may do what on this connector.
     pub permissions: Permissions,
+    /// Where bodies past the spool threshold go as they arrive (`None`: kept in memory).
+    pub spool: Option<crate::message::body::SpoolPlace>,
 }
 
 /// A receive connector's permission groups (Exchange's names).
@@ -183,6 +185,7 @@ impl ReceiveConfig {
             xclient_hosts: Vec::new(),
             postmaster: format!("postmaster@{hostname}"),
             allowed_clients: None,
+            spool: None,
             permissions: match service {
                 Service::FrontEnd => Permissions {
                     anonymous: true,
@@ -258,6 +261,10 @@ impl Receiver {
             auth: !auth.users.is_empty(),
             auth_requires_tls: auth.require_tls,
             postmaster: config.postmaster.clone(),
+            spool: config
+                .spool
+                .is_some()
+                .then_some(crate::message::body::SPOOL_THRESHOLD),
         });
         Arc::new(Self {
             config,

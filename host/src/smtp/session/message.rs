@@ -1,15 +1,30 @@
 //! DATA and the message: the data is received up to CRLF "." CRLF; what can be known about the
 //! message in the session is decided in the session (its size, a routing loop), never accepted
 //! and bounced later; then the trace fields, OnEndOfHeaders, OnEndOfData and the sink.
+//!
+//! A body past the spool threshold is not kept: once the header block has ended, the body is
+//! handed to the shell a piece at a time ([`Effect::Spool`]), which writes it to a spool file,
+//! so a session holds at most about the threshold and a piece, whatever the message's size.
 
-use super::{Effect, Mode, Pending, Raised, Session};
-use crate::message::Message;
+use super::{Effect, Mode, Pending, Raised, Session, SpoolChunk, Spooling};
+use crate::message::body::{MessageBody, CHUNK};
+use crate::message::file::MAX_HEADER;
+use crate::message::{header_end, Message};
 use crate::smtp::data::DataReceiver;
 use crate::smtp::reply;
 use mta_agent_sdk::{Action, Event, SmtpResponse};
 
 /// More Received fields than this is a routing loop (RFC 5321 6.3).
 pub const MAX_HOPS: usize = 20;
+
+/// The refusal of a header block larger than [`MAX_HEADER`].
+fn header_too_large() -> mta_agent_sdk::SmtpResponse {
+    reply(
+        552,
+        "5.3.4",
+        &format!("Message header size exceeds fixed maximum size of {MAX_HEADER} bytes"),
+    )
+}
 
 impl Session {
     pub(super) fn data(&mut self) -> Option<Effect> {
@@ -48,6 +63,7 @@ impl Session {
                     receiver: DataReceiver::new(),
                     message: Vec::new(),
                     size: 0,
+                    spooling: Spooling::default(),
                 };
             }
             Err(response) => self.refuse_uncounted("DATA", response),
@@ -55,12 +71,16 @@ impl Session {
     }
 
     /// Feeds buffered input to the data receiver. `None` when more input is needed; once the
-    /// end of the data is found, what the message leads to.
+    /// end of the data is found (or a piece of the body is ready for the spool), what follows.
     pub(super) fn data_input(&mut self) -> Option<Option<Effect>> {
+        let spool = self.config.spool;
+        let piece = spool.unwrap_or(CHUNK).clamp(1, CHUNK);
+        let max = self.config.max_message_size;
         let Mode::Data {
             receiver,
             message,
             size,
+            spooling,
         } = &mut self.mode
         else {
             return Some(None);
@@ -68,24 +88,103 @@ impl Session {
         let before = message.len();
         let end = receiver.feed(&self.input, message);
         *size += message.len() - before;
-        if message.len() > self.config.max_message_size {
-            // Past the limit nothing more is kept; only the size is counted.
+        if *size > max || spooling.refusal.is_some() {
+            // Past the limit (or after a failure) nothing more is kept; only the size is
+            // counted. The shell drops its spool file when the transaction ends.
+            spooling.head = None;
             message.clear();
             message.shrink_to_fit();
+        } else if spool
+            .is_some_and(|threshold| spooling.head.is_none() && message.len() > threshold)
+        {
+            match header_end(message) {
+                Some(at) if at <= MAX_HEADER => {
+                    let body = message.split_off(at);
+                    spooling.head = Some(std::mem::replace(message, body));
+                }
+                Some(_) => {
+                    spooling.refusal = Some(header_too_large());
+                    message.clear();
+                }
+                None if message.len() > MAX_HEADER => {
+                    spooling.refusal = Some(header_too_large());
+                    message.clear();
+                }
+                None => {}
+            }
         }
         let Some(taken) = end else {
             self.input.clear();
+            if spooling.head.is_some() && message.len() >= piece {
+                let piece = std::mem::take(message);
+                self.pending = Some(Pending::Spool(None));
+                return Some(Some(Effect::Spool(SpoolChunk::Write(piece))));
+            }
             return None;
         };
         self.input.drain(..taken);
-        let (message, size) = (std::mem::take(message), *size);
+        let (message, size, spooling) = (std::mem::take(message), *size, std::mem::take(spooling));
         self.mode = Mode::Command;
-        Some(self.end_of_data(message, size))
+        if let Some(refusal) = spooling.refusal.filter(|_| size <= max) {
+            self.refuse_uncounted("DATA", refusal);
+            return Some(self.end_transaction());
+        }
+        if let Some(head) = spooling.head {
+            self.pending = Some(Pending::Spool(Some((head, size))));
+            return Some(Some(Effect::Spool(SpoolChunk::Finish(message))));
+        }
+        Some(self.end_of_data(message, None, size))
+    }
+
+    /// The answer to [`Effect::Spool`]: the body once it was the last piece.
+    pub fn spool_done(&mut self, result: std::io::Result<Option<MessageBody>>) {
+        let Some(Pending::Spool(last)) = self.pending.take() else {
+            debug_assert!(false, "spool_done without a spool write");
+            return;
+        };
+        let storage = |e: &std::io::Error| {
+            tracing::error!(message = "Cannot spool a message body.", error = %e);
+            if e.raw_os_error() == Some(28) {
+                reply(452, "4.3.1", "Insufficient system storage")
+            } else {
+                reply(451, "4.3.0", "Cannot store the message, try again later")
+            }
+        };
+        match (last, result) {
+            (None, Ok(_)) => {}
+            (None, Err(e)) => {
+                if let Mode::Data {
+                    spooling, message, ..
+                } = &mut self.mode
+                {
+                    spooling.refusal = Some(storage(&e));
+                    spooling.head = None;
+                    message.clear();
+                }
+            }
+            (Some((head, size)), Ok(Some(body))) => {
+                let effect = self.end_of_data(head, Some(body), size);
+                self.resume_with(effect);
+            }
+            (Some(_), result) => {
+                let e = result
+                    .err()
+                    .unwrap_or_else(|| std::io::Error::other("no body from the spool"));
+                self.refuse_uncounted("DATA", storage(&e));
+                let effect = self.end_transaction();
+                self.resume_with(effect);
+            }
+        }
     }
 
     /// The message has arrived: refuse what can be refused now, add the trace fields, raise
     /// OnEndOfHeaders with the header block only.
-    fn end_of_data(&mut self, raw: Vec<u8>, size: usize) -> Option<Effect> {
+    fn end_of_data(
+        &mut self,
+        raw: Vec<u8>,
+        spooled: Option<MessageBody>,
+        size: usize,
+    ) -> Option<Effect> {
         if size > self.config.max_message_size {
             self.refuse_uncounted(
                 "DATA",
@@ -100,7 +199,10 @@ impl Session {
             );
             return self.end_transaction();
         }
-        let mut message = Message::parse(&raw);
+        let mut message = match spooled {
+            Some(body) => Message::with_body(&raw, body),
+            None => Message::parse(&raw),
+        };
         drop(raw);
         if message.count("Received") > MAX_HOPS {
             self.refuse_uncounted(
@@ -125,8 +227,7 @@ impl Session {
                 let _ = message.add_header("Message-ID", &id);
             }
         }
-        let body = message.body().to_vec();
-        message.set_body(Vec::new());
+        let body = message.take_body();
         let txn = self.txn.as_mut()?;
         txn.item.message = message;
         self.discard = false;
@@ -140,10 +241,10 @@ impl Session {
     pub(super) fn end_of_headers_answered(
         &mut self,
         raised: Raised,
-        body: Vec<u8>,
+        body: MessageBody,
     ) -> Option<Effect> {
         if let Some(txn) = self.txn.as_mut() {
-            txn.item.message.set_body(body);
+            txn.item.message.set_content(body);
         }
         if let Some(effect) = self.message_answered(&raised) {
             return effect;

@@ -66,6 +66,10 @@ pub struct SessionConfig {
     pub auth_requires_tls: bool,
     /// The address `RCPT TO:<Postmaster>` stands for.
     pub postmaster: String,
+    /// A body past this many bytes is handed to the shell as it arrives ([`Effect::Spool`]),
+    /// in pieces of at most this size (and at most 64 KiB), instead of being kept (`None`:
+    /// kept). The services use [`crate::message::body::SPOOL_THRESHOLD`].
+    pub spool: Option<usize>,
 }
 
 /// What the Front End said about its client with XCLIENT.
@@ -183,6 +187,17 @@ pub enum Effect {
     Message(Box<MailItem>),
     /// The transaction was abandoned (RSET, a refused message); then [`Session::reset_done`].
     Reset,
+    /// Body bytes for the spool file; then [`Session::spool_done`].
+    Spool(SpoolChunk),
+}
+
+/// What the shell does with its spool file.
+#[derive(Debug)]
+pub enum SpoolChunk {
+    /// Append these bytes (a spool file is opened for the first).
+    Write(Vec<u8>),
+    /// Append these last bytes and hand back the body.
+    Finish(Vec<u8>),
 }
 
 /// The next thing to do.
@@ -215,13 +230,25 @@ enum Mode {
     /// Message data.
     Data {
         receiver: DataReceiver,
+        /// The data so far; once spooling, the body bytes not yet handed to the shell.
         message: Vec<u8>,
         size: usize,
+        spooling: Spooling,
     },
     /// An AUTH response line.
     AuthLine(security::AuthStep),
     /// An over-long line, discarded up to its end.
     SkipLine,
+}
+
+/// A body going to the spool as it arrives.
+#[derive(Debug, Default)]
+struct Spooling {
+    /// The header block, set aside once the body goes to the spool.
+    head: Option<Vec<u8>>,
+    /// Why the data will be refused at its end (a failed spool write, a header block too
+    /// large); nothing more is kept meanwhile.
+    refusal: Option<SmtpResponse>,
 }
 
 /// What a pending effect resumes into.
@@ -238,7 +265,9 @@ enum Pending {
     RcptSink(crate::message::EnvelopeRecipient),
     DataAgents,
     DataSink,
-    EndOfHeaders(Vec<u8>),
+    EndOfHeaders(crate::message::MessageBody),
+    /// A spool write; with the header block and size when it was the last.
+    Spool(Option<(Vec<u8>, usize)>),
     EndOfData,
     /// The message went to the sink, which owes this many replies.
     Message(usize),

@@ -37,6 +37,7 @@ fn config() -> SessionConfig {
         auth: true,
         auth_requires_tls: false,
         postmaster: "postmaster@example.test".into(),
+        spool: None,
     }
 }
 
@@ -50,6 +51,20 @@ struct Run {
 }
 
 fn drive(config: SessionConfig, events: EventSet, peer: &str, input: &[u8], chunk: usize) -> Run {
+    drive_spooling(config, events, peer, input, chunk, false)
+}
+
+/// [`drive`], with spool writes into real spool files (failing when `spool_fails`).
+fn drive_spooling(
+    config: SessionConfig,
+    events: EventSet,
+    peer: &str,
+    input: &[u8],
+    chunk: usize,
+    spool_fails: bool,
+) -> Run {
+    let place = crate::message::body::SpoolPlace::anonymous(&std::env::temp_dir());
+    let mut spool: Option<crate::message::body::SpoolWriter> = None;
     let peer: SocketAddr = peer.parse().unwrap();
     let mut session = Session::new(
         Arc::new(config),
@@ -108,7 +123,30 @@ fn drive(config: SessionConfig, events: EventSet, peer: &str, input: &[u8], chun
                     run.messages.push(*item);
                     session.message_done(vec![reply(250, "2.0.0", "OK"); n]);
                 }
-                Effect::Reset => session.reset_done(),
+                Effect::Reset => {
+                    spool = None;
+                    session.reset_done()
+                }
+                Effect::Spool(piece) => {
+                    if spool_fails {
+                        session.spool_done(Err(std::io::Error::from_raw_os_error(28)));
+                        continue;
+                    }
+                    let mut writer = spool.take().unwrap_or_else(|| {
+                        crate::message::body::SpoolWriter::create(&place).unwrap()
+                    });
+                    match piece {
+                        SpoolChunk::Write(bytes) => {
+                            writer.write(&bytes).unwrap();
+                            spool = Some(writer);
+                            session.spool_done(Ok(None));
+                        }
+                        SpoolChunk::Finish(bytes) => {
+                            writer.write(&bytes).unwrap();
+                            session.spool_done(Ok(Some(writer.finish().unwrap())));
+                        }
+                    }
+                }
             },
         }
     }
@@ -286,7 +324,7 @@ fn only_crlf_dot_crlf_ends_data_and_one_data_is_one_message() {
                 [220, 250, 250, 250, 354, 250, 221],
                 "{variant:?}"
             );
-            let body = run.messages[0].message.body().to_vec();
+            let body = run.messages[0].message.body().to_vec().unwrap();
             assert!(String::from_utf8_lossy(&body).contains("forged"));
         }
     }
@@ -500,7 +538,13 @@ proptest! {
         input.extend_from_slice(&trailer);
         let run = drive(config(), EventSet::EMPTY, "192.0.2.1:4000", &input, chunk);
         prop_assert!(!run.messages.is_empty());
-        prop_assert_eq!(run.messages[0].message.body(), body.as_slice());
+        prop_assert_eq!(run.messages[0].message.body().to_vec().unwrap(), body.clone());
+        // The same with the body spooled past a few bytes, in pieces of that size.
+        let tiny = SessionConfig { spool: Some(1 + chunk % 17), ..config() };
+        let spooled = drive_spooling(tiny, EventSet::EMPTY, "192.0.2.1:4000", &input, chunk, false);
+        prop_assert_eq!(&spooled.output, &run.output);
+        prop_assert!(body.len() <= 20 || spooled.messages[0].message.body().is_spooled());
+        prop_assert_eq!(spooled.messages[0].message.to_vec().unwrap(), run.messages[0].message.to_vec().unwrap());
         let data_accepted = run.output.matches("354 ").count();
         prop_assert!(run.messages.len() <= data_accepted);
     }
@@ -523,4 +567,84 @@ proptest! {
         prop_assert!(run.messages.len() <= run.output.matches("354 ").count());
         prop_assert!(run.closed.is_some());
     }
+}
+
+fn spooling() -> SessionConfig {
+    SessionConfig {
+        max_message_size: 4 << 20,
+        spool: Some(crate::message::body::SPOOL_THRESHOLD),
+        ..config()
+    }
+}
+
+#[test]
+fn a_large_body_goes_to_the_spool_and_arrives_whole() {
+    let line = "0123456789".repeat(9) + "\r\n";
+    let body = line.repeat(3000).into_bytes(); // 276 KB, past the threshold
+    let mut input = b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\nDATA\r\nSubject: big\r\n\r\n".to_vec();
+    input.extend_from_slice(&stuff(&body));
+    input.extend_from_slice(b"QUIT\r\n");
+    for chunk in [1000, 70_000, 1 << 20] {
+        let run = drive_spooling(
+            spooling(),
+            EventSet::EMPTY,
+            "192.0.2.1:4000",
+            &input,
+            chunk,
+            false,
+        );
+        assert_eq!(
+            codes(&run.output),
+            [220, 250, 250, 250, 354, 250, 221],
+            "{}",
+            run.output
+        );
+        let message = &run.messages[0].message;
+        assert!(message.body().is_spooled(), "chunk {chunk}");
+        assert_eq!(message.header("subject").as_deref(), Some("big"));
+        assert_eq!(message.body().to_vec().unwrap(), body, "chunk {chunk}");
+    }
+    // A small message stays in memory.
+    let run = transport_with(spooling(), "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\nDATA\r\nSubject: s\r\n\r\nx\r\n.\r\nQUIT\r\n");
+    assert!(!run.messages[0].message.body().is_spooled());
+}
+
+#[test]
+fn a_spool_that_fails_or_a_header_block_too_large_refuses_the_message() {
+    let body = "x".repeat(100).repeat(3000) + "\r\n";
+    let input = format!("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\nDATA\r\nSubject: big\r\n\r\n{body}.\r\nMAIL FROM:<a@b.test>\r\nQUIT\r\n");
+    let run = drive_spooling(
+        spooling(),
+        EventSet::EMPTY,
+        "192.0.2.1:4000",
+        input.as_bytes(),
+        1 << 20,
+        true,
+    );
+    assert!(run.messages.is_empty());
+    assert!(run.output.contains("452 4.3.1"), "{}", run.output);
+    assert_eq!(
+        codes(&run.output)[5..],
+        [452, 250, 221],
+        "the session goes on"
+    );
+    let headers = "X-Long: y\r\n".repeat(30_000);
+    let input = format!("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\nDATA\r\n{headers}\r\nbody\r\n.\r\nQUIT\r\n");
+    let run = transport_with(spooling(), &input);
+    assert!(run.messages.is_empty());
+    assert!(
+        run.output.contains("552 5.3.4 Message header size"),
+        "{}",
+        run.output
+    );
+}
+
+fn transport_with(config: SessionConfig, input: &str) -> Run {
+    drive(
+        config,
+        EventSet::EMPTY,
+        "192.0.2.1:4000",
+        input.as_bytes(),
+        1 << 20,
+    )
 }
