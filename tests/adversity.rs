@@ -433,3 +433,56 @@ fn back_pressure_refuses_new_mail_over_the_high_mark_and_takes_it_again_under_th
         assert!(got.iter().any(|m| m.contains(&subject)), "{subject} lost");
     }
 }
+
+#[test]
+fn sigterm_refuses_new_connections_lets_the_transaction_under_way_finish_and_exits_in_time() {
+    let dir = TestDir::new("drain");
+    let mut mta = Mta::start(&dir, "drain_timeout_secs = 6\n", &[]);
+    // A transaction under way, its data half sent.
+    let mut busy = Smtp::ehlo(mta.frontend);
+    assert_eq!(busy.cmd("MAIL FROM:<someone@elsewhere.test>").code, 250);
+    assert_eq!(busy.cmd("RCPT TO:<alice@example.test>").code, 250);
+    assert_eq!(busy.cmd("DATA").code, 354);
+    busy.send(b"Subject: in flight\r\n\r\nfirst half\r\n");
+    // An idle session.
+    let mut idle = Smtp::ehlo(mta.transport);
+    let pid = mta.pid();
+    let stopping = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // New connections are told to come back later.
+    let (_, greeting) = Smtp::connect(mta.transport);
+    assert_eq!(
+        (greeting.code, greeting.enhanced()),
+        (421, "4.3.2".to_string()),
+        "{greeting:?}"
+    );
+    // The idle session is closed with 421 4.3.2.
+    let r = idle.read_reply();
+    assert_eq!((r.code, r.enhanced()), (421, "4.3.2".to_string()), "{r:?}");
+    // The transaction under way finishes.
+    busy.send(b"second half\r\n.\r\n");
+    let r = busy.read_reply();
+    assert_eq!(r.code, 250, "{r:?}");
+    let status = mta.stop();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(8),
+        "exited {:?} after SIGTERM (drain timeout 6 s)",
+        stopping.elapsed()
+    );
+    // Accepted is delivered, once.
+    mta.spawn(&[]);
+    assert!(
+        wait_until(WAIT, || mta.maildir("alice").len() == 1),
+        "{}",
+        mta.log()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let got = mta.maildir("alice");
+    assert_eq!(got.len(), 1);
+    assert!(got[0].contains("first half\nsecond half\n"), "{}", got[0]);
+}

@@ -224,12 +224,24 @@ pub async fn run(
         tasks.spawn(receive::serve(listener, receiver, shutdown.clone()));
     }
 
+    let mut stopping = shutdown.clone();
+    let began = tokio::spawn(async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+        tokio::time::Instant::now()
+    });
     while tasks.join_next().await.is_some() {}
-    // The listeners have drained; deliveries under way finish, done records reach the disk.
+    // The listeners have drained; deliveries under way finish in what is left of the drain
+    // timeout, and done records reach the disk.
     if let Some(transport) = transport {
-        transport
-            .stop(Duration::from_secs(config.drain_timeout_secs))
-            .await;
+        let began = if began.is_finished() {
+            began.await.unwrap_or_else(|_| tokio::time::Instant::now())
+        } else {
+            // The listeners ended without a stop (a failure): no drain under way.
+            began.abort();
+            tokio::time::Instant::now()
+        };
+        let left = Duration::from_secs(config.drain_timeout_secs).saturating_sub(began.elapsed());
+        transport.stop(left).await;
     }
     Ok(())
 }
