@@ -1105,3 +1105,100 @@ fn config_check_refuses_a_dns_server_without_a_port() {
         "{err}"
     );
 }
+
+#[test]
+fn a_mail_exchanger_that_never_answers_the_connect_delays_the_next_only_by_the_connect_timeout() {
+    let remote_dir = TestDir::new("mx-second-remote");
+    let remote = Mta::start_with(
+        &remote_dir,
+        &[],
+        "[organization]\naccepted_domains = [\"far.test\"]\nmailboxes = [\"carol\"]\n",
+        &[],
+    );
+    // mx1.far.test (127.0.0.2) on the same port: a listener with a full accept queue, so
+    // a connect to it hangs (its SYN is dropped).
+    let mut blackhole = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            r#"
+import socket, sys, time
+l = socket.socket(); l.bind(('127.0.0.2', {port})); l.listen(0)
+fill = []
+for _ in range(3):
+    s = socket.socket(); s.settimeout(0.3)
+    try:
+        s.connect(('127.0.0.2', {port})); fill.append(s)
+    except OSError:
+        pass
+print('ready', flush=True)
+time.sleep(120)
+"#,
+            port = remote.transport
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(blackhole.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let dns_port = free_port();
+    let script = format!(
+        r#"
+import time
+from dnslib import RR, QTYPE, MX, A
+from dnslib.server import DNSServer, BaseResolver
+class Zone(BaseResolver):
+    def resolve(self, request, handler):
+        reply = request.reply()
+        name, qtype = str(request.q.qname).lower(), request.q.qtype
+        if name == 'far.test.' and qtype == QTYPE.MX:
+            reply.add_answer(RR('far.test.', QTYPE.MX, rdata=MX('mx1.far.test.', 10), ttl=60))
+            reply.add_answer(RR('far.test.', QTYPE.MX, rdata=MX('mx2.far.test.', 20), ttl=60))
+        elif name == 'mx1.far.test.' and qtype == QTYPE.A:
+            reply.add_answer(RR(name, QTYPE.A, rdata=A('127.0.0.2'), ttl=60))
+        elif name == 'mx2.far.test.' and qtype == QTYPE.A:
+            reply.add_answer(RR(name, QTYPE.A, rdata=A('127.0.0.1'), ttl=60))
+        return reply
+server = DNSServer(Zone(), port={dns_port}, address='127.0.0.1')
+server.start_thread()
+time.sleep(120)
+"#
+    );
+    let mut dns = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .spawn()
+        .unwrap();
+    let dir = TestDir::new("mx-second");
+    let mta = Mta::start(
+        &dir,
+        &format!(
+            "[routing]\nconnect_timeout_ms = 1000\ndns_servers = [\"127.0.0.1:{dns_port}\"]\n[[send_connectors]]\nname = \"Internet\"\naddress_spaces = [\"SMTP:*;1\"]\nport = {}\ntls = \"none\"\n",
+            remote.transport
+        ),
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(300)); // the DNS server starts
+    let sent = std::time::Instant::now();
+    send(&mta, "alice@example.test", &["carol@far.test"], "second mx");
+    let delivered = wait_until(WAIT, || remote.maildir("carol").len() == 1);
+    let took = sent.elapsed();
+    let _ = dns.kill();
+    let _ = dns.wait();
+    let _ = blackhole.kill();
+    let _ = blackhole.wait();
+    assert!(delivered, "{}", mta.log());
+    assert!(
+        took < Duration::from_secs(8),
+        "delivered after {took:?}: the first MX held it up past its connect timeout"
+    );
+    assert!(
+        mta.log().contains("127.0.0.2"),
+        "the first MX was tried: {}",
+        mta.log()
+    );
+}

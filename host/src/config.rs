@@ -282,6 +282,9 @@ pub struct RoutingConfig {
     /// How long an idle outbound connection is kept for the next message to the same next hop,
     /// in ms; then it is closed with QUIT.
     pub idle_connection_ms: u64,
+    /// How long a TCP connect to a next hop may take, in ms; a host that does not answer by
+    /// then is taken as down and the next one (the next MX) is tried.
+    pub connect_timeout_ms: u64,
 }
 
 impl Default for RoutingConfig {
@@ -297,6 +300,7 @@ impl Default for RoutingConfig {
             retry_max_ms: 600_000,
             dns_servers: Vec::new(),
             idle_connection_ms: 20_000,
+            connect_timeout_ms: 10_000,
         }
     }
 }

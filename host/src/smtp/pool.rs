@@ -24,6 +24,8 @@ pub struct Pool {
     idle_for: Duration,
     /// Where a copy converted for one next hop (8-bit to 7-bit) spools its body.
     spool: Option<crate::message::body::SpoolPlace>,
+    /// How long a TCP connect to a next hop may take.
+    connect_timeout: Duration,
 }
 
 fn key(address: &str, tls: TlsMode) -> String {
@@ -45,12 +47,17 @@ fn close(clients: Vec<Client>) {
 impl Pool {
     /// A pool keeping idle connections for `idle_for`, with the timer that closes them after.
     /// Must be called inside the tokio runtime.
-    pub fn new(idle_for: Duration, spool: Option<crate::message::body::SpoolPlace>) -> Arc<Self> {
+    pub fn new(
+        idle_for: Duration,
+        spool: Option<crate::message::body::SpoolPlace>,
+        connect_timeout: Duration,
+    ) -> Arc<Self> {
         let pool = Arc::new(Self {
             idle: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             idle_for,
             spool,
+            connect_timeout,
         });
         let weak: Weak<Pool> = Arc::downgrade(&pool);
         let tick = (idle_for / 2).max(Duration::from_millis(50));
@@ -62,6 +69,11 @@ impl Pool {
             }
         });
         pool
+    }
+
+    /// How long a TCP connect to a next hop may take.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
     }
 
     /// Where a copy converted for one next hop spools its body.

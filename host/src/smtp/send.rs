@@ -104,21 +104,33 @@ pub struct Client {
     pub tls: bool,
 }
 
+/// How long a TCP connect may take unless told otherwise: a host that does not answer by then
+/// is taken as down, so the next one is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Client {
     /// Connects over SMTP without TLS, reads the greeting, says EHLO as `helo`.
     pub async fn connect(addr: &str, helo: &str, timeout: Duration) -> Result<Self, SendError> {
-        Self::connect_with(addr, helo, timeout, TlsMode::None, Protocol::Smtp).await
+        Self::connect_with(
+            addr,
+            helo,
+            (timeout.min(CONNECT_TIMEOUT), timeout),
+            TlsMode::None,
+            Protocol::Smtp,
+        )
+        .await
     }
 
-    /// Connects, says EHLO (or LHLO), and negotiates STARTTLS as `tls` says.
+    /// Connects, says EHLO (or LHLO), and negotiates STARTTLS as `tls` says. `timeouts` are
+    /// the TCP connect's and every reply's (the greeting's included).
     pub async fn connect_with(
         addr: &str,
         helo: &str,
-        timeout: Duration,
+        timeouts: (Duration, Duration),
         tls: TlsMode,
         protocol: Protocol,
     ) -> Result<Self, SendError> {
-        let mut client = Self::open(addr, helo, timeout, protocol, None).await?;
+        let mut client = Self::open(addr, helo, timeouts, protocol, None).await?;
         if tls == TlsMode::None {
             return Ok(client);
         }
@@ -140,7 +152,7 @@ impl Client {
             Ok(()) => Ok(client),
             Err(e) if tls == TlsMode::Opportunistic => {
                 tracing::info!(message = "STARTTLS failed; sending in plain text.", peer = %addr, error = %e);
-                Self::open(addr, helo, timeout, protocol, None).await
+                Self::open(addr, helo, timeouts, protocol, None).await
             }
             Err(e) => Err(e),
         }
@@ -155,17 +167,24 @@ impl Client {
         timeout: Duration,
         attributes: &str,
     ) -> Result<Self, SendError> {
-        Self::open(addr, helo, timeout, Protocol::Smtp, Some(attributes)).await
+        Self::open(
+            addr,
+            helo,
+            (timeout.min(CONNECT_TIMEOUT), timeout),
+            Protocol::Smtp,
+            Some(attributes),
+        )
+        .await
     }
 
     async fn open(
         addr: &str,
         helo: &str,
-        timeout: Duration,
+        (connect, timeout): (Duration, Duration),
         protocol: Protocol,
         xclient: Option<&str>,
     ) -> Result<Self, SendError> {
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let stream = tokio::time::timeout(connect, TcpStream::connect(addr))
             .await
             .map_err(|_| SendError::Connect(addr.into(), std::io::ErrorKind::TimedOut.into()))?
             .map_err(|e| SendError::Connect(addr.into(), e))?;

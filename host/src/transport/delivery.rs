@@ -231,7 +231,7 @@ async fn one_transaction(
                 Client::connect_with(
                     target.address,
                     helo,
-                    Duration::from_secs(60),
+                    (pool.connect_timeout(), Duration::from_secs(60)),
                     target.tls,
                     target.protocol,
                 )
@@ -780,6 +780,7 @@ impl Deliverer {
             pool: Pool::new(
                 Duration::from_millis(config.routing.idle_connection_ms.max(1)),
                 Some(config.spool_place(crate::service::Service::Transport)),
+                Duration::from_millis(config.routing.connect_timeout_ms.max(1)),
             ),
             mx: config
                 .send_connectors
