@@ -524,7 +524,7 @@ fn agents_files_and_libraries_writable_by_others_are_refused() {
     let (code, out) = check(&dir, "agents.config", &text, "--agents-config");
     assert_ne!(code, 0);
     assert!(
-        out.contains("is writable by other users (mode 666): refused"),
+        out.contains("is writable by its group or other users (mode 666): refused"),
         "{out}"
     );
 
@@ -541,7 +541,7 @@ fn agents_files_and_libraries_writable_by_others_are_refused() {
     assert_ne!(code, 0);
     assert!(
         format!("{out}{err}").contains("the agents file")
-            && err.contains("is writable by other users"),
+            && format!("{out}{err}").contains("is writable by its group or other users"),
         "{out}{err}"
     );
 }

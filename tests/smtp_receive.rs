@@ -678,7 +678,7 @@ fn recipient_limits_and_remote_ranges_are_enforced() {
 fn an_invalid_agents_file_at_start_up_is_fatal_with_its_position() {
     let dir = TestDir::new("fatal");
     dir.write("agents.config", "<configuration><mexRuntime><agentList><agent name=\"x\"/></agentList></mexRuntime></configuration>");
-    dir.write("mta.toml", "[agents]\ntransport = \"agents.config\"\n[frontend]\nlisten = \"127.0.0.1:0\"\n[transport]\nlisten = \"127.0.0.1:0\"\n[mailbox]\nlisten = \"127.0.0.1:0\"\n");
+    dir.write("mta.toml", "allow_root_agents = true\n[agents]\ntransport = \"agents.config\"\n[frontend]\nlisten = \"127.0.0.1:0\"\n[transport]\nlisten = \"127.0.0.1:0\"\n[mailbox]\nlisten = \"127.0.0.1:0\"\n");
     let (code, _, err) = run_mta(
         &dir.0,
         &["--config", dir.path("mta.toml").to_str().unwrap(), "run"],

@@ -43,6 +43,13 @@ pub struct HostConfig {
     pub drain_timeout_secs: u64,
     /// Back pressure: the marks over which the Transport service takes no new mail.
     pub back_pressure: BackPressureConfig,
+    /// The user `mta run` becomes once its listeners are bound, when started as root.
+    pub user: Option<String>,
+    /// Its group (default: the user's primary group).
+    pub group: Option<String>,
+    /// Whether agents may run in a process that is root (default: false with a configuration
+    /// file; the embedded defaults, for trying mta out, allow it with a warning).
+    pub allow_root_agents: Option<bool>,
     /// Where the configuration was read from (`None`: embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -532,6 +539,9 @@ impl Default for HostConfig {
             foreign_connectors: Vec::new(),
             drain_timeout_secs: 30,
             back_pressure: BackPressureConfig::default(),
+            user: None,
+            group: None,
+            allow_root_agents: None,
             source: None,
         }
     }

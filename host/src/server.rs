@@ -68,16 +68,34 @@ fn receive_config(
     Ok(rc)
 }
 
-async fn bind(service: Service, listen: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("the {service} service cannot listen on {listen}"))
+/// Binds the listener of every role, before anything else runs (and, started as root, before
+/// the switch to the configured user): a port in use stops the start-up here.
+pub fn bind(
+    config: &HostConfig,
+    roles: &[Service],
+) -> anyhow::Result<HashMap<Service, std::net::TcpListener>> {
+    let mut listeners = HashMap::new();
+    for (service, listener) in [
+        (Service::Mailbox, &config.mailbox),
+        (Service::Transport, &config.transport),
+        (Service::FrontEnd, &config.frontend),
+    ] {
+        if roles.contains(&service) {
+            let listen = &listener.listen;
+            let bound = std::net::TcpListener::bind(listen)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .with_context(|| format!("the {service} service cannot listen on {listen}"))?;
+            listeners.insert(service, bound);
+        }
+    }
+    Ok(listeners)
 }
 
 /// Runs the services of `roles` until `shutdown` turns true.
 pub async fn run(
     config: HostConfig,
     roles: Vec<Service>,
+    listeners: HashMap<Service, std::net::TcpListener>,
     agents: HashMap<Service, Arc<AgentHost>>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -91,17 +109,11 @@ pub async fn run(
     };
     let auth = Arc::new(config.auth.clone());
     let mut tasks = tokio::task::JoinSet::new();
-    // Bind every listener first: a port in use stops the start-up before anything runs.
-    let mut listeners = HashMap::new();
-    for (service, listener) in [
-        (Service::Mailbox, &config.mailbox),
-        (Service::Transport, &config.transport),
-        (Service::FrontEnd, &config.frontend),
-    ] {
-        if roles.contains(&service) {
-            listeners.insert(service, bind(service, &listener.listen).await?);
-        }
-    }
+    let mut listeners: HashMap<Service, TcpListener> = listeners
+        .into_iter()
+        .map(|(service, l)| TcpListener::from_std(l).map(|l| (service, l)))
+        .collect::<std::io::Result<_>>()
+        .context("listening")?;
     tracing::info!(
         message = "mta running.",
         roles = %roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
@@ -181,8 +193,15 @@ pub async fn run(
                     format,
                     Arc::new(submission.clone()),
                     config.spool_place(Service::Transport),
-                    poll,
-                    config.directories.max_per_poll,
+                    crate::directories::Polling {
+                        interval: poll,
+                        per_poll: config.directories.max_per_poll,
+                        max_size: config
+                            .transport
+                            .max_message_size
+                            .unwrap_or(crate::smtp::receive::DEFAULT_MAX_MESSAGE_SIZE)
+                            as u64,
+                    },
                     shutdown.clone(),
                 ));
             }

@@ -242,7 +242,10 @@ impl Mta {
             let config = dir.write(
                 "mta.toml",
                 &format!(
-                    "{}{extra}\n[frontend]\nlisten = \"127.0.0.1:{frontend}\"\n{}[transport]\nlisten = \"127.0.0.1:{transport}\"\n{}[mailbox]\nlisten = \"127.0.0.1:{mailbox}\"\n{}",
+                    "{}{}{extra}\n[frontend]\nlisten = \"127.0.0.1:{frontend}\"\n{}[transport]\nlisten = \"127.0.0.1:{transport}\"\n{}[mailbox]\nlisten = \"127.0.0.1:{mailbox}\"\n{}",
+                    // The tests run as whoever runs them, root included: agents may run as root
+                    // unless a test says otherwise.
+                    if extra.contains("allow_root_agents") { "" } else { "allow_root_agents = true\n" },
                     if extra.contains("data_dir") { "" } else { "data_dir = \"mta-data\"\n" },
                     keys("frontend"),
                     keys("transport"),

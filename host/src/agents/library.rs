@@ -121,12 +121,22 @@ pub struct Libraries {
 }
 
 impl Libraries {
-    /// A registry for a one-shot command: shadow copies in a private temporary directory.
+    /// A registry for a one-shot command: shadow copies in a private temporary directory, its
+    /// name unpredictable, made 0700 when first needed and removed when empty.
     pub fn for_command() -> Self {
-        Self::new(std::env::temp_dir().join(format!("mta-shadow-{}", std::process::id())))
+        let mut noise = [0u8; 8];
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+            let _ = std::io::Read::read_exact(&mut f, &mut noise);
+        }
+        Self::new(std::env::temp_dir().join(format!(
+            "mta-shadow-{}-{:016x}",
+            std::process::id(),
+            u64::from_le_bytes(noise)
+        )))
     }
 
-    /// A registry whose shadow copies go to `shadow_dir` (created if missing; it must allow
+    /// A registry whose shadow copies go to `shadow_dir`: made 0700 if missing; if it exists it
+    /// must be a directory of the MTA's own user that nobody else can enter (it must also allow
     /// executable mappings).
     pub fn new(shadow_dir: PathBuf) -> Self {
         Self {
@@ -197,7 +207,7 @@ impl Libraries {
         generation: u64,
     ) -> Result<PathBuf, LoadError> {
         let io = |e| LoadError::Io(path.to_path_buf(), e);
-        std::fs::create_dir_all(&self.shadow_dir).map_err(io)?;
+        private_dir(&self.shadow_dir).map_err(io)?;
         let stem = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -211,10 +221,53 @@ impl Libraries {
             std::process::id()
         ));
         // Written from the bytes we hashed, so the image loaded is exactly the one fingerprinted
-        // even if the original is being rewritten right now.
-        std::fs::write(&shadow, bytes).map_err(io)?;
+        // even if the original is being rewritten right now; a new file (never one that was
+        // there, never through a symlink), readable by this user only.
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(&shadow);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&shadow)
+            .map_err(io)?;
+        file.write_all(bytes).map_err(io)?;
         Ok(shadow)
     }
+}
+
+/// Makes `dir` (mode 0700) or checks that it is a real directory of this user that no one else
+/// may enter: shadow copies are loaded as code.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    let ours = meta.uid() == rustix::process::geteuid().as_raw();
+    if meta.is_dir() && ours && meta.mode() & 0o077 != 0 {
+        // Ours, made by an older version with looser modes: close it.
+        use std::os::unix::fs::PermissionsExt;
+        return std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    if !meta.is_dir() || !ours {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "the shadow directory {} is not a private directory of this user (a symlink, another owner, or mode {:o}): refused",
+                dir.display(),
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn load_root_module(path: &Path, shadow: &Path) -> Result<(AgentLibraryRef, String), LoadError> {
@@ -260,4 +313,51 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     hasher.write(bytes);
     hasher.finish()
+}
+
+#[cfg(test)]
+mod shadow_tests {
+    use super::*;
+
+    #[test]
+    fn a_shadow_directory_that_is_a_symlink_or_not_ours_is_refused() {
+        let base = std::env::temp_dir().join(format!("mta-shadow-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let fresh = base.join("fresh");
+        private_dir(&fresh).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        // Planted: a symlink to a directory someone else controls.
+        let elsewhere = base.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let planted = base.join("planted");
+        std::os::unix::fs::symlink(&elsewhere, &planted).unwrap();
+        assert!(private_dir(&planted).is_err());
+        if rustix::process::geteuid().is_root() {
+            let theirs = base.join("theirs");
+            std::fs::create_dir_all(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            assert!(private_dir(&theirs).is_err());
+        }
+        // The copy is a new file, never written through a symlink planted at its name.
+        let libraries = Libraries::new(fresh.clone());
+        let target = base.join("victim");
+        std::fs::write(&target, b"original").unwrap();
+        let name = fresh.join(format!("lib-{}-1-{:016x}.so", std::process::id(), 7u64));
+        std::os::unix::fs::symlink(&target, &name).unwrap();
+        let shadow = libraries
+            .shadow_copy(Path::new("/x/lib.so"), b"new", 7, 1)
+            .unwrap();
+        assert_eq!(shadow, name);
+        assert_eq!(std::fs::read(&target).unwrap(), b"original");
+        assert!(!std::fs::symlink_metadata(&shadow)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let _ = std::fs::remove_dir_all(&base);
+    }
 }

@@ -23,6 +23,8 @@ pub struct RunArgs {
 
 pub fn run(config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     init_tracing();
+    // Everything this process makes is its user's alone (the data dir itself is 0750).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let mut roles = Vec::new();
     for role in &args.roles {
         match Service::parse(role) {
@@ -38,6 +40,35 @@ pub fn run(config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
             Service::Mailbox.accepted_classes()
         );
     }
+    // Bind as whoever started us (root may bind port 25), then become the configured user
+    // before any agent is loaded or any mail read.
+    let account = match (&config.user, crate::privileges::is_root()) {
+        (Some(user), true) => {
+            let account = crate::privileges::lookup(user, config.group.as_deref())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            crate::agents::strict_modes::trust_user(account.uid);
+            Some(account)
+        }
+        (Some(user), false) => {
+            tracing::info!(message = "Not started as root: the user setting is not applied.", user = %user);
+            None
+        }
+        (None, _) => None,
+    };
+    if let Some(path) = &config.source {
+        crate::agents::strict_modes::check(path, "the host configuration")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let listeners = crate::server::bind(&config, &roles)?;
+    if let Some(account) = &account {
+        crate::privileges::prepare_data_dir(&config.data_dir, account)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::privileges::drop_to(account).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    if crate::privileges::is_root() {
+        refuse_root_agents(&config, &roles)?;
+    }
+    make_data_dir(&config.data_dir)?;
     std::fs::create_dir_all(config.run_dir())
         .with_context(|| format!("creating {}", config.run_dir().display()))?;
     crate::agents::pool::AgentPool::init(config.agents.pool_threads);
@@ -70,7 +101,9 @@ pub fn run(config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     let trigger = controller.trigger();
     runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut services = tokio::spawn(crate::server::run(config, roles, by_service, stopped));
+        let mut services = tokio::spawn(crate::server::run(
+            config, roles, listeners, by_service, stopped,
+        ));
         // A service that cannot start (a port in use) ends the process with its error.
         tokio::select! {
             result = &mut services => {
@@ -91,6 +124,51 @@ pub fn run(config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Agents in a process that is root run as root: refused unless `allow_root_agents` says
+/// otherwise (the embedded defaults, for trying mta out, allow it with a warning).
+fn refuse_root_agents(config: &HostConfig, roles: &[Service]) -> anyhow::Result<()> {
+    let with_agents: Vec<String> = roles
+        .iter()
+        .filter_map(|s| config.agents_file(*s))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if with_agents.is_empty() {
+        return Ok(());
+    }
+    match config.allow_root_agents.unwrap_or(config.source.is_none()) {
+        true => {
+            tracing::warn!(message = "Agents run as root. Set user in mta.toml to run mta unprivileged.", agents_files = %with_agents.join(", "));
+            Ok(())
+        }
+        false => bail!(
+            "refusing to run agents as root ({}): set user = \"mta\" in {} so mta switches to that user once its listeners are bound, or allow_root_agents = true",
+            with_agents.join(", "),
+            config
+                .source
+                .as_deref()
+                .map_or("mta.toml".into(), |p| p.display().to_string())
+        ),
+    }
+}
+
+/// The data directory, made 0750 if missing (what it holds is made by a process whose umask
+/// is 077: owner only).
+fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .with_context(|| format!("creating data_dir {}", dir.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+            .with_context(|| format!("chmod of data_dir {}", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Waits for SIGINT or SIGTERM; SIGHUP reloads every agent pipeline.
 async fn wait_for_shutdown(trigger: std::sync::mpsc::Sender<Trigger>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -109,12 +187,5 @@ async fn wait_for_shutdown(trigger: std::sync::mpsc::Sender<Trigger>) -> anyhow:
 }
 
 fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("MTA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::logging::init();
 }

@@ -2,10 +2,13 @@
 //! directory (plain messages, envelope taken from their headers) and the **replay** directory
 //! (messages carrying their envelope in leading `X-Sender` / `X-Receiver` fields).
 //!
-//! Both are polled. A file is claimed by renaming it to `.tmp` (so another poller or a restart
-//! never takes it twice), read a piece at a time (its body spooled, never whole in memory),
-//! submitted durably, then deleted; a file that cannot be read as a message is renamed `.bad`
-//! and left for the operator. While back pressure holds new mail back, files wait.
+//! Both are polled for files named `*.eml`. A file is claimed by renaming it to
+//! `*.eml.mta-claimed` (a suffix no writer uses, so a restart takes back only what this host
+//! claimed, never a writer's half-written temporary file), opened without following symlinks
+//! and read a piece at a time (its body spooled, never whole in memory), submitted durably,
+//! then deleted. A file that is not a regular file, is larger than the Transport receive
+//! connector's size limit, or cannot be read as a message is renamed `*.bad` and logged for
+//! the operator. While back pressure holds new mail back, files wait.
 
 pub mod pickup;
 pub mod replay;
@@ -17,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The suffix of a claimed file.
+const CLAIMED: &str = ".mta-claimed";
+
 /// How a directory turns a file into a mail item.
 pub trait Format: Send + Sync + 'static {
     /// The directory's name in logs.
@@ -25,50 +31,68 @@ pub trait Format: Send + Sync + 'static {
     fn read(&self, message: Message) -> Result<MailItem, String>;
 }
 
-/// Polls `dir` every `interval`, submitting at most `per_poll` files each time; large bodies
-/// are spooled to `spool`.
+/// How a directory is polled.
+#[derive(Clone, Debug)]
+pub struct Polling {
+    /// Between polls.
+    pub interval: Duration,
+    /// Most files taken per poll.
+    pub per_poll: usize,
+    /// Largest message taken, in bytes.
+    pub max_size: u64,
+}
+
+/// Polls `dir`, submitting its files; large bodies are spooled to `spool`.
 pub async fn watch(
     dir: PathBuf,
     format: Arc<dyn Format>,
     sink: Arc<dyn Sink>,
     spool: SpoolPlace,
-    interval: Duration,
-    per_poll: usize,
+    polling: Polling,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     if let Err(e) = std::fs::create_dir_all(&dir) {
-        tracing::error!(message = "Cannot create directory.", dir = %dir.display(), error = %e);
+        tracing::error!(message = "Cannot create directory.", dir = ?dir, error = %e);
         return;
     }
-    // Files claimed before a crash are taken again.
-    for path in files(&dir, "tmp") {
-        let _ = std::fs::rename(&path, path.with_extension("eml"));
+    // Files this host claimed before a crash are taken again.
+    for (path, name) in files(&dir, CLAIMED) {
+        let _ = std::fs::rename(&path, dir.join(&name[..name.len() - CLAIMED.len()]));
     }
     loop {
-        for path in files(&dir, "eml").into_iter().take(per_poll) {
+        for (path, name) in files(&dir, ".eml").into_iter().take(polling.per_poll) {
             if sink.paused() {
                 // Back pressure: the files wait where they are.
                 break;
             }
-            take(&path, format.as_ref(), sink.as_ref(), &spool).await;
+            take(
+                &dir,
+                &path,
+                &name,
+                format.as_ref(),
+                sink.as_ref(),
+                &spool,
+                &polling,
+            )
+            .await;
         }
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(polling.interval) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }
 }
 
-fn files(dir: &Path, extension: &str) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+/// The entries of `dir` whose name ends with `suffix` (ignoring case), sorted.
+fn files(dir: &Path, suffix: &str) -> Vec<(PathBuf, String)> {
+    let mut found: Vec<(PathBuf, String)> = std::fs::read_dir(dir)
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.is_file()
-                        && p.extension()
-                            .is_some_and(|x| x.eq_ignore_ascii_case(extension))
+                .filter_map(|e| {
+                    let name = e.file_name().to_str()?.to_string();
+                    let lower = name.to_ascii_lowercase();
+                    (lower.ends_with(suffix) && name.len() > suffix.len()).then(|| (e.path(), name))
                 })
                 .collect()
         })
@@ -77,50 +101,61 @@ fn files(dir: &Path, extension: &str) -> Vec<PathBuf> {
     found
 }
 
-async fn take(path: &Path, format: &dyn Format, sink: &dyn Sink, spool: &SpoolPlace) {
-    let claimed = path.with_extension("tmp");
+/// What follows a file's fate: `x.eml` becomes `x.bad`.
+fn bad_name(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{}.bad", &name[..name.len() - ".eml".len()]))
+}
+
+async fn take(
+    dir: &Path,
+    path: &Path,
+    name: &str,
+    format: &dyn Format,
+    sink: &dyn Sink,
+    spool: &SpoolPlace,
+    polling: &Polling,
+) {
+    let claimed = dir.join(format!("{name}{CLAIMED}"));
+    let bad = |reason: &str| {
+        tracing::warn!(message = "Bad message file; renamed .bad.", directory = format.name(), file = ?name, reason = ?reason);
+        let _ = std::fs::rename(&claimed, bad_name(dir, name));
+    };
     if std::fs::rename(path, &claimed).is_err() {
         return; // someone else took it
     }
-    let (file, place) = (claimed.clone(), spool.clone());
-    let read = tokio::task::spawn_blocking(move || crate::message::file::read(&file, Some(&place)))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    let (file, place, max) = (claimed.clone(), spool.clone(), polling.max_size);
+    let read = tokio::task::spawn_blocking(move || {
+        crate::message::file::read_limited(&file, Some(&place), max)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
     let message = match read {
         Ok(message) => message,
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            tracing::warn!(message = "Bad message file; renamed .bad.", directory = format.name(), path = %path.display(), reason = %e);
-            let _ = std::fs::rename(&claimed, path.with_extension("bad"));
-            return;
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return bad(&e.to_string()),
         Err(e) => {
-            tracing::warn!(message = "Cannot read file.", directory = format.name(), path = %claimed.display(), error = %e);
+            tracing::warn!(message = "Cannot read file.", directory = format.name(), file = ?name, error = %e);
             let _ = std::fs::rename(&claimed, path);
             return;
         }
     };
     let mut item = match format.read(message) {
         Ok(item) => item,
-        Err(reason) => {
-            tracing::warn!(message = "Bad message file; renamed .bad.", directory = format.name(), path = %path.display(), reason = %reason);
-            let _ = std::fs::rename(&claimed, path.with_extension("bad"));
-            return;
-        }
+        Err(reason) => return bad(&reason),
     };
     // The directories are this host's own: whoever can write there is trusted.
     item.trace.vouched = true;
     match sink.submit(item).await {
         Ok(reply) => {
-            tracing::info!(message = "Submitted from directory.", directory = format.name(), file = %path.display(), reply = %reply);
+            tracing::info!(message = "Submitted from directory.", directory = format.name(), file = ?name, reply = %reply);
             let _ = std::fs::remove_file(&claimed);
         }
         Err(reply) if reply.is_permanent() => {
-            tracing::warn!(message = "Message refused; renamed .bad.", directory = format.name(), path = %path.display(), reply = %reply);
-            let _ = std::fs::rename(&claimed, path.with_extension("bad"));
+            tracing::warn!(message = "Message refused; renamed .bad.", directory = format.name(), file = ?name, reply = %reply);
+            let _ = std::fs::rename(&claimed, bad_name(dir, name));
         }
         Err(reply) => {
             // Try again at the next poll.
-            tracing::warn!(message = "Submission failed; will retry.", directory = format.name(), path = %path.display(), reply = %reply);
+            tracing::warn!(message = "Submission failed; will retry.", directory = format.name(), file = ?name, reply = %reply);
             let _ = std::fs::rename(&claimed, path);
         }
     }

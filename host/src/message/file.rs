@@ -12,13 +12,47 @@ pub const MAX_HEADER: usize = 256 * 1024;
 /// Reads the message in `path`: its header block in memory, its body spooled to `place` once
 /// it passes the spool threshold. Blocking.
 pub fn read(path: &Path, place: Option<&SpoolPlace>) -> io::Result<Message> {
-    let mut file = std::fs::File::open(path)?;
+    read_limited(path, place, u64::MAX)
+}
+
+/// [`read`], refusing (`InvalidData`) a file that is not a regular file (a symlink is never
+/// followed) or is larger than `max` bytes.
+pub fn read_limited(path: &Path, place: Option<&SpoolPlace>, max: u64) -> io::Result<Message> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidData, why);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                invalid("a symlink: only regular files are taken".into())
+            } else {
+                e
+            }
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(invalid("not a regular file".into()));
+    }
+    if meta.len() > max {
+        return Err(invalid(format!(
+            "{} bytes, larger than the size limit of {max} bytes",
+            meta.len()
+        )));
+    }
+    let mut file = file.take(max.saturating_add(1));
     let mut crlf = CrlfStream::default();
     let mut buffer = vec![0u8; CHUNK];
     let mut head = Vec::new();
     let at = loop {
         let n = file.read(&mut buffer)?;
         if n == 0 {
+            if file.limit() == 0 {
+                return Err(invalid(format!(
+                    "larger than the size limit of {max} bytes"
+                )));
+            }
             // The whole file was read before the header block ended: it is small.
             return Ok(Message::parse(&head));
         }
@@ -45,6 +79,12 @@ pub fn read(path: &Path, place: Option<&SpoolPlace>) -> io::Result<Message> {
         out.clear();
         crlf.push(&buffer[..n], &mut out);
         body.push(&out)?;
+    }
+    if file.limit() == 0 {
+        // It grew past the limit while being read.
+        return Err(invalid(format!(
+            "larger than the size limit of {max} bytes"
+        )));
     }
     Ok(Message::with_body(&head, body.finish()?))
 }

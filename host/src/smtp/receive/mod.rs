@@ -166,13 +166,16 @@ impl Permissions {
     }
 }
 
+/// A receive connector's size limit unless configured (Exchange's 36 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 36 * 1024 * 1024;
+
 impl ReceiveConfig {
     /// Defaults for `service`.
     pub fn new(service: Service, hostname: &str) -> Self {
         Self {
             service,
             hostname: hostname.to_string(),
-            max_message_size: 36 * 1024 * 1024,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_recipients: 200,
             max_errors: 10,
             idle_timeout: Duration::from_secs(300),

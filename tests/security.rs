@@ -1,0 +1,381 @@
+//! Security in depth, from a hostile local user's and a hostile client's side: privileges,
+//! file modes, StrictModes, pickup files, forged log lines.
+
+mod support;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::Duration;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().mode() & 0o7777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The uids of a running process: real, effective, saved, file system.
+fn uids(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn started_as_root_it_binds_then_runs_as_the_configured_user_with_its_agents() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = TestDir::new("drop");
+    chmod(&dir.0, 0o755);
+    let log = dir.path("probe.log");
+    std::fs::write(&log, b"").unwrap();
+    std::os::unix::fs::chown(&log, Some(65534), Some(65534)).unwrap();
+    dir.write(
+        "agents.config",
+        &agents_xml(5000, &[Entry::probe("P", &log)]),
+    );
+    // No allow_root_agents: the agents run as nobody.
+    let mut mta = Mta::start(
+        &dir,
+        "allow_root_agents = false\nuser = \"nobody\"\n[agents]\ntransport = \"agents.config\"\n",
+        &[],
+    );
+    assert_eq!(uids(mta.pid()), [65534; 4], "{}", mta.log());
+    assert!(mta.log().contains("Running as an unprivileged user."));
+    let mut smtp = Smtp::ehlo(mta.frontend);
+    let r = smtp.send_mail(
+        "a@elsewhere.test",
+        &["alice@example.test"],
+        "Subject: as nobody\n\nx\n",
+    );
+    assert_eq!(r.code, 250, "{r:?} {}", mta.log());
+    smtp.quit();
+    assert!(
+        wait_until(WAIT, || mta.maildir("alice").len() == 1),
+        "{}",
+        mta.log()
+    );
+    let new = dir.path("mta-data/mailboxes/alice/new");
+    let file = std::fs::read_dir(&new)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert_eq!(std::fs::metadata(&file).unwrap().uid(), 65534);
+    assert!(std::fs::metadata(&log).unwrap().len() > 0, "the agent ran");
+    mta.stop();
+    // A data dir that belongs to someone else is refused with what to do.
+    std::os::unix::fs::chown(dir.path("mta-data"), Some(0), Some(0)).unwrap();
+    let (code, _, err) = run_mta(&dir.0, &["--config", mta.config.to_str().unwrap(), "run"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("chown -R nobody"), "{err}");
+}
+
+#[test]
+fn agents_are_not_run_as_root_unless_allowed() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = TestDir::new("root-agents");
+    let log = dir.path("probe.log");
+    dir.write(
+        "agents.config",
+        &agents_xml(5000, &[Entry::probe("P", &log)]),
+    );
+    dir.write(
+        "mta.toml",
+        "[agents]\ntransport = \"agents.config\"\n[frontend]\nlisten = \"127.0.0.1:0\"\n[transport]\nlisten = \"127.0.0.1:0\"\n[mailbox]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let (code, _, err) = run_mta(
+        &dir.0,
+        &["--config", dir.path("mta.toml").to_str().unwrap(), "run"],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("refusing to run agents as root"), "{err}");
+    assert!(!log.exists(), "no agent was loaded");
+}
+
+#[test]
+fn mail_queues_and_keys_are_readable_by_the_mta_user_only() {
+    let dir = TestDir::new("modes");
+    let mta = Mta::start(
+        &dir,
+        "[routing]\nretry_base_ms = 60000\n[[send_connectors]]\nname = \"Down\"\naddress_spaces = [\"SMTP:far.test;1\"]\nsmart_hosts = [\"127.0.0.1:1\"]\ntls = \"none\"\n",
+        &[],
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    assert_eq!(
+        smtp.send_mail(
+            "a@elsewhere.test",
+            &["alice@example.test"],
+            "Subject: m\n\nx\n"
+        )
+        .code,
+        250
+    );
+    assert_eq!(
+        smtp.send_mail("alice@example.test", &["x@far.test"], "Subject: q\n\nx\n")
+            .code,
+        250
+    );
+    smtp.quit();
+    assert!(wait_until(WAIT, || mta.maildir("alice").len() == 1));
+    assert!(
+        wait_until(WAIT, || mta.queued("delivery-send-Down") == 1),
+        "{}",
+        mta.log()
+    );
+    let data = dir.path("mta-data");
+    assert_eq!(mode(&data), 0o750, "the data dir");
+    let alice = data.join("mailboxes/alice");
+    assert_eq!(mode(&alice), 0o700, "a Maildir");
+    assert_eq!(mode(&alice.join("new")), 0o700);
+    for f in std::fs::read_dir(alice.join("new")).unwrap() {
+        assert_eq!(mode(&f.unwrap().path()), 0o600, "a message");
+    }
+    let queue = data.join("queue/delivery-send-Down");
+    assert_eq!(mode(&queue), 0o700);
+    for f in std::fs::read_dir(&queue).unwrap() {
+        assert_eq!(mode(&f.unwrap().path()), 0o600, "a queue file");
+    }
+    for f in std::fs::read_dir(data.join("queue/journal")).unwrap() {
+        assert_eq!(mode(&f.unwrap().path()), 0o600, "a journal segment");
+    }
+    assert_eq!(mode(&data.join("tls/key.pem")), 0o600, "the TLS key");
+    for f in std::fs::read_dir(data.join("run")).unwrap() {
+        let f = f.unwrap().path();
+        assert_eq!(mode(&f) & 0o077, 0, "{}", f.display());
+    }
+}
+
+/// `mta config check` with an agents file naming `library`.
+fn check_library(dir: &TestDir, library: &Path) -> (i32, String) {
+    let file = dir.write(
+        "agents.config",
+        &agents_xml(
+            1000,
+            &[Entry::probe("P", &dir.path("p.log")).assembly(library)],
+        ),
+    );
+    let (code, out, err) = run_mta(
+        &dir.0,
+        &["--agents-config", file.to_str().unwrap(), "config", "check"],
+    );
+    (code, format!("{out}{err}"))
+}
+
+#[test]
+fn libraries_and_files_another_user_could_write_are_refused_as_sshd_does() {
+    let dir = TestDir::new("strict");
+    chmod(&dir.0, 0o755);
+    let plain = dir.path("ok/libprobe.so");
+    std::fs::create_dir_all(plain.parent().unwrap()).unwrap();
+    chmod(plain.parent().unwrap(), 0o755);
+    std::fs::copy(lib("probe"), &plain).unwrap();
+    chmod(&plain, 0o644);
+    let (code, out) = check_library(&dir, &plain);
+    assert_eq!(code, 0, "{out}");
+    // Group-writable library.
+    chmod(&plain, 0o664);
+    let (code, out) = check_library(&dir, &plain);
+    assert!(code != 0 && out.contains("writable by its group"), "{out}");
+    chmod(&plain, 0o644);
+    // A 0777 grandparent directory.
+    let deep = dir.path("open/inner/libprobe.so");
+    std::fs::create_dir_all(deep.parent().unwrap()).unwrap();
+    chmod(&dir.path("open"), 0o777);
+    chmod(deep.parent().unwrap(), 0o755);
+    std::fs::copy(lib("probe"), &deep).unwrap();
+    chmod(&deep, 0o644);
+    let (code, out) = check_library(&dir, &deep);
+    assert!(code != 0 && out.contains("above the library"), "{out}");
+    // A symlink, in a safe place, into that directory.
+    let link = dir.path("ok/link.so");
+    std::os::unix::fs::symlink(&deep, &link).unwrap();
+    let (code, out) = check_library(&dir, &link);
+    assert!(code != 0 && out.contains("mode 777"), "{out}");
+    // A group-writable agents file.
+    let file = dir.write(
+        "agents.config",
+        &agents_xml(1000, &[Entry::probe("P", &dir.path("p.log"))]),
+    );
+    chmod(&file, 0o664);
+    let (code, out, err) = run_mta(
+        &dir.0,
+        &["--agents-config", file.to_str().unwrap(), "config", "check"],
+    );
+    assert!(
+        code != 0 && format!("{out}{err}").contains("writable by its group"),
+        "{out}{err}"
+    );
+    chmod(&file, 0o644);
+    if is_root() {
+        // A library owned by nobody, even with safe modes: refused, and never run.
+        let theirs = dir.path("ok/libtheirs.so");
+        std::fs::copy(lib("probe"), &theirs).unwrap();
+        chmod(&theirs, 0o644);
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let (code, out) = check_library(&dir, &theirs);
+        assert!(code != 0 && out.contains("owned by uid 65534"), "{out}");
+        // In sticky /tmp, owned by another user.
+        let sticky = dir.path("sticky");
+        std::fs::create_dir_all(&sticky).unwrap();
+        chmod(&sticky, 0o1777);
+        let in_tmp = sticky.join("libprobe.so");
+        std::fs::copy(lib("probe"), &in_tmp).unwrap();
+        chmod(&in_tmp, 0o644);
+        std::os::unix::fs::chown(&in_tmp, Some(65534), Some(65534)).unwrap();
+        let (code, out) = check_library(&dir, &in_tmp);
+        assert!(code != 0 && out.contains("owned by uid 65534"), "{out}");
+    }
+    // The host configuration too.
+    let toml = dir.write("mta.toml", "hostname = \"x.test\"\n");
+    chmod(&toml, 0o666);
+    let (code, _, err) = run_mta(&dir.0, &["--config", toml.to_str().unwrap(), "run"]);
+    assert!(code != 0 && err.contains("the host configuration"), "{err}");
+}
+
+#[test]
+fn pickup_takes_only_regular_files_never_a_writers_temporary_file_and_names_what_it_refuses() {
+    let dir = TestDir::new("pickup-hostile");
+    let secret = dir.write(
+        "secret.txt",
+        "From: a@example.test\nTo: alice@example.test\nSubject: secret\n\nroot only\n",
+    );
+    chmod(&secret, 0o600);
+    let pickup = dir.path("mta-data/pickup");
+    std::fs::create_dir_all(&pickup).unwrap();
+    std::os::unix::fs::symlink(&secret, pickup.join("link.eml")).unwrap();
+    // A writer's half-written temporary file, and a file with a line break in its name.
+    dir.write(
+        "mta-data/pickup/half.tmp",
+        "From: a@example.test\nTo: alice@example.test\nSubject: half",
+    );
+    dir.write(
+        "mta-data/pickup/evil\nINFO forged line.eml",
+        "From: a@example.test\nTo: alice@example.test\nSubject: newline name\n\nx\n",
+    );
+    dir.write("mta-data/pickup/..eml", "not a message at all");
+    // Claimed by this host before a crash: taken again at the start.
+    dir.write(
+        "mta-data/pickup/claimed.eml.mta-claimed",
+        "From: a@example.test\nTo: alice@example.test\nSubject: was claimed\n\nx\n",
+    );
+    let big = format!(
+        "From: a@example.test\nTo: alice@example.test\nSubject: big\n\n{}\n",
+        "y".repeat(5000)
+    );
+    dir.write("mta-data/pickup/big.eml", &big);
+    let mta = Mta::start_with(
+        &dir,
+        &[("transport", "max_message_size = 4000")],
+        "[directories]\npoll_interval_ms = 100\n",
+        &[],
+    );
+    assert!(
+        wait_until(WAIT, || mta
+            .maildir("alice")
+            .iter()
+            .any(|m| m.contains("newline name"))),
+        "{}",
+        mta.log()
+    );
+    assert!(
+        wait_until(WAIT, || mta
+            .maildir("alice")
+            .iter()
+            .any(|m| m.contains("was claimed"))),
+        "{}",
+        mta.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let got = mta.maildir("alice");
+    assert!(
+        !got.iter().any(|m| m.contains("root only")),
+        "a symlink was followed"
+    );
+    assert!(pickup.join("link.bad").exists(), "the symlink is set aside");
+    assert!(
+        pickup.join("half.tmp").exists(),
+        "a writer's temporary file is left alone"
+    );
+    assert!(
+        pickup.join("..bad").exists(),
+        "..eml is refused, not left forever"
+    );
+    assert!(pickup.join("big.bad").exists(), "the size limit applies");
+    let log = mta.log();
+    assert!(log.contains("larger than the size limit"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("INFO forged")),
+        "a file name wrote its own log line:\n{log}"
+    );
+}
+
+#[test]
+fn a_client_cannot_write_a_log_line() {
+    let dir = TestDir::new("forged-log");
+    let mta = Mta::start_with(
+        &dir,
+        &[],
+        "[auth]\nrequire_tls = false\n[[auth.users]]\nname = \"dave\"\npassword = \"pw\"\n",
+        &[],
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    // AUTH PLAIN with a user name holding a line break and a fake log line.
+    let forged = "\0dave\n2026-01-01T00:00:00Z  INFO FORGED: Authenticated. user=\"root\"\0pw";
+    let b64 = base64_encode(forged.as_bytes());
+    let r = smtp.cmd(&format!("AUTH PLAIN {b64}"));
+    assert_eq!(r.code, 535, "{r:?}");
+    smtp.cmd("EHLO line\r\n2026-01-01T00:00:00Z  INFO FORGED: helo");
+    smtp.quit();
+    std::thread::sleep(Duration::from_millis(300));
+    let log = mta.log();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("INFO FORGED") && l.starts_with("2026-01-01")),
+        "{log}"
+    );
+    assert!(
+        log.contains("\\n2026-01-01T00:00:00Z  INFO FORGED"),
+        "escaped, not dropped: {log}"
+    );
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
