@@ -379,3 +379,143 @@ fn base64_encode(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// `mta user ...` with `password` on standard input.
+fn mta_user(dir: &TestDir, config: &Path, args: &[&str], password: &str) -> (i32, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(mta_bin())
+        .current_dir(&dir.0)
+        .arg("--config")
+        .arg(config)
+        .arg("user")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn auth_plain(port: u16, user: &str, password: &str) -> Reply {
+    let mut smtp = Smtp::ehlo(port);
+    let r = smtp.cmd(&format!(
+        "AUTH PLAIN {}",
+        base64_encode(format!("\0{user}\0{password}").as_bytes())
+    ));
+    smtp.quit();
+    r
+}
+
+#[test]
+fn users_are_stored_as_hashes_and_changed_without_a_restart() {
+    let dir = TestDir::new("users");
+    let config = dir.write("mta.toml", "[auth]\nrequire_tls = false\n");
+    let (code, out) = mta_user(&dir, &config, &["add", "bob@example.test"], "first secret");
+    assert_eq!(code, 0, "{out}");
+    let users = dir.path("users");
+    let text = std::fs::read_to_string(&users).unwrap();
+    assert!(
+        text.contains("bob@example.test:{ARGON2ID}$argon2id$"),
+        "{text}"
+    );
+    assert!(!text.contains("first secret"), "no password in clear");
+    assert_eq!(mode(&users), 0o600);
+    let mta = Mta::start(&dir, "[auth]\nrequire_tls = false\n", &[]);
+    assert_eq!(
+        auth_plain(mta.transport, "bob@example.test", "first secret").code,
+        235
+    );
+    assert_eq!(
+        auth_plain(mta.transport, "bob@example.test", "wrong").code,
+        535
+    );
+    let (code, out) = mta_user(
+        &dir,
+        &mta.config,
+        &["passwd", "bob@example.test"],
+        "second secret",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        auth_plain(mta.transport, "bob@example.test", "first secret").code,
+        535
+    );
+    assert_eq!(
+        auth_plain(mta.transport, "bob@example.test", "second secret").code,
+        235
+    );
+    let (code, out) = mta_user(&dir, &mta.config, &["remove", "bob@example.test"], "");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        auth_plain(mta.transport, "bob@example.test", "second secret").code,
+        535
+    );
+}
+
+#[test]
+fn passwords_readable_by_every_user_stop_the_start() {
+    let dir = TestDir::new("readable-passwords");
+    let config = dir.write(
+        "mta.toml",
+        "[auth]\n[[auth.users]]\nname = \"dave\"\npassword = \"{PLAIN}pw\"\n[frontend]\nlisten = \"127.0.0.1:0\"\n[transport]\nlisten = \"127.0.0.1:0\"\n[mailbox]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    chmod(&config, 0o644);
+    let (code, _, err) = run_mta(&dir.0, &["--config", config.to_str().unwrap(), "run"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("readable by every user of this machine"),
+        "{err}"
+    );
+    let users = dir.write("users", "dave:{PLAIN}pw\n");
+    chmod(&users, 0o644);
+    let config = dir.write("mta.toml", "[frontend]\nlisten = \"127.0.0.1:0\"\n[transport]\nlisten = \"127.0.0.1:0\"\n[mailbox]\nlisten = \"127.0.0.1:0\"\n");
+    chmod(&config, 0o644);
+    let (code, _, err) = run_mta(&dir.0, &["--config", config.to_str().unwrap(), "run"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("the users file") && err.contains("chmod o-r"),
+        "{err}"
+    );
+}
+
+#[test]
+fn guessing_passwords_is_slowed_then_locked_out_per_address() {
+    let dir = TestDir::new("brute");
+    let mta = Mta::start(
+        &dir,
+        "[auth]\nrequire_tls = false\nmax_failures = 3\nlockout_secs = 60\n[[auth.users]]\nname = \"dave\"\npassword = \"{PLAIN}right\"\n",
+        &[],
+    );
+    let started = std::time::Instant::now();
+    for guess in ["a", "b", "c"] {
+        assert_eq!(auth_plain(mta.transport, "dave", guess).code, 535);
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(6),
+        "failures are answered late: {:?}",
+        started.elapsed()
+    );
+    // Locked out now, even with the right password, on a new connection.
+    let r = auth_plain(mta.transport, "dave", "right");
+    assert_eq!((r.code, r.enhanced()), (454, "4.7.0".to_string()), "{r:?}");
+    assert!(
+        mta.log().contains("Client locked out of AUTH."),
+        "{}",
+        mta.log()
+    );
+}

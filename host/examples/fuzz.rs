@@ -222,7 +222,7 @@ fn drive(
                     ..Raised::default()
                 }),
                 Effect::StartTls => session.tls_done(false),
-                Effect::Authenticate { .. } => session.auth_done(true),
+                Effect::Authenticate { .. } => session.auth_done(mta_host::auth::Outcome::Valid),
                 Effect::Mail(_) => session.mail_done(Ok("F".into())),
                 Effect::Rcpt(_) => session.rcpt_done(Ok(())),
                 Effect::Data => session.data_done(Ok(())),

@@ -463,8 +463,16 @@ impl Default for DirectoriesConfig {
 pub struct AuthConfig {
     /// Offer AUTH only over TLS (default true).
     pub require_tls: bool,
-    /// The users.
+    /// Users in mta.toml (their passwords hashed, see `crate::auth`).
     pub users: Vec<UserConfig>,
+    /// The users file `mta user` writes (default: `users` beside mta.toml).
+    pub users_file: Option<PathBuf>,
+    /// Failed AUTH attempts from one address before it is locked out.
+    pub max_failures: u32,
+    /// The window those failures are counted in, in seconds.
+    pub failure_window_secs: u64,
+    /// How long a locked-out address gets `454 4.7.0` to AUTH, in seconds.
+    pub lockout_secs: u64,
 }
 
 impl Default for AuthConfig {
@@ -472,22 +480,11 @@ impl Default for AuthConfig {
         Self {
             require_tls: true,
             users: Vec::new(),
+            users_file: None,
+            max_failures: 5,
+            failure_window_secs: 900,
+            lockout_secs: 900,
         }
-    }
-}
-
-impl AuthConfig {
-    /// Whether `user` and `password` name a configured user. Every entry is compared, each in
-    /// time independent of where the bytes differ.
-    pub fn verify(&self, user: &str, password: &str) -> bool {
-        fn same(a: &[u8], b: &[u8]) -> bool {
-            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-        }
-        self.users.iter().fold(false, |found, u| {
-            let hit = same(u.name.as_bytes(), user.as_bytes())
-                & same(u.password.as_bytes(), password.as_bytes());
-            found | hit
-        })
     }
 }
 
@@ -497,7 +494,8 @@ impl AuthConfig {
 pub struct UserConfig {
     /// Login name (usually an address).
     pub name: String,
-    /// Password.
+    /// The password: a hash (`{ARGON2ID}...`, `{SHA512-CRYPT}...`, as `mta user hash` prints)
+    /// or, discouraged, `{PLAIN}...` or the bare password.
     pub password: String,
 }
 
@@ -609,6 +607,12 @@ impl HostConfig {
             .or_else(|| beside("fetagents.config"));
         self.agents.mailbox = self.agents.mailbox.as_deref().map(resolve);
         self.tls.certificate = self.tls.certificate.as_deref().map(resolve);
+        self.auth.users_file = self
+            .auth
+            .users_file
+            .as_deref()
+            .map(resolve)
+            .or_else(|| beside("users"));
         self.tls.key = self.tls.key.as_deref().map(resolve);
         for foreign in &mut self.foreign_connectors {
             foreign.drop_directory = resolve(&foreign.drop_directory);

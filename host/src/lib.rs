@@ -3,6 +3,7 @@
 //! The binary (`mta`) is thin: [`cli`] parses the command line and calls into these modules.
 
 pub mod agents;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod directories;

@@ -107,7 +107,7 @@ pub async fn run(
     } else {
         None
     };
-    let auth = Arc::new(config.auth.clone());
+    let auth = Arc::new(crate::auth::Authenticator::new(&config.auth));
     let mut tasks = tokio::task::JoinSet::new();
     let mut listeners: HashMap<Service, TcpListener> = listeners
         .into_iter()

@@ -252,6 +252,9 @@ impl Mta {
                     keys("mailbox")
                 ),
             );
+            // It may hold passwords: readable by its owner only, as mta run requires then.
+            std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
             let mut mta = Mta {
                 child: None,
                 dir: dir.0.clone(),

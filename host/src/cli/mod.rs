@@ -1,10 +1,11 @@
-//! The command line: `mta run`, `mta agent ...`, `mta config check`.
+//! The command line: `mta run`, `mta agent ...`, `mta user ...`, `mta config check`.
 
 mod agent;
 mod check;
 mod connector;
 mod queue;
 mod run;
+mod user;
 
 use crate::config::HostConfig;
 use crate::service::Service;
@@ -49,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         command: queue::QueueCommand,
     },
+    /// Manage the users who may authenticate (the users file).
+    User {
+        #[command(subcommand)]
+        command: user::UserCommand,
+    },
     /// Check configuration files.
     Config {
         #[command(subcommand)]
@@ -78,6 +84,7 @@ pub fn main() -> ExitCode {
         Command::Agent { command } => agent::run(&config, command),
         Command::Connector { command } => connector::run(&config, command),
         Command::Queue { command } => queue::run(&config, command),
+        Command::User { command } => user::run(&config, command),
         Command::Config {
             command: ConfigCommand::Check,
         } => check::run(&config),

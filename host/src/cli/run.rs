@@ -59,6 +59,7 @@ pub fn run(config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
         crate::agents::strict_modes::check(path, "the host configuration")
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
+    check_credentials(&config)?;
     let listeners = crate::server::bind(&config, &roles)?;
     if let Some(account) = &account {
         crate::privileges::prepare_data_dir(&config.data_dir, account)
@@ -150,6 +151,35 @@ fn refuse_root_agents(config: &HostConfig, roles: &[Service]) -> anyhow::Result<
                 .map_or("mta.toml".into(), |p| p.display().to_string())
         ),
     }
+}
+
+/// Passwords must not be readable by every user of the machine: mta.toml when it holds users,
+/// and the users file (which must also pass StrictModes).
+fn check_credentials(config: &HostConfig) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let readable =
+        |path: &std::path::Path| std::fs::metadata(path).is_ok_and(|m| m.mode() & 0o004 != 0);
+    if let Some(source) = config.source.as_deref() {
+        if !config.auth.users.is_empty() && readable(source) {
+            bail!(
+                "{} holds [[auth.users]] and is readable by every user of this machine: chmod o-r {}, or move the users to the users file (mta user add)",
+                source.display(),
+                source.display()
+            );
+        }
+    }
+    if let Some(file) = config.auth.users_file.as_deref().filter(|p| p.exists()) {
+        crate::agents::strict_modes::check(file, "the users file")
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if readable(file) {
+            bail!(
+                "the users file {} is readable by every user of this machine: chmod o-r {}",
+                file.display(),
+                file.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The data directory, made 0750 if missing (what it holds is made by a process whose umask

@@ -149,13 +149,12 @@ impl Connection {
                 session.tls_done(ok);
             }
             Effect::Authenticate { user, password } => {
-                let valid = self.receiver.auth.verify(&user, &password);
-                if valid {
+                let peer = session.client().peer.ip();
+                let outcome = self.receiver.auth.check(peer, &user, &password).await;
+                if outcome == crate::auth::Outcome::Valid {
                     tracing::info!(message = "Authenticated.", user = ?user);
-                } else {
-                    tracing::info!(message = "Authentication failed.", user = ?user);
                 }
-                session.auth_done(valid);
+                session.auth_done(outcome);
             }
             Effect::Mail(request) => session.mail_done(transactions.mail(&request).await),
             Effect::Rcpt(recipient) => session.rcpt_done(transactions.rcpt(&recipient).await),

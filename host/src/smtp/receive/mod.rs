@@ -224,8 +224,8 @@ pub struct Receiver {
     pub policy: Arc<dyn RecipientPolicy>,
     /// STARTTLS, when offered.
     pub tls: Option<Arc<crate::tls::Tls>>,
-    /// Users for AUTH.
-    pub auth: Arc<crate::config::AuthConfig>,
+    /// Users for AUTH, and the guard against guessing.
+    pub auth: Arc<crate::auth::Authenticator>,
     sessions: AtomicU64,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -238,7 +238,16 @@ impl Receiver {
         sink: Arc<dyn Sink>,
         policy: Arc<dyn RecipientPolicy>,
     ) -> Arc<Self> {
-        Self::with_security(config, agents, sink, policy, None, Arc::default())
+        Self::with_security(
+            config,
+            agents,
+            sink,
+            policy,
+            None,
+            Arc::new(crate::auth::Authenticator::new(
+                &crate::config::AuthConfig::default(),
+            )),
+        )
     }
 
     /// A receiver offering STARTTLS and AUTH.
@@ -248,7 +257,7 @@ impl Receiver {
         sink: Arc<dyn Sink>,
         policy: Arc<dyn RecipientPolicy>,
         tls: Option<Arc<crate::tls::Tls>>,
-        auth: Arc<crate::config::AuthConfig>,
+        auth: Arc<crate::auth::Authenticator>,
     ) -> Arc<Self> {
         let session = Arc::new(SessionConfig {
             service: config.service,
@@ -261,8 +270,8 @@ impl Receiver {
             trusted: config.trusted.clone(),
             xclient_hosts: config.xclient_hosts.clone(),
             starttls: tls.is_some(),
-            auth: !auth.users.is_empty(),
-            auth_requires_tls: auth.require_tls,
+            auth: auth.has_users(),
+            auth_requires_tls: auth.require_tls(),
             postmaster: config.postmaster.clone(),
             spool: config
                 .spool

@@ -215,17 +215,31 @@ impl Session {
     }
 
     /// The answer to [`Effect::Authenticate`]: whether the credentials are valid.
-    pub fn auth_done(&mut self, valid: bool) {
+    pub fn auth_done(&mut self, outcome: crate::auth::Outcome) {
         let Some(Pending::AuthCheck { mechanism, user }) = self.pending.take() else {
             debug_assert!(false, "auth_done without a check");
             return;
         };
-        if !valid {
-            self.refuse(
-                "AUTH",
-                reply(535, "5.7.8", "Authentication credentials invalid"),
-            );
-            return;
+        match outcome {
+            crate::auth::Outcome::Valid => {}
+            crate::auth::Outcome::Invalid => {
+                self.refuse(
+                    "AUTH",
+                    reply(535, "5.7.8", "Authentication credentials invalid"),
+                );
+                return;
+            }
+            crate::auth::Outcome::Locked => {
+                self.refuse(
+                    "AUTH",
+                    reply(
+                        454,
+                        "4.7.0",
+                        "Too many failed authentications from your address, try again later",
+                    ),
+                );
+                return;
+            }
         }
         let effect = self.raise(
             Event::OnEndOfAuthentication,

@@ -109,7 +109,11 @@ fn drive_spooling(
                 }
                 Effect::StartTls => session.tls_done(false),
                 Effect::Authenticate { user, password } => {
-                    session.auth_done(user == "u" && password == "p")
+                    session.auth_done(if user == "u" && password == "p" {
+                        crate::auth::Outcome::Valid
+                    } else {
+                        crate::auth::Outcome::Invalid
+                    })
                 }
                 Effect::Mail(_) => session.mail_done(Ok("Q1".into())),
                 Effect::Rcpt(_) => session.rcpt_done(Ok(())),
