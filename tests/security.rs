@@ -519,3 +519,49 @@ fn guessing_passwords_is_slowed_then_locked_out_per_address() {
         mta.log()
     );
 }
+
+#[test]
+fn a_local_user_cannot_relay_through_transport_or_inject_into_mailboxes() {
+    let dir = TestDir::new("local-relay");
+    let mta = Mta::start_with(&dir, &[("transport", "trusted = []")], "", &[]);
+    // Straight to Transport from loopback, as any local user can: no relay, no XCLIENT.
+    let mut smtp = Smtp::ehlo(mta.transport);
+    let r = smtp.cmd("XCLIENT ADDR=192.0.2.9 TRUSTED=YES");
+    assert_eq!((r.code, r.enhanced()), (502, "5.7.0".to_string()), "{r:?}");
+    assert_eq!(smtp.cmd("MAIL FROM:<someone@example.test>").code, 250);
+    let r = smtp.cmd("RCPT TO:<victim@elsewhere.test>");
+    assert_eq!((r.code, r.enhanced()), (550, "5.7.1".to_string()), "{r:?}");
+    smtp.quit();
+    // Straight to Mailbox Transport's LMTP port: nothing gets into a mailbox.
+    let (mut lmtp, greeting) = Smtp::connect(mta.mailbox);
+    assert_eq!(greeting.code, 220);
+    lmtp.cmd("LHLO local.user");
+    let mail = lmtp.cmd("MAIL FROM:<ceo@example.test>");
+    let rcpt = lmtp.cmd("RCPT TO:<alice@example.test>");
+    assert!(
+        mail.code >= 500 || rcpt.code >= 500,
+        "a local user delivered into a mailbox: {mail:?} {rcpt:?}"
+    );
+    // The host's own services reach them over their sockets, which only the MTA's user opens.
+    let mut fe = Smtp::ehlo(mta.frontend);
+    assert_eq!(
+        fe.send_mail(
+            "a@elsewhere.test",
+            &["alice@example.test"],
+            "Subject: via fe\n\nx\n"
+        )
+        .code,
+        250
+    );
+    fe.quit();
+    assert!(
+        wait_until(WAIT, || mta.maildir("alice").len() == 1),
+        "{}",
+        mta.log()
+    );
+    for socket in ["transport.sock", "mailbox.sock"] {
+        let path = dir.path("mta-data/run").join(socket);
+        assert_eq!(mode(&path), 0o600, "{socket}");
+    }
+    assert_eq!(mode(&dir.path("mta-data/run")) & 0o077, 0);
+}

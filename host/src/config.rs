@@ -53,6 +53,9 @@ pub struct HostConfig {
     /// Where the configuration was read from (`None`: embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The roles this process runs (set by `mta run`): the others are reached over TCP.
+    #[serde(skip)]
+    pub local_roles: Vec<Service>,
 }
 
 /// `[agents]`.
@@ -541,6 +544,7 @@ impl Default for HostConfig {
             group: None,
             allow_root_agents: None,
             source: None,
+            local_roles: Vec::new(),
         }
     }
 }
@@ -651,6 +655,25 @@ impl HostConfig {
         match service {
             Service::Transport => SpoolPlace::named(&self.data_dir.join("queue").join("spool")),
             _ => SpoolPlace::anonymous(&self.data_dir.join("spool")),
+        }
+    }
+
+    /// The Unix socket over which this host's own services reach `service` (Transport,
+    /// Mailbox Transport): in the run directory, which only the MTA's user may enter.
+    pub fn service_socket(&self, service: Service) -> PathBuf {
+        self.run_dir().join(format!("{service}.sock"))
+    }
+
+    /// Where another service of this host connects to reach `service`: its socket when this
+    /// process runs it, else its `listen` address.
+    pub fn node_address(&self, service: Service) -> String {
+        if service != Service::FrontEnd && self.local_roles.contains(&service) {
+            return format!("unix:{}", self.service_socket(service).display());
+        }
+        match service {
+            Service::FrontEnd => self.frontend.listen.clone(),
+            Service::Transport => self.transport.listen.clone(),
+            Service::Mailbox => self.mailbox.listen.clone(),
         }
     }
 

@@ -53,19 +53,42 @@ fn receive_config(
     if let Some(n) = listener.max_connections_per_ip {
         rc.max_connections_per_ip = n;
     }
-    rc.trusted = listener.trusted.clone().unwrap_or_else(|| match service {
-        Service::Transport | Service::Mailbox => loopback(),
-        Service::FrontEnd => Vec::new(),
-    });
+    // Nobody is trusted by address unless configured: this host's own services reach
+    // Transport and Mailbox Transport over their sockets, which only the MTA's user can open.
+    rc.trusted = listener.trusted.clone().unwrap_or_default();
     rc.allowed_clients = listener
         .remote_ranges
         .clone()
         .or_else(|| (service == Service::Mailbox).then(loopback));
     if service == Service::Transport {
         // The Front End and Mailbox Transport nodes name their clients with XCLIENT.
-        rc.xclient_hosts = listener.frontend_nodes.clone().unwrap_or_else(loopback);
+        rc.xclient_hosts = listener.frontend_nodes.clone().unwrap_or_default();
     }
     Ok(rc)
+}
+
+/// The socket over which this host's own services reach `service`, in the run directory (which
+/// only the MTA's user may enter; the socket itself is 0600).
+fn own_socket(config: &HostConfig, service: Service) -> anyhow::Result<tokio::net::UnixListener> {
+    let path = config.service_socket(service);
+    if path.as_os_str().len() > 100 {
+        anyhow::bail!(
+            "the {service} service's socket path {} is too long for a Unix socket: choose a shorter data_dir",
+            path.display()
+        );
+    }
+    std::fs::create_dir_all(config.run_dir())?;
+    // A socket left by an earlier run goes.
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+    let listener = tokio::net::UnixListener::bind(&path)
+        .with_context(|| format!("the {service} service cannot listen on {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
 }
 
 /// Binds the listener of every role, before anything else runs (and, started as root, before
@@ -135,7 +158,7 @@ pub async fn run(
             store: Arc::clone(&store),
             mailboxes: organization.mailboxes(),
             organization: Arc::clone(&organization),
-            transport: config.transport.listen.clone(),
+            transport: config.node_address(Service::Transport),
             hostname: config.hostname.clone(),
             progress: config.data_dir.join("queue").join("outbox"),
             spool: config.spool_place(Service::Mailbox),
@@ -154,8 +177,14 @@ pub async fn run(
             }),
             Arc::new(MailboxPolicy(Arc::clone(&organization))),
         );
+        let own = own_socket(&config, Service::Mailbox)?;
         tracing::info!(message = "Mailbox Transport delivery listening.", address = %config.mailbox.listen);
-        tasks.spawn(receive::serve(listener, receiver, shutdown.clone()));
+        tasks.spawn(receive::serve(
+            listener,
+            Some(own),
+            receiver,
+            shutdown.clone(),
+        ));
     }
 
     let mut transport = None;
@@ -219,8 +248,14 @@ pub async fn run(
             tls.clone(),
             Arc::clone(&auth),
         );
+        let own = own_socket(&config, Service::Transport)?;
         tracing::info!(message = "Transport listening.", address = %config.transport.listen);
-        tasks.spawn(receive::serve(listener, receiver, shutdown.clone()));
+        tasks.spawn(receive::serve(
+            listener,
+            Some(own),
+            receiver,
+            shutdown.clone(),
+        ));
         transport = Some(started);
     }
 
@@ -230,7 +265,7 @@ pub async fn run(
             .frontend
             .transport_nodes
             .clone()
-            .unwrap_or_else(|| vec![config.transport.listen.clone()]);
+            .unwrap_or_else(|| vec![config.node_address(Service::Transport)]);
         let receiver = Receiver::with_security(
             receive_config(Service::FrontEnd, &config, &config.frontend, &organization)?,
             agents.get(&Service::FrontEnd).cloned(),
@@ -240,7 +275,7 @@ pub async fn run(
             Arc::clone(&auth),
         );
         tracing::info!(message = "Front End Transport listening.", address = %config.frontend.listen);
-        tasks.spawn(receive::serve(listener, receiver, shutdown.clone()));
+        tasks.spawn(receive::serve(listener, None, receiver, shutdown.clone()));
     }
 
     let mut stopping = shutdown.clone();

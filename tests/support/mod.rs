@@ -233,11 +233,17 @@ impl Mta {
         for attempt in 0.. {
             let (frontend, transport, mailbox) = (free_port(), free_port(), free_port());
             let keys = |table: &str| {
-                listeners
+                let mut keys = listeners
                     .iter()
                     .filter(|(t, _)| *t == table)
                     .map(|(_, k)| format!("{k}\n"))
-                    .collect::<String>()
+                    .collect::<String>();
+                // Tests talk to Transport from loopback as a trusted server would, unless they
+                // say otherwise (by default Transport trusts no address).
+                if table == "transport" && !keys.contains("trusted") {
+                    keys.push_str("trusted = [\"127.0.0.0/8\"]\n");
+                }
+                keys
             };
             let config = dir.write(
                 "mta.toml",

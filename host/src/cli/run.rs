@@ -21,7 +21,7 @@ pub struct RunArgs {
     roles: Vec<String>,
 }
 
-pub fn run(config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
+pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     init_tracing();
     // Everything this process makes is its user's alone (the data dir itself is 0750).
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
@@ -33,6 +33,7 @@ pub fn run(config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
             None => bail!("unknown role {role:?}: expected frontend, transport or mailbox"),
         }
     }
+    config.local_roles = roles.clone();
     if let Some(path) = &config.agents.mailbox {
         bail!(
             "{}: an agents file for the Mailbox Transport service is refused: {}",

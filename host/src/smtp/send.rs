@@ -184,14 +184,25 @@ impl Client {
         protocol: Protocol,
         xclient: Option<&str>,
     ) -> Result<Self, SendError> {
-        let stream = tokio::time::timeout(connect, TcpStream::connect(addr))
-            .await
-            .map_err(|_| SendError::Connect(addr.into(), std::io::ErrorKind::TimedOut.into()))?
-            .map_err(|e| SendError::Connect(addr.into(), e))?;
-        let _ = stream.set_nodelay(true);
+        let timed_out = || SendError::Connect(addr.into(), std::io::ErrorKind::TimedOut.into());
+        // `unix:PATH`: one of this host's services, over its socket in the data directory.
+        let stream = if let Some(path) = addr.strip_prefix("unix:") {
+            let stream = tokio::time::timeout(connect, tokio::net::UnixStream::connect(path))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| SendError::Connect(addr.into(), e))?;
+            Stream::Local(stream)
+        } else {
+            let stream = tokio::time::timeout(connect, TcpStream::connect(addr))
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| SendError::Connect(addr.into(), e))?;
+            let _ = stream.set_nodelay(true);
+            Stream::Plain(stream)
+        };
         let mut client = Self {
             peer: addr.to_string(),
-            stream: Stream::Plain(stream),
+            stream,
             input: Vec::with_capacity(4096),
             timeout,
             extensions: Vec::new(),

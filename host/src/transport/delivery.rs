@@ -841,8 +841,9 @@ impl Deliverer {
         };
         match &key.hop {
             NextHop::Mailbox => {
+                let address = self.config.node_address(crate::service::Service::Mailbox);
                 let target = Target {
-                    address: &self.config.mailbox.listen,
+                    address: &address,
                     name: None,
                     tls: TlsMode::None,
                     protocol: Protocol::Lmtp,

@@ -22,7 +22,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -49,12 +48,13 @@ struct Connection {
 
 /// Runs a connection to its end.
 pub(super) async fn run(
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     local: SocketAddr,
     receiver: Arc<Receiver>,
     shutdown: watch::Receiver<bool>,
 ) {
+    let from_socket = matches!(stream, Stream::Local(_));
     let agents = receiver
         .agents
         .as_ref()
@@ -63,17 +63,20 @@ pub(super) async fn run(
         Some(set) => Event::ALL.into_iter().filter(|e| set.handles(*e)).collect(),
         None => EventSet::EMPTY,
     };
-    let session = Session::new(
+    let mut session = Session::new(
         Arc::clone(&receiver.session),
         Arc::clone(&receiver.policy),
         events,
         peer,
         local,
     );
+    if from_socket {
+        session.from_own_service();
+    }
     let mut connection = Connection {
         id: receiver.next_session_id(),
         receiver,
-        stream: Stream::Plain(stream),
+        stream,
         agents,
         session_properties: BTreeMap::new(),
         started: Instant::now(),

@@ -12,6 +12,7 @@ use crate::agents::AgentHost;
 use crate::message::{EnvelopeRecipient, MailItem};
 use crate::service::Service;
 use crate::smtp::session::{MailRequest, SessionConfig};
+use crate::smtp::stream::Stream;
 use mta_agent_sdk::SmtpResponse;
 use std::collections::HashMap;
 use std::future::Future;
@@ -321,18 +322,53 @@ impl Drop for IpSlot {
 /// Accepts connections until `shutdown` turns true, then drains: new connections get
 /// `421 4.3.2`, sessions in the middle of a transaction may finish it (up to the drain
 /// timeout), the others are told `421 4.3.2` at their next command.
+///
+/// `own`, when given, is this host's service socket: connections there come from its own
+/// services (only the MTA's user can connect), and are trusted as servers.
 pub async fn serve(
     listener: TcpListener,
+    own: Option<tokio::net::UnixListener>,
     receiver: Arc<Receiver>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let permits = Arc::new(Semaphore::new(receiver.config.max_connections));
     let mut backoff = Duration::from_millis(10);
     let mut tasks = tokio::task::JoinSet::new();
+    let own_address: SocketAddr = ([127, 0, 0, 1], 0).into();
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => break,
+        enum Accepted {
+            Tcp(std::io::Result<(tokio::net::TcpStream, SocketAddr)>),
+            Own(std::io::Result<tokio::net::UnixStream>),
+            Stop,
+        }
+        let next = tokio::select! {
+            accepted = listener.accept() => Accepted::Tcp(accepted),
+            own = async {
+                match &own {
+                    Some(l) => l.accept().await.map(|(s, _)| s),
+                    None => std::future::pending().await,
+                }
+            } => Accepted::Own(own),
+            _ = shutdown.wait_for(|stop| *stop) => Accepted::Stop,
+        };
+        let accepted = match next {
+            Accepted::Tcp(accepted) => accepted,
+            Accepted::Own(Ok(stream)) => {
+                let (receiver, shutdown) = (Arc::clone(&receiver), shutdown.clone());
+                tasks.spawn(async move {
+                    connection::run(
+                        Stream::Local(stream),
+                        own_address,
+                        own_address,
+                        receiver,
+                        shutdown,
+                    )
+                    .await;
+                });
+                continue;
+            }
+            Accepted::Own(Err(_)) => continue,
+            Accepted::Stop => break,
         };
         let (stream, peer) = match accepted {
             Ok(pair) => {
@@ -368,7 +404,7 @@ pub async fn serve(
             }
             match (permit, slot) {
                 (Ok(_permit), Some(_slot)) => {
-                    connection::run(stream, peer, local, receiver, shutdown).await;
+                    connection::run(Stream::Plain(stream), peer, local, receiver, shutdown).await;
                 }
                 (Err(_), _) => {
                     refuse(

@@ -100,6 +100,9 @@ pub struct Client {
     pub authenticated: Option<String>,
     /// Set once a Front End named its client with XCLIENT.
     pub forwarded: Option<Forwarded>,
+    /// The connection came over this host's own service socket (only the MTA's user can
+    /// connect there): one of its own services, a trusted server.
+    pub own_service: bool,
 }
 
 impl Client {
@@ -346,6 +349,7 @@ impl Session {
                 tls: false,
                 authenticated: None,
                 forwarded: None,
+                own_service: false,
             },
             txn: None,
             errors: 0,
@@ -418,6 +422,12 @@ impl Session {
         }
     }
 
+    /// The connection came over this host's service socket: one of its own services, which
+    /// may relay and name its client with XCLIENT.
+    pub fn from_own_service(&mut self) {
+        self.client.own_service = true;
+    }
+
     /// Whether the client may start a transaction at all.
     fn may_submit(&self) -> bool {
         self.config.permissions.anonymous
@@ -431,12 +441,13 @@ impl Session {
         match &self.client.forwarded {
             Some(f) => f.trusted,
             None => {
-                self.config.permissions.servers
-                    && self
-                        .config
-                        .trusted
-                        .iter()
-                        .any(|r| r.contains(self.client.remote.ip()))
+                self.client.own_service
+                    || (self.config.permissions.servers
+                        && self
+                            .config
+                            .trusted
+                            .iter()
+                            .any(|r| r.contains(self.client.remote.ip())))
             }
         }
     }
@@ -450,11 +461,12 @@ impl Session {
     /// Whether the connection comes from a Front End node that may name its client.
     fn is_front_end_node(&self) -> bool {
         self.client.forwarded.is_none()
-            && self
-                .config
-                .xclient_hosts
-                .iter()
-                .any(|r| r.contains(self.client.peer.ip()))
+            && (self.client.own_service
+                || self
+                    .config
+                    .xclient_hosts
+                    .iter()
+                    .any(|r| r.contains(self.client.peer.ip())))
     }
 
     /// What to do next.
