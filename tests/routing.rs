@@ -777,7 +777,7 @@ fn a_send_connector_without_smart_hosts_delivers_to_the_domains_mail_exchangers(
     let mta = Mta::start(
         &dir,
         &format!(
-            "[routing]\nretry_base_ms = 100\nretry_max_ms = 400\ndns_servers = [\"127.0.0.1:{dns_port}\"]\n[[send_connectors]]\nname = \"Internet\"\naddress_spaces = [\"SMTP:*;1\"]\nport = {}\n",
+            "[routing]\nrefuse_private_mx = false\nretry_base_ms = 100\nretry_max_ms = 400\ndns_servers = [\"127.0.0.1:{dns_port}\"]\n[[send_connectors]]\nname = \"Internet\"\naddress_spaces = [\"SMTP:*;1\"]\nport = {}\n",
             remote.transport
         ),
         &[],
@@ -1177,7 +1177,7 @@ time.sleep(120)
     let mta = Mta::start(
         &dir,
         &format!(
-            "[routing]\nconnect_timeout_ms = 1000\ndns_servers = [\"127.0.0.1:{dns_port}\"]\n[[send_connectors]]\nname = \"Internet\"\naddress_spaces = [\"SMTP:*;1\"]\nport = {}\ntls = \"none\"\n",
+            "[routing]\nrefuse_private_mx = false\nconnect_timeout_ms = 1000\ndns_servers = [\"127.0.0.1:{dns_port}\"]\n[[send_connectors]]\nname = \"Internet\"\naddress_spaces = [\"SMTP:*;1\"]\nport = {}\ntls = \"none\"\n",
             remote.transport
         ),
         &[],
@@ -1199,6 +1199,44 @@ time.sleep(120)
     assert!(
         mta.log().contains("127.0.0.2"),
         "the first MX was tried: {}",
+        mta.log()
+    );
+}
+
+#[test]
+fn mail_exchangers_on_loopback_private_addresses_or_this_host_are_refused() {
+    let dns_port = free_port();
+    let mut dns = dns_server(dns_port);
+    let dir = TestDir::new("mx-refused");
+    let mta = Mta::start(
+        &dir,
+        &format!(
+            "[routing]\nretry_base_ms = 100\nretry_max_ms = 400\ndns_servers = [\"127.0.0.1:{dns_port}\"]\n[[send_connectors]]\nname = \"Internet\"\naddress_spaces = [\"SMTP:*;1\"]\n"
+        ),
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(300)); // the DNS server starts
+                                                    // far.test's MX is mx.far.test, 127.0.0.1: a domain's DNS pointing into this host.
+    send(
+        &mta,
+        "alice@example.test",
+        &["carol@far.test"],
+        "into loopback",
+    );
+    let ndr = wait_until(WAIT, || {
+        mta.maildir("alice")
+            .iter()
+            .any(|m| m.contains("Undeliverable: into loopback"))
+    });
+    let _ = dns.kill();
+    let _ = dns.wait();
+    assert!(ndr, "{}", mta.log());
+    let report: String = mta.maildir("alice").concat();
+    assert!(report.contains("Status: 5.4.4"), "{report}");
+    assert!(report.contains("not a public address"), "{report}");
+    assert!(
+        mta.log().contains("Mail exchanger refused."),
+        "{}",
         mta.log()
     );
 }

@@ -295,6 +295,9 @@ pub struct RoutingConfig {
     /// How long a TCP connect to a next hop may take, in ms; a host that does not answer by
     /// then is taken as down and the next one (the next MX) is tried.
     pub connect_timeout_ms: u64,
+    /// MX routing skips mail exchangers that are this host or have a loopback, private or
+    /// otherwise non-public address (turn off only to test on one machine).
+    pub refuse_private_mx: bool,
 }
 
 impl Default for RoutingConfig {
@@ -311,6 +314,7 @@ impl Default for RoutingConfig {
             dns_servers: Vec::new(),
             idle_connection_ms: 20_000,
             connect_timeout_ms: 10_000,
+            refuse_private_mx: true,
         }
     }
 }

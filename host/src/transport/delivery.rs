@@ -570,6 +570,9 @@ async fn by_mx(
                 };
                 outcomes.extend(all(&part, Outcome::fail(code.0, code.1, &why)));
             }
+            Exchangers::Refused(why) => {
+                outcomes.extend(all(&part, Outcome::fail(554, "5.4.4", &why)))
+            }
             Exchangers::Unavailable(why) => {
                 outcomes.extend(all(&part, Outcome::retry(451, "4.4.3", &why)))
             }
@@ -757,6 +760,22 @@ pub struct Attempted {
     pub submitted: Vec<MailItem>,
 }
 
+/// Which mail exchangers MX routing refuses (this host, non-public addresses).
+fn mx_policy(config: &crate::config::HostConfig) -> crate::routing::mx::MxPolicy {
+    let mut own_names = vec![config.hostname.trim_end_matches('.').to_ascii_lowercase()];
+    if let Some(server) = &config.routing.server {
+        own_names.push(server.to_ascii_lowercase());
+    }
+    crate::routing::mx::MxPolicy {
+        refuse_private: config.routing.refuse_private_mx,
+        own_names,
+        own_addresses: [&config.frontend, &config.transport, &config.mailbox]
+            .iter()
+            .filter_map(|l| l.listen.parse().ok())
+            .collect(),
+    }
+}
+
 impl Deliverer {
     /// For `config`'s connectors and the Transport service's agents. Starts timers (idle
     /// connections), so it must be called inside the tokio runtime.
@@ -786,7 +805,7 @@ impl Deliverer {
                 .send_connectors
                 .iter()
                 .any(|c| c.smart_hosts.is_empty())
-                .then(|| MxResolver::new(&config.routing.dns_servers))
+                .then(|| MxResolver::new(&config.routing.dns_servers, mx_policy(config)))
                 .and_then(|r| r.map_err(|e| tracing::error!(message = "No DNS resolver; MX routing will retry.", error = %e)).ok()),
             config: config.clone(),
         }
