@@ -265,6 +265,8 @@ pub struct TlsConfig {
     pub certificate: Option<PathBuf>,
     /// PEM private key.
     pub key: Option<PathBuf>,
+    /// PEM CA certificates trusted, besides Mozilla's roots, for next hops' certificates.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[routing]`: this server in the topology, and how long messages may wait.
@@ -374,9 +376,14 @@ pub struct SendConnectorConfig {
     /// Largest message it takes, in bytes.
     #[serde(default)]
     pub max_message_size: Option<u64>,
-    /// STARTTLS: `opportunistic` (default), `required` or `none`.
+    /// STARTTLS: `opportunistic` (default), `required` (`encryption_only`),
+    /// `certificate_validation`, `domain_validation` or `none` (see `smtp::client_tls`).
     #[serde(default)]
     pub tls: crate::smtp::send::TlsMode,
+    /// The name next hops' certificates must carry with `domain_validation` (default: the
+    /// smart host's or MX's name).
+    #[serde(default)]
+    pub tls_domain: Option<String>,
     /// Concurrent connections through this connector (default 20).
     #[serde(default)]
     pub max_concurrent_connections: Option<usize>,
@@ -622,6 +629,7 @@ impl HostConfig {
             .map(resolve)
             .or_else(|| beside("users"));
         self.tls.key = self.tls.key.as_deref().map(resolve);
+        self.tls.ca_file = self.tls.ca_file.as_deref().map(resolve);
         for foreign in &mut self.foreign_connectors {
             foreign.drop_directory = resolve(&foreign.drop_directory);
         }

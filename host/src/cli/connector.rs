@@ -74,8 +74,12 @@ pub fn run(config: &HostConfig, command: ConnectorCommand) -> anyhow::Result<Exi
             println!("  smart hosts:    {}", c.smart_hosts.join(", "));
         }
         println!(
-            "  tls:            {}",
-            format!("{:?}", c.tls).to_lowercase()
+            "  tls:            {}{}",
+            c.tls,
+            c.tls_domain
+                .as_deref()
+                .map(|d| format!(" (certificates must name {d})"))
+                .unwrap_or_default()
         );
         println!(
             "  limits:         max message size {}, max concurrent connections {}",

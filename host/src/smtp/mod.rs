@@ -6,6 +6,7 @@
 //! - [`send`] is the client, [`pool`] keeps its idle connections.
 
 pub mod address;
+pub mod client_tls;
 pub mod command;
 pub mod data;
 pub mod pool;

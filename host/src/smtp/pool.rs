@@ -26,6 +26,8 @@ pub struct Pool {
     spool: Option<crate::message::body::SpoolPlace>,
     /// How long a TCP connect to a next hop may take.
     connect_timeout: Duration,
+    /// The roots next hops' certificates are checked against.
+    roots: Arc<rustls::RootCertStore>,
 }
 
 fn key(address: &str, tls: TlsMode) -> String {
@@ -51,6 +53,7 @@ impl Pool {
         idle_for: Duration,
         spool: Option<crate::message::body::SpoolPlace>,
         connect_timeout: Duration,
+        roots: Arc<rustls::RootCertStore>,
     ) -> Arc<Self> {
         let pool = Arc::new(Self {
             idle: Mutex::new(HashMap::new()),
@@ -58,6 +61,7 @@ impl Pool {
             idle_for,
             spool,
             connect_timeout,
+            roots,
         });
         let weak: Weak<Pool> = Arc::downgrade(&pool);
         let tick = (idle_for / 2).max(Duration::from_millis(50));
@@ -69,6 +73,11 @@ impl Pool {
             }
         });
         pool
+    }
+
+    /// The roots next hops' certificates are checked against.
+    pub fn roots(&self) -> Arc<rustls::RootCertStore> {
+        Arc::clone(&self.roots)
     }
 
     /// How long a TCP connect to a next hop may take.

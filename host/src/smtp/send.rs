@@ -68,19 +68,7 @@ impl Refusal {
     }
 }
 
-/// Whether a connection uses STARTTLS.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TlsMode {
-    /// Never (our own services on loopback).
-    None,
-    /// When the server offers it; plain text when it does not or the handshake fails.
-    #[default]
-    Opportunistic,
-    /// Always: a server without STARTTLS, or a failed handshake, is a temporary failure.
-    /// The certificate is not verified (as with opportunistic TLS).
-    Required,
-}
+pub use crate::smtp::client_tls::{TlsMode, TlsTarget};
 
 /// SMTP, or LMTP (RFC 2033: LHLO, and a reply per recipient after the data).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,7 +103,7 @@ impl Client {
             addr,
             helo,
             (timeout.min(CONNECT_TIMEOUT), timeout),
-            TlsMode::None,
+            &TlsTarget::plain(TlsMode::None),
             Protocol::Smtp,
         )
         .await
@@ -127,15 +115,15 @@ impl Client {
         addr: &str,
         helo: &str,
         timeouts: (Duration, Duration),
-        tls: TlsMode,
+        tls: &TlsTarget,
         protocol: Protocol,
     ) -> Result<Self, SendError> {
         let mut client = Self::open(addr, helo, timeouts, protocol, None).await?;
-        if tls == TlsMode::None {
+        if tls.mode == TlsMode::None {
             return Ok(client);
         }
         if !client.offers("STARTTLS") {
-            if tls == TlsMode::Required {
+            if tls.mode.required() {
                 client.quit_ref().await;
                 return Err(SendError::Rejected(
                     addr.into(),
@@ -148,9 +136,9 @@ impl Client {
             }
             return Ok(client);
         }
-        match client.starttls(helo).await {
+        match client.starttls(helo, tls).await {
             Ok(()) => Ok(client),
-            Err(e) if tls == TlsMode::Opportunistic => {
+            Err(e) if tls.mode == TlsMode::Opportunistic => {
                 tracing::info!(message = "STARTTLS failed; sending in plain text.", peer = %addr, error = %e);
                 Self::open(addr, helo, timeouts, protocol, None).await
             }
@@ -275,7 +263,7 @@ impl Client {
         &self.peer
     }
 
-    async fn starttls(&mut self, helo: &str) -> Result<(), SendError> {
+    async fn starttls(&mut self, helo: &str, target: &TlsTarget) -> Result<(), SendError> {
         let go = self.command("STARTTLS").await?;
         if go.code() != 220 {
             return Err(SendError::Rejected(self.peer.clone(), go));
@@ -286,18 +274,44 @@ impl Client {
                 "no plain connection".into(),
             ));
         };
-        let host = self
-            .peer
-            .rsplit_once(':')
-            .map_or(self.peer.as_str(), |(h, _)| h)
-            .to_string();
-        let name = rustls::pki_types::ServerName::try_from(host)
-            .unwrap_or_else(|_| rustls::pki_types::ServerName::from(std::net::Ipv4Addr::LOCALHOST));
-        let connector = tokio_rustls::TlsConnector::from(crate::tls::client_config());
-        let tls = tokio::time::timeout(self.timeout, connector.connect(name, tcp))
-            .await
-            .map_err(|_| SendError::Io(self.peer.clone(), "TLS handshake timed out".into()))?
-            .map_err(|e| SendError::Io(self.peer.clone(), format!("TLS handshake: {e}")))?;
+        let (config, name) = crate::smtp::client_tls::client_config(target, &self.peer)
+            .map_err(|e| SendError::Io(self.peer.clone(), e))?;
+        let shown = match &name {
+            rustls::pki_types::ServerName::DnsName(d) => d.as_ref().to_string(),
+            other => format!("{other:?}"),
+        };
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let refused = |why: String| {
+            // A level that checks the certificate reports why it failed, as the next hop's
+            // answer would be: the queue shows it and the report carries it.
+            if target.mode.required() {
+                SendError::Rejected(
+                    self.peer.clone(),
+                    reply(451, "4.7.5", &format!("TLS with {shown} failed: {why}")),
+                )
+            } else {
+                SendError::Io(self.peer.clone(), format!("TLS handshake: {why}"))
+            }
+        };
+        let tls = match tokio::time::timeout(self.timeout, connector.connect(name, tcp)).await {
+            Err(_) => return Err(refused("the handshake timed out".into())),
+            Ok(Err(e)) => {
+                tracing::info!(message = "Outbound TLS failed.", peer = %self.peer, name = %shown, level = ?target.mode, error = %e);
+                return Err(refused(e.to_string()));
+            }
+            Ok(Ok(tls)) => tls,
+        };
+        {
+            let (_, session) = tls.get_ref();
+            tracing::info!(
+                message = "Outbound TLS.",
+                peer = %self.peer,
+                name = %shown,
+                version = %session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
+                cipher = %session.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default(),
+                verified = target.mode.verifies(),
+            );
+        }
         self.stream = Stream::ClientTls(Box::new(tls));
         self.tls = true;
         self.input.clear();

@@ -111,6 +111,9 @@ pub struct Target<'a> {
     pub name: Option<&'a str>,
     /// STARTTLS.
     pub tls: TlsMode,
+    /// The name its certificate must carry (and the SNI): the connector's `tls_domain`, or
+    /// the host's name.
+    pub tls_name: Option<&'a str>,
     /// SMTP or LMTP.
     pub protocol: Protocol,
 }
@@ -232,7 +235,11 @@ async fn one_transaction(
                     target.address,
                     helo,
                     (pool.connect_timeout(), Duration::from_secs(60)),
-                    target.tls,
+                    &crate::smtp::send::TlsTarget {
+                        mode: target.tls,
+                        name: target.tls_name.or(target.name).map(str::to_string),
+                        roots: pool.roots(),
+                    },
                     target.protocol,
                 )
                 .await?
@@ -505,6 +512,7 @@ async fn first_answering(
             address,
             name: Some(name),
             tls: connector.tls,
+            tls_name: connector.tls_domain.as_deref(),
             protocol: Protocol::Smtp,
         };
         match smtp(pool, &target, helo, item).await {
@@ -800,6 +808,12 @@ impl Deliverer {
                 Duration::from_millis(config.routing.idle_connection_ms.max(1)),
                 Some(config.spool_place(crate::service::Service::Transport)),
                 Duration::from_millis(config.routing.connect_timeout_ms.max(1)),
+                crate::smtp::client_tls::roots_with(config.tls.ca_file.as_deref()).unwrap_or_else(
+                    |e| {
+                        tracing::error!(message = "Cannot read the CA file; Mozilla's roots only.", error = %e);
+                        crate::smtp::client_tls::bundled_roots()
+                    },
+                ),
             ),
             mx: config
                 .send_connectors
@@ -865,6 +879,7 @@ impl Deliverer {
                     address: &address,
                     name: None,
                     tls: TlsMode::None,
+                    tls_name: None,
                     protocol: Protocol::Lmtp,
                 };
                 plain(

@@ -276,8 +276,15 @@ impl Connection {
         };
         match tokio::time::timeout(self.receiver.config.idle_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => {
+                {
+                    let (_, session) = tls.get_ref();
+                    tracing::debug!(
+                        message = "TLS established.",
+                        sni = ?session.server_name().unwrap_or(""),
+                        version = %session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
+                    );
+                }
                 self.stream = Stream::Tls(Box::new(tls));
-                tracing::debug!(message = "TLS established.");
                 true
             }
             Ok(Err(e)) => {
