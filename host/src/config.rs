@@ -300,6 +300,12 @@ pub struct RoutingConfig {
     /// MX routing skips mail exchangers that are this host or have a loopback, private or
     /// otherwise non-public address (turn off only to test on one machine).
     pub refuse_private_mx: bool,
+    /// MX routing honours DANE TLSA records where the resolver authenticates them (DNSSEC).
+    pub dane: bool,
+    /// MX routing honours destination domains' MTA-STS policies.
+    pub mta_sts: bool,
+    /// The HTTPS port of MTA-STS policy hosts (443; another only to test).
+    pub mta_sts_port: u16,
 }
 
 impl Default for RoutingConfig {
@@ -317,6 +323,9 @@ impl Default for RoutingConfig {
             idle_connection_ms: 20_000,
             connect_timeout_ms: 10_000,
             refuse_private_mx: true,
+            dane: true,
+            mta_sts: true,
+            mta_sts_port: 443,
         }
     }
 }

@@ -119,6 +119,39 @@ impl MxResolver {
         Ok(Self { resolver, policy })
     }
 
+    /// The TXT records at `name`, each joined from its strings.
+    pub async fn txt(&self, name: &str) -> Result<Vec<String>, String> {
+        let lookup = self
+            .resolver
+            .txt_lookup(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(t) => Some(
+                    t.txt_data
+                        .iter()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The addresses of `name`.
+    pub async fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, String> {
+        Ok(self
+            .resolver
+            .lookup_ip(name)
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .collect())
+    }
+
     /// The exchangers of `domain`, at `port`.
     pub async fn exchangers(&self, domain: &str, port: u16) -> Exchangers {
         let fqdn = format!("{}.", domain.trim_end_matches('.'));

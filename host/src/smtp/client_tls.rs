@@ -75,6 +75,11 @@ pub struct TlsTarget {
     pub name: Option<String>,
     /// The trusted roots.
     pub roots: Arc<RootCertStore>,
+    /// DANE: the exchanger's TLSA records, and the names a DANE-TA chain may be for.
+    pub dane: Option<(
+        Arc<Vec<crate::transport::tls_policy::dane::Tlsa>>,
+        Vec<String>,
+    )>,
 }
 
 impl TlsTarget {
@@ -84,6 +89,7 @@ impl TlsTarget {
             mode,
             name: None,
             roots: bundled_roots(),
+            dane: None,
         }
     }
 }
@@ -142,22 +148,29 @@ pub fn client_config(
     let name = ServerName::try_from(name_text.to_string())
         .or_else(|_| ServerName::try_from(host.to_string()))
         .map_err(|e| format!("no usable TLS name for {peer}: {e}"))?;
-    let verifier: Arc<dyn ServerCertVerifier> = match target.mode {
-        TlsMode::None | TlsMode::Opportunistic | TlsMode::Required => {
-            Arc::new(Unverified(Arc::clone(&provider)))
-        }
-        TlsMode::CertificateValidation | TlsMode::DomainValidation => {
-            let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                Arc::clone(&target.roots),
-                Arc::clone(&provider),
-            )
-            .build()
-            .map_err(|e| e.to_string())?;
-            Arc::new(Verified {
-                inner: webpki,
-                check_name: target.mode == TlsMode::DomainValidation,
-            })
-        }
+    let verifier: Arc<dyn ServerCertVerifier> = match (&target.dane, target.mode) {
+        (Some((records, names)), _) => Arc::new(crate::transport::tls_policy::dane::DaneVerifier {
+            records: records.to_vec(),
+            names: names.clone(),
+            provider: Arc::clone(&provider),
+        }),
+        (None, mode) => match mode {
+            TlsMode::None | TlsMode::Opportunistic | TlsMode::Required => {
+                Arc::new(Unverified(Arc::clone(&provider)))
+            }
+            TlsMode::CertificateValidation | TlsMode::DomainValidation => {
+                let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                    Arc::clone(&target.roots),
+                    Arc::clone(&provider),
+                )
+                .build()
+                .map_err(|e| e.to_string())?;
+                Arc::new(Verified {
+                    inner: webpki,
+                    check_name: target.mode == TlsMode::DomainValidation,
+                })
+            }
+        },
     };
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -309,7 +309,7 @@ impl Client {
                 name = %shown,
                 version = %session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
                 cipher = %session.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default(),
-                verified = target.mode.verifies(),
+                verified = if target.dane.is_some() { "the exchanger's TLSA records (DANE)" } else { target.mode.verifies() },
             );
         }
         self.stream = Stream::ClientTls(Box::new(tls));

@@ -10,6 +10,7 @@ use crate::routing::mx::{Exchangers, MxResolver};
 use crate::smtp::pool::Pool;
 use crate::smtp::reply;
 use crate::smtp::send::{Client, Protocol, SendError, Sent, TlsMode};
+use crate::transport::tls_policy::{HostTls, TlsPolicies};
 use mta_agent_sdk::SmtpResponse;
 use std::path::Path;
 use std::sync::Arc;
@@ -116,6 +117,8 @@ pub struct Target<'a> {
     pub tls_name: Option<&'a str>,
     /// SMTP or LMTP.
     pub protocol: Protocol,
+    /// DANE: the exchanger's TLSA records and the names a DANE-TA chain may be for.
+    pub dane: Option<(Arc<Vec<super::tls_policy::dane::Tlsa>>, Vec<String>)>,
 }
 
 /// SMTP (or LMTP) to `target` for every recipient of `item`, in as many transactions as the
@@ -239,6 +242,7 @@ async fn one_transaction(
                         mode: target.tls,
                         name: target.tls_name.or(target.name).map(str::to_string),
                         roots: pool.roots(),
+                        dane: target.dane.clone(),
                     },
                     target.protocol,
                 )
@@ -476,11 +480,11 @@ pub async fn send_connector(
     connector: &SendConnectorConfig,
     helo: &str,
     item: &MailItem,
-    mx: Option<&MxResolver>,
+    mx: Option<(&MxResolver, &TlsPolicies)>,
 ) -> Outcomes {
     if connector.smart_hosts.is_empty() {
         return match mx {
-            Some(mx) => by_mx(pool, connector, helo, item, mx).await,
+            Some((mx, policies)) => by_mx(pool, connector, helo, item, mx, policies).await,
             None => all(
                 item,
                 Outcome::retry(451, "4.4.3", "No DNS resolver for MX routing"),
@@ -495,7 +499,11 @@ pub async fn send_connector(
             (name.trim_matches(['[', ']']).to_string(), h.clone())
         })
         .collect();
-    first_answering(pool, connector, helo, item, &hosts).await
+    let hosts: Vec<(String, String, HostTls)> = hosts
+        .into_iter()
+        .map(|(n, a)| (n, a, HostTls::Connector))
+        .collect();
+    first_answering(pool, connector, helo, item, &hosts, None).await
 }
 
 /// Tries `hosts` (name, address) in order; the first that answers decides every recipient.
@@ -504,16 +512,33 @@ async fn first_answering(
     connector: &SendConnectorConfig,
     helo: &str,
     item: &MailItem,
-    hosts: &[(String, String)],
+    hosts: &[(String, String, HostTls)],
+    domain: Option<&str>,
 ) -> Outcomes {
     let mut last: Option<(String, SendError)> = None;
-    for (name, address) in hosts {
+    for (name, address, host_tls) in hosts {
+        if *host_tls == HostTls::Skip {
+            continue;
+        }
         let target = Target {
             address,
             name: Some(name),
-            tls: connector.tls,
-            tls_name: connector.tls_domain.as_deref(),
+            tls: host_tls.mode(connector.tls),
+            // A policy's check is against the exchanger's own name.
+            tls_name: match host_tls {
+                HostTls::Connector => connector.tls_domain.as_deref(),
+                _ => None,
+            },
             protocol: Protocol::Smtp,
+            dane: match host_tls {
+                HostTls::Dane(records) => Some((
+                    Arc::clone(records),
+                    std::iter::once(name.clone())
+                        .chain(domain.map(str::to_string))
+                        .collect(),
+                )),
+                _ => None,
+            },
         };
         match smtp(pool, &target, helo, item).await {
             Ok(outcomes) => return outcomes,
@@ -547,6 +572,7 @@ async fn by_mx(
     helo: &str,
     item: &MailItem,
     mx: &MxResolver,
+    policies: &TlsPolicies,
 ) -> Outcomes {
     let mut domains: std::collections::BTreeMap<String, Vec<EnvelopeRecipient>> =
         Default::default();
@@ -564,11 +590,26 @@ async fn by_mx(
         part.envelope.recipients = recipients;
         match mx.exchangers(&domain, connector.port).await {
             Exchangers::Hosts(hosts) => {
-                let hosts: Vec<(String, String)> = hosts
-                    .into_iter()
-                    .map(|(name, addr)| (name.trim_end_matches('.').to_string(), addr.to_string()))
+                let names: Vec<String> = hosts
+                    .iter()
+                    .map(|(name, _)| name.trim_end_matches('.').to_string())
                     .collect();
-                outcomes.extend(first_answering(pool, connector, helo, &part, &hosts).await);
+                let decided = match policies.decide(mx, &domain, &names, connector.port).await {
+                    Ok(decided) => decided,
+                    Err(why) => {
+                        outcomes.extend(all(&part, Outcome::retry(451, "4.7.5", &why)));
+                        continue;
+                    }
+                };
+                let hosts: Vec<(String, String, HostTls)> = hosts
+                    .into_iter()
+                    .zip(names)
+                    .zip(decided)
+                    .map(|(((_, addr), name), tls)| (name, addr.to_string(), tls))
+                    .collect();
+                outcomes.extend(
+                    first_answering(pool, connector, helo, &part, &hosts, Some(&domain)).await,
+                );
             }
             Exchangers::NoMail(why) => {
                 let code = if why.contains("null MX") {
@@ -754,6 +795,8 @@ pub struct Deliverer {
     pool: Arc<Pool>,
     /// For send connectors without smart hosts.
     mx: Option<MxResolver>,
+    /// DANE and MTA-STS for MX routing.
+    policies: TlsPolicies,
     agent_connectors: Arc<super::agent_connector::AgentConnectors>,
     send_limits: std::collections::HashMap<String, Arc<tokio::sync::Semaphore>>,
 }
@@ -791,6 +834,11 @@ impl Deliverer {
         config: &crate::config::HostConfig,
         agents: Option<Arc<crate::agents::AgentHost>>,
     ) -> Self {
+        let roots = crate::smtp::client_tls::roots_with(config.tls.ca_file.as_deref())
+            .unwrap_or_else(|e| {
+                tracing::error!(message = "Cannot read the CA file; Mozilla's roots only.", error = %e);
+                crate::smtp::client_tls::bundled_roots()
+            });
         Self {
             agent_connectors: super::agent_connector::AgentConnectors::new(
                 agents,
@@ -808,13 +856,9 @@ impl Deliverer {
                 Duration::from_millis(config.routing.idle_connection_ms.max(1)),
                 Some(config.spool_place(crate::service::Service::Transport)),
                 Duration::from_millis(config.routing.connect_timeout_ms.max(1)),
-                crate::smtp::client_tls::roots_with(config.tls.ca_file.as_deref()).unwrap_or_else(
-                    |e| {
-                        tracing::error!(message = "Cannot read the CA file; Mozilla's roots only.", error = %e);
-                        crate::smtp::client_tls::bundled_roots()
-                    },
-                ),
+                Arc::clone(&roots),
             ),
+            policies: TlsPolicies::new(config, roots),
             mx: config
                 .send_connectors
                 .iter()
@@ -880,6 +924,7 @@ impl Deliverer {
                     name: None,
                     tls: TlsMode::None,
                     tls_name: None,
+                    dane: None,
                     protocol: Protocol::Lmtp,
                 };
                 plain(
@@ -907,8 +952,14 @@ impl Deliverer {
                     None => None,
                 };
                 plain(
-                    send_connector(&self.pool, c, &self.config.hostname, item, self.mx.as_ref())
-                        .await,
+                    send_connector(
+                        &self.pool,
+                        c,
+                        &self.config.hostname,
+                        item,
+                        self.mx.as_ref().map(|mx| (mx, &self.policies)),
+                    )
+                    .await,
                 )
             }
             NextHop::Agent(name) => {

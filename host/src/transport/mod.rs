@@ -20,6 +20,7 @@ pub mod journal;
 pub mod reports;
 pub mod status;
 pub mod submission_queue;
+pub mod tls_policy;
 pub mod unreachable;
 
 use crate::message::MailItem;
