@@ -565,3 +565,56 @@ fn a_local_user_cannot_relay_through_transport_or_inject_into_mailboxes() {
     }
     assert_eq!(mode(&dir.path("mta-data/run")) & 0o077, 0);
 }
+
+#[test]
+fn config_check_warns_about_unsafe_settings() {
+    let dir = TestDir::new("unsafe-settings");
+    let data = dir.path("mta-data");
+    std::fs::create_dir_all(&data).unwrap();
+    chmod(&data, 0o755);
+    let config = dir.write(
+        "mta.toml",
+        "allow_root_agents = true\n[transport]\ntrusted = [\"127.0.0.0/8\"]\n[[auth.users]]\nname = \"dave\"\npassword = \"plain\"\n",
+    );
+    chmod(&config, 0o600);
+    let agents = dir.write("agents.config", &agents_xml(1000, &[]));
+    let (code, out, err) = run_mta(
+        &dir.0,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--agents-config",
+            agents.to_str().unwrap(),
+            "config",
+            "check",
+        ],
+    );
+    let all = format!("{out}{err}");
+    assert_eq!(code, 0, "warnings, not errors: {all}");
+    for expected in [
+        "can be entered by every user (mode 755)",
+        "stored in plain text",
+        "agents may run as root",
+        "[transport] trusted includes loopback",
+    ] {
+        assert!(all.contains(expected), "{expected}: {all}");
+    }
+    // Hashes, a closed data dir, no agents: no warning left.
+    chmod(&data, 0o750);
+    std::fs::remove_file(&agents).unwrap();
+    let hash = {
+        let (code, out) = mta_user(&dir, &config, &["hash"], "s3cret");
+        assert_eq!(code, 0, "{out}");
+        out.trim().to_string()
+    };
+    std::fs::write(
+        &config,
+        format!("[[auth.users]]\nname = \"dave\"\npassword = \"{hash}\"\n"),
+    )
+    .unwrap();
+    let (_, out, err) = run_mta(
+        &dir.0,
+        &["--config", config.to_str().unwrap(), "config", "check"],
+    );
+    assert!(!format!("{out}{err}").contains("warning"), "{out}{err}");
+}

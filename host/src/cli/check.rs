@@ -32,11 +32,22 @@ pub fn run(config: &HostConfig) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    if let Err(e) = crate::smtp::client_tls::roots_with(config.tls.ca_file.as_deref()) {
+        host_problems.push(e);
+    }
+    if let Some(path) = &config.source {
+        if let Err(e) = crate::agents::strict_modes::check(path, "the host configuration") {
+            host_problems.push(e);
+        }
+    }
     let origin = config
         .source
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "host configuration (embedded defaults)".into());
+    for warning in unsafe_settings(config) {
+        println!("{origin}: warning: {warning}");
+    }
     if host_problems.is_empty() {
         println!("{origin}: ok");
     } else {
@@ -84,4 +95,60 @@ pub fn run(config: &HostConfig) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Settings that work but are unsafe on a machine shared with other users (docs/security.md).
+fn unsafe_settings(config: &HostConfig) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    if let Ok(meta) = std::fs::metadata(&config.data_dir) {
+        if meta.mode() & 0o007 != 0 {
+            out.push(format!(
+                "data_dir {} can be entered by every user (mode {:o}): mail and queues are exposed; chmod o-rwx {}",
+                config.data_dir.display(),
+                meta.mode() & 0o7777,
+                config.data_dir.display()
+            ));
+        }
+    }
+    let auth = crate::auth::Authenticator::new(&config.auth);
+    if auth.has_plain_passwords() {
+        out.push("some passwords are stored in plain text: store hashes (mta user add, or mta user hash for [[auth.users]])".into());
+    }
+    if let Some(source) = &config.source {
+        let readable = std::fs::metadata(source).is_ok_and(|m| m.mode() & 0o004 != 0);
+        if readable && !config.auth.users.is_empty() {
+            out.push(format!(
+                "{} holds [[auth.users]] and is readable by every user: mta run refuses it (chmod o-r)",
+                source.display()
+            ));
+        }
+    }
+    let agents = [Service::FrontEnd, Service::Transport]
+        .iter()
+        .any(|s| config.agents_file(*s).is_some_and(|p| p.exists()));
+    let as_root = config.user.is_none() && crate::privileges::is_root();
+    if agents && (config.allow_root_agents == Some(true) || (as_root && config.source.is_none())) {
+        out.push("agents may run as root (allow_root_agents, or the embedded defaults run as root): set user = \"mta\" instead".into());
+    } else if agents && as_root && config.allow_root_agents.is_none() {
+        out.push("started as root, mta run refuses to run these agents: set user = \"mta\"".into());
+    }
+    for (name, listener) in [
+        ("transport", &config.transport),
+        ("mailbox", &config.mailbox),
+    ] {
+        if listener
+            .trusted
+            .as_ref()
+            .is_some_and(|ranges| ranges.iter().any(|r| r.contains([127, 0, 0, 1].into())))
+        {
+            out.push(format!(
+                "[{name}] trusted includes loopback: every local user may relay (or deliver into mailboxes) through it"
+            ));
+        }
+    }
+    if !config.routing.refuse_private_mx {
+        out.push("[routing] refuse_private_mx = false: a domain's DNS can point this host's mail at itself or the local network".into());
+    }
+    out
 }
