@@ -43,6 +43,8 @@ pub struct HostConfig {
     pub drain_timeout_secs: u64,
     /// Back pressure: the marks over which the Transport service takes no new mail.
     pub back_pressure: BackPressureConfig,
+    /// The message tracking log.
+    pub tracking: TrackingConfig,
     /// The user `mta run` becomes once its listeners are bound, when started as root.
     pub user: Option<String>,
     /// Its group (default: the user's primary group).
@@ -146,6 +148,26 @@ impl ListenerConfig {
             permission_groups: None,
             frontend_nodes: None,
             transport_nodes: None,
+        }
+    }
+}
+
+/// `[tracking]`: the message tracking log, JSON lines under `<data_dir>/tracking/`, a file
+/// per UTC day (Exchange's message tracking log; `mta track` reads it).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrackingConfig {
+    /// Whether the services write it.
+    pub enabled: bool,
+    /// How many days of files are kept (Exchange's MessageTrackingLogMaxAge, 30 days).
+    pub days: u32,
+}
+
+impl Default for TrackingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            days: 30,
         }
     }
 }
@@ -560,6 +582,7 @@ impl Default for HostConfig {
             foreign_connectors: Vec::new(),
             drain_timeout_secs: 30,
             back_pressure: BackPressureConfig::default(),
+            tracking: TrackingConfig::default(),
             user: None,
             group: None,
             allow_root_agents: None,
@@ -701,6 +724,11 @@ impl HostConfig {
     /// Where running services write their status files.
     pub fn run_dir(&self) -> PathBuf {
         self.data_dir.join("run")
+    }
+
+    /// Where the message tracking log is written.
+    pub fn tracking_dir(&self) -> PathBuf {
+        self.data_dir.join("tracking")
     }
 
     /// The status file of a service's agent host.

@@ -20,4 +20,5 @@ pub mod server;
 pub mod service;
 pub mod smtp;
 pub mod tls;
+pub mod tracking;
 pub mod transport;

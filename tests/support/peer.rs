@@ -115,7 +115,15 @@ impl Peer {
 
     /// Starts a peer configured by `config`.
     pub fn with(config: PeerConfig) -> Peer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Peer::listen(TcpListener::bind("127.0.0.1:0").unwrap(), config)
+    }
+
+    /// Starts a peer on `port` (a next hop that comes up where mta has been trying).
+    pub fn on_port(port: u16, config: PeerConfig) -> Peer {
+        Peer::listen(TcpListener::bind(("127.0.0.1", port)).unwrap(), config)
+    }
+
+    fn listen(listener: TcpListener, config: PeerConfig) -> Peer {
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(Mutex::new(Vec::new()));
         let shared = Arc::clone(&connections);

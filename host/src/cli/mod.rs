@@ -1,10 +1,12 @@
-//! The command line: `mta run`, `mta agent ...`, `mta user ...`, `mta config check`.
+//! The command line: `mta run`, `mta agent ...`, `mta queue ...`, `mta track`, `mta user ...`,
+//! `mta config check`.
 
 mod agent;
 mod check;
 mod connector;
 mod queue;
 mod run;
+mod track;
 mod user;
 
 use crate::config::HostConfig;
@@ -50,6 +52,8 @@ enum Command {
         #[command(subcommand)]
         command: queue::QueueCommand,
     },
+    /// The story of messages from the tracking log: received, routed, sent, delivered, refused.
+    Track(track::TrackArgs),
     /// Manage the users who may authenticate (the users file).
     User {
         #[command(subcommand)]
@@ -85,6 +89,7 @@ pub fn main() -> ExitCode {
         Command::Connector { command } => connector::run(&config, command),
         Command::Queue { command } => queue::run(&config, command),
         Command::User { command } => user::run(&config, command),
+        Command::Track(args) => track::run(&config, args),
         Command::Config {
             command: ConfigCommand::Check,
         } => check::run(&config),

@@ -73,6 +73,16 @@ pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     make_data_dir(&config.data_dir)?;
     std::fs::create_dir_all(config.run_dir())
         .with_context(|| format!("creating {}", config.run_dir().display()))?;
+    if config.tracking.enabled {
+        crate::tracking::install(config.tracking_dir(), config.tracking.days).with_context(
+            || {
+                format!(
+                    "opening the tracking log {}",
+                    config.tracking_dir().display()
+                )
+            },
+        )?;
+    }
     crate::agents::pool::AgentPool::init(config.agents.pool_threads);
     let libraries = Arc::new(Libraries::new(config.run_dir().join("shadow")));
     let mut hosts = Vec::new();
@@ -122,6 +132,7 @@ pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     // calls (on their own threads) none.
     runtime.shutdown_timeout(Duration::from_secs(1));
     drop(controller);
+    crate::tracking::flush();
     tracing::info!(message = "mta stopped.");
     Ok(ExitCode::SUCCESS)
 }

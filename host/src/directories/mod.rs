@@ -15,7 +15,9 @@ pub mod replay;
 
 use crate::message::body::SpoolPlace;
 use crate::message::{MailItem, Message};
+use crate::service::Service;
 use crate::smtp::receive::Sink;
+use crate::tracking::{EventId, Record};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,6 +108,15 @@ fn bad_name(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{}.bad", &name[..name.len() - ".eml".len()]))
 }
 
+/// The tracking log's name for a directory.
+fn origin(format: &dyn Format) -> &'static str {
+    if format.name() == "replay" {
+        "REPLAY"
+    } else {
+        "PICKUP"
+    }
+}
+
 async fn take(
     dir: &Path,
     path: &Path,
@@ -118,6 +129,10 @@ async fn take(
     let claimed = dir.join(format!("{name}{CLAIMED}"));
     let bad = |reason: &str| {
         tracing::warn!(message = "Bad message file; renamed .bad.", directory = format.name(), file = ?name, reason = ?reason);
+        Record::new(EventId::Badmail, Service::Transport)
+            .source(origin(format))
+            .detail(format!("{name}: {reason}"))
+            .write();
         let _ = std::fs::rename(&claimed, bad_name(dir, name));
     };
     if std::fs::rename(path, &claimed).is_err() {
@@ -144,6 +159,8 @@ async fn take(
     };
     // The directories are this host's own: whoever can write there is trusted.
     item.trace.vouched = true;
+    item.trace.origin = Some(origin(format));
+    let tracked = Record::item(EventId::Badmail, Service::Transport, &item).source(origin(format));
     match sink.submit(item).await {
         Ok(reply) => {
             tracing::info!(message = "Submitted from directory.", directory = format.name(), file = ?name, reply = %reply);
@@ -151,6 +168,7 @@ async fn take(
         }
         Err(reply) if reply.is_permanent() => {
             tracing::warn!(message = "Message refused; renamed .bad.", directory = format.name(), file = ?name, reply = %reply);
+            tracked.reply(&reply).detail(name).write();
             let _ = std::fs::rename(&claimed, bad_name(dir, name));
         }
         Err(reply) => {

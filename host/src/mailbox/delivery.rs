@@ -8,9 +8,11 @@
 use crate::mailbox::store::{MailboxStore, StoredCopy};
 use crate::message::MailItem;
 use crate::organization::Organization;
+use crate::service::Service;
 use crate::smtp::receive::{ready, BoxFuture, RecipientPolicy, Sink, Transactions};
 use crate::smtp::reply;
 use crate::smtp::session::MailRequest;
+use crate::tracking::{EventId, Record};
 use mta_agent_sdk::SmtpResponse;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -95,6 +97,11 @@ fn deliver(
                 Ok(path) => {
                     let message_id = item.message.header("Message-ID").unwrap_or_default();
                     tracing::info!(message = "Delivered.", recipient = ?r.address, message_id = ?message_id, path = %path.display());
+                    Record::item(EventId::Deliver, Service::Mailbox, item)
+                        .to([r.address.as_str()])
+                        .connector(format!("mailbox {mailbox}"))
+                        .next_hop(path.display().to_string())
+                        .write();
                     reply(250, "2.0.0", &format!("Delivered to {mailbox}"))
                 }
                 Err(e) if e.raw_os_error() == Some(28) => {
@@ -103,6 +110,10 @@ fn deliver(
                 }
                 Err(e) => {
                     tracing::error!(message = "Mailbox delivery failed.", recipient = ?r.address, error = %e);
+                    Record::item(EventId::Defer, Service::Mailbox, item)
+                        .to([r.address.as_str()])
+                        .detail(format!("mailbox delivery failed: {e}"))
+                        .write();
                     reply(451, "4.3.0", "Mailbox delivery failed, try again later")
                 }
             };

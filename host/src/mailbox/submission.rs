@@ -21,7 +21,9 @@ use crate::directories::pickup::addresses;
 use crate::mailbox::store::{MailboxStore, StoredCopy};
 use crate::message::{EnvelopeRecipient, MailItem, Message};
 use crate::organization::Organization;
+use crate::service::Service;
 use crate::smtp::send::{Client, SendError};
+use crate::tracking::{EventId, Record};
 use crate::transport::delivery::Diagnosis;
 use crate::transport::dsn;
 use std::collections::BTreeSet;
@@ -216,9 +218,20 @@ impl OutboxSubmission {
             let mut again = Vec::new();
             for (rcpt, result) in pending.iter().zip(sent.recipients) {
                 match result {
-                    Ok(_) => {
+                    Ok(response) => {
                         pass.sent = true;
                         pass.done.insert(rcpt.to_ascii_lowercase());
+                        let mut record = Record::new(EventId::Submit, Service::Mailbox)
+                            .to([rcpt.as_str()])
+                            .source("OUTBOX")
+                            .connector(format!("mailbox {own}"))
+                            .reply(&response);
+                        record.sender = from.to_string();
+                        record.message_id =
+                            message.header("Message-ID").map(|v| v.trim().to_string());
+                        record.size = Some(message.len() as u64);
+                        record.auth_user = Some(own.to_string());
+                        record.write();
                     }
                     Err(refusal) if refusal.too_many_recipients() => again.push(rcpt.clone()),
                     Err(refusal) if refusal.response.is_permanent() => {

@@ -122,6 +122,10 @@ pub struct Trace {
     /// make this host send any content to any address by forging the sender.
     #[serde(default)]
     pub vouched: bool,
+    /// Where a message that did not come over SMTP came from (PICKUP, REPLAY, AGENT, DSN),
+    /// for its RECEIVE tracking record once it is queued; SMTP sessions track their own.
+    #[serde(skip)]
+    pub origin: Option<&'static str>,
 }
 
 impl MailItem {
@@ -143,6 +147,7 @@ impl MailItem {
         item.envelope.smtputf8 = !from.is_ascii() || recipients.iter().any(|r| !r.is_ascii());
         item.message = Message::parse(mime);
         item.trace.vouched = true;
+        item.trace.origin = Some("AGENT");
         Ok(item)
     }
 

@@ -25,6 +25,7 @@ use crate::agents::{AgentHost, AgentSet, Fault};
 use crate::config::DeliveryAgentConnectorConfig;
 use crate::message::{EnvelopeRecipient, MailItem};
 use crate::service::Service;
+use crate::tracking::{EventId, Record};
 use mta_agent_sdk::{AckStatus, Action, AgentClass, Event, SmtpResponse};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -221,6 +222,14 @@ impl AgentConnectors {
             if *outcome == Outcome::Delivered {
                 let latency_ms = now_ms().saturating_sub(item.trace.received_ms);
                 tracing::info!(message = "Delivered by agent.", connector = %connector.name, recipient = ?r.address, queue_id = %item.id, latency_ms);
+                Record::item(EventId::Deliver, Service::Transport, item)
+                    .to([r.address.as_str()])
+                    .connector(connector.name.clone())
+                    .detail(format!(
+                        "delivery agent, protocol {}",
+                        connector.delivery_protocol
+                    ))
+                    .write();
             }
         }
         let connection = Connection {

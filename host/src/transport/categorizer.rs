@@ -24,6 +24,7 @@ use crate::message::{EnvelopeRecipient, MailItem};
 use crate::routing::{Route, Router};
 use crate::service::Service;
 use crate::smtp::reply;
+use crate::tracking::{EventId, Record};
 use mta_agent_sdk::{Action, AgentClass, Event};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -164,6 +165,13 @@ impl Categorizer {
         let id = item.id.clone();
         if item.quarantine.is_some() {
             tracing::info!(message = "Message quarantined.", queue_id = %id, reason = item.quarantine.as_deref().unwrap_or(""));
+            Record::item(EventId::Agentinfo, Service::Transport, &item)
+                .connector("quarantine")
+                .detail(format!(
+                    "quarantined: {}",
+                    item.quarantine.as_deref().unwrap_or("")
+                ))
+                .write();
             let queues = Arc::clone(&self.queues);
             let stored =
                 tokio::task::spawn_blocking(move || queues.quarantine.store(&mut item, attempts))
@@ -245,6 +253,8 @@ impl Categorizer {
                         return;
                     };
                     item = back;
+                    super::tracked::recipient_changes(&kept.envelope.recipients, &item, event);
+                    super::tracked::agent_actions(&item, event, &cx.actions);
                     if let Err(fault) = result {
                         self.reports
                             .notify(&item, std::mem::take(&mut failures), dsn::Kind::Failed)
@@ -265,6 +275,9 @@ impl Categorizer {
                                 .notify(&item, std::mem::take(&mut failures), dsn::Kind::Failed)
                                 .await;
                             tracing::info!(message = "Message deleted by a routing agent.", queue_id = %id, event = %event);
+                            Record::item(EventId::Drop, Service::Transport, &item)
+                                .detail(format!("deleted by a routing agent in {event}"))
+                                .write();
                             return self.release(&id, &origin).await;
                         }
                     }
@@ -305,6 +318,10 @@ impl Categorizer {
                 parked.id = self.queues.new_id();
             }
             tracing::info!(message = "No route for recipients; parked in Unreachable.", queue_id = %id, recipients = parked.envelope.recipients.len());
+            Record::item(EventId::Defer, Service::Transport, &parked)
+                .connector("unreachable")
+                .detail("no route: parked in Unreachable")
+                .write();
             let queues = Arc::clone(&self.queues);
             let stored = tokio::task::spawn_blocking(move || {
                 queues.unreachable.store(&mut parked, attempts)
@@ -334,6 +351,11 @@ impl Categorizer {
             copy.envelope.recipients = recipients;
             if many {
                 copy.id = format!("{id}-{n}");
+                Record::item(EventId::Transfer, Service::Transport, &copy)
+                    .connector(key.name())
+                    .related(&copy.id)
+                    .detail("a copy per next hop")
+                    .write();
             }
             self.deliveries
                 .enqueue(key, copy, Arc::clone(&settle))
@@ -358,8 +380,14 @@ impl Categorizer {
                         fork.envelope.recipients = go.clone();
                         fork.id = self.queues.new_id();
                         let fork_id = fork.id.clone();
+                        let tracked = Record::item(EventId::Transfer, Service::Transport, &fork);
                         if self.submit(fork).await {
                             tracing::info!(message = "Mail item forked.", queue_id = %item.id, fork = %fork_id);
+                            let mut tracked = tracked
+                                .related(&fork_id)
+                                .detail("forked by a routing agent");
+                            tracked.queue_id = item.id.clone();
+                            tracked.write();
                         } else {
                             // Not journaled: the recipients stay with this item.
                             item.envelope.recipients.extend(go);
@@ -411,6 +439,10 @@ impl Categorizer {
             let queues = Arc::clone(&self.queues);
             let id = item.id.clone();
             tracing::error!(message = "Mail item faulted agents repeatedly; moved to the Poison queue.", queue_id = %id, faults = item.trace.faults);
+            Record::item(EventId::Poisonmessage, Service::Transport, &item)
+                .agent(fault.agent.to_string())
+                .detail(item.trace.reason.clone().unwrap_or_default())
+                .write();
             let stored =
                 tokio::task::spawn_blocking(move || queues.poison.store(&mut item, attempts)).await;
             if matches!(stored, Ok(Ok(_))) {
@@ -428,6 +460,7 @@ impl Categorizer {
         // The time survives a restart.
         item.trace.next_attempt_ms =
             super::delivery::now_ms().saturating_add(delay.as_millis() as u64);
+        let tracked = Record::item(EventId::Defer, Service::Transport, &item);
         let queues = Arc::clone(&self.queues);
         let stored =
             tokio::task::spawn_blocking(move || queues.deferred.store(&mut item, attempts + 1))
@@ -437,6 +470,9 @@ impl Categorizer {
             return;
         }
         tracing::info!(message = "Mail item deferred.", queue_id = %id, delay_ms = delay.as_millis() as u64);
+        tracked
+            .detail(format!("categorizer: retry in {} ms", delay.as_millis()))
+            .write();
         if origin != Origin::Deferred {
             self.release(&id, &origin).await;
         }

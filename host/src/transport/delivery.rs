@@ -64,6 +64,8 @@ impl Diagnosis {
 pub enum Outcome {
     /// Delivered (handed to the next hop, which took responsibility).
     Delivered,
+    /// Taken by an SMTP or LMTP server: its reply, and which server (for the tracking log).
+    Sent(Diagnosis),
     /// Not now: try again later.
     Retry(Diagnosis),
     /// Never: the sender gets a non-delivery report.
@@ -177,7 +179,13 @@ pub async fn smtp(
         let mut again = Vec::new();
         for (r, result) in part.envelope.recipients.iter().zip(sent.recipients) {
             match result {
-                Ok(_) => outcomes.push((r.clone(), Outcome::Delivered)),
+                Ok(response) => outcomes.push((
+                    r.clone(),
+                    Outcome::Sent(Diagnosis::remote(
+                        response,
+                        Some(target.name.unwrap_or(target.address)),
+                    )),
+                )),
                 Err(refusal) if refusal.too_many_recipients() => {
                     again.push((r.clone(), refusal.response))
                 }

@@ -20,6 +20,9 @@ use super::submission_queue::QueueDir;
 use super::{Queues, SubmissionSink};
 use crate::config::HostConfig;
 use crate::message::{EnvelopeRecipient, LastAttempt, MailItem};
+use crate::routing::NextHop;
+use crate::service::Service;
+use crate::tracking::{EventId, Record};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -444,6 +447,23 @@ impl DeliveryQueues {
                 Outcome::Delivered => {
                     delivered += 1;
                     tracing::info!(message = "Sent.", queue = %key.name(), queue_id = %item.id, recipient = ?r.address, latency_ms);
+                    if !matches!(key.hop, NextHop::Agent(_)) {
+                        // Delivery agents track their own DELIVER.
+                        Record::item(EventId::Send, Service::Transport, &item)
+                            .to([r.address.as_str()])
+                            .connector(key.name())
+                            .write();
+                    }
+                }
+                Outcome::Sent(how) => {
+                    delivered += 1;
+                    tracing::info!(message = "Sent.", queue = %key.name(), queue_id = %item.id, recipient = ?r.address, latency_ms, reply = %how.response);
+                    let mut record = Record::item(EventId::Send, Service::Transport, &item)
+                        .to([r.address.as_str()])
+                        .connector(key.name())
+                        .reply(&how.response);
+                    record.next_hop = how.remote_mta;
+                    record.write();
                 }
                 Outcome::Fail(why) => failures.push((r, why)),
                 Outcome::Retry(why) => waiting.push((r, why)),
@@ -542,8 +562,18 @@ impl DeliveryQueues {
             .map(|r| r.response.to_string())
             .unwrap_or_default();
         match stored {
-            Ok((Ok(()), _)) => {
+            Ok((Ok(()), item)) => {
                 tracing::info!(message = "Delivery deferred.", queue = %key.name(), queue_id = %id, attempts = attempts + 1, retry_ms = delay.as_millis() as u64, reason = %reason);
+                let mut record = Record::item(EventId::Defer, Service::Transport, &item)
+                    .connector(key.name())
+                    .reply(&reason)
+                    .detail(format!(
+                        "attempt {}; retry in {} s",
+                        attempts + 1,
+                        delay.as_secs()
+                    ));
+                record.next_hop = last_reason.as_ref().and_then(|r| r.remote_mta.clone());
+                record.write();
                 queue.schedule(due, Entry::File(id), self.next_sequence());
                 if let Some(settle) = settle {
                     settle.one().await;

@@ -21,12 +21,15 @@ pub mod reports;
 pub mod status;
 pub mod submission_queue;
 pub mod tls_policy;
+mod tracked;
 pub mod unreachable;
 
 use crate::message::MailItem;
+use crate::service::Service;
 use crate::smtp::receive::{ready, BoxFuture, Sink, Transactions};
 use crate::smtp::reply;
 use crate::smtp::session::MailRequest;
+use crate::tracking::{EventId, Record};
 use journal::Journal;
 use mta_agent_sdk::SmtpResponse;
 use std::collections::HashMap;
@@ -136,6 +139,11 @@ impl SubmissionSink {
         }
     }
 
+    /// A new queue id, for an item whose id must be known before it is queued.
+    pub fn new_id(&self) -> String {
+        self.queues.new_id()
+    }
+
     /// Stores an item durably (under its queue id, given one if it has none); the reply the
     /// client gets.
     pub async fn enqueue(&self, mut item: MailItem) -> Result<SmtpResponse, SmtpResponse> {
@@ -147,12 +155,15 @@ impl SubmissionSink {
             Ok(()) => {
                 let id = item.id.clone();
                 tracing::info!(message = "Message queued.", queue_id = %id);
+                let queued = reply(250, "2.6.0", &format!("<{id}> Queued mail for delivery"));
+                if let Some(origin) = item.trace.origin.take() {
+                    Record::item(EventId::Receive, Service::Transport, &item)
+                        .source(origin)
+                        .reply(&queued)
+                        .write();
+                }
                 let _ = self.work.send(Work::Fresh(Box::new(item), 0));
-                Ok(reply(
-                    250,
-                    "2.6.0",
-                    &format!("<{id}> Queued mail for delivery"),
-                ))
+                Ok(queued)
             }
             Err(e) if e.raw_os_error() == Some(28) => {
                 item.message.body().let_go();

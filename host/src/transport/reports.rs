@@ -5,6 +5,8 @@ use super::delivery::Diagnosis;
 use super::dsn;
 use super::SubmissionSink;
 use crate::message::{EnvelopeRecipient, MailItem};
+use crate::service::Service;
+use crate::tracking::{EventId, Record};
 use std::sync::Arc;
 
 /// Builds and submits delivery status notifications.
@@ -37,6 +39,13 @@ impl Reports {
         }
         for (r, why) in &failures {
             tracing::info!(message = if kind == dsn::Kind::Failed { "Delivery failed." } else { "Delivery delayed; sender notified." }, queue_id = %item.id, recipient = ?r.address, reply = %why.response);
+            if kind == dsn::Kind::Failed {
+                let mut record = Record::item(EventId::Fail, Service::Transport, item)
+                    .to([r.address.as_str()])
+                    .reply(&why.response);
+                record.next_hop = why.remote_mta.clone();
+                record.write();
+            }
         }
         // NOTIFY (RFC 3461): NEVER asks for no report; a list without FAILURE (or DELAY) asks
         // for none of that kind. Without NOTIFY, failures are reported and delays too.
@@ -55,9 +64,20 @@ impl Reports {
         if failures.is_empty() {
             return;
         }
-        if let Some(report) =
+        if let Some(mut report) =
             dsn::notification(item, &failures, kind, &self.hostname, &self.postmaster)
         {
+            report.id = self.submission.new_id();
+            report.trace.origin = Some("DSN");
+            Record::item(EventId::Dsn, Service::Transport, item)
+                .to(failures.iter().map(|(r, _)| r.address.as_str()))
+                .related(&report.id)
+                .detail(if kind == dsn::Kind::Failed {
+                    "failure report"
+                } else {
+                    "delay notification"
+                })
+                .write();
             if let Err(e) = self.submission.enqueue(report).await {
                 tracing::error!(message = "Cannot queue a report.", queue_id = %item.id, reply = %e);
             }

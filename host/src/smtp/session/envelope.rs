@@ -10,6 +10,7 @@ use mta_agent_sdk::{Event, SmtpResponse};
 
 impl Session {
     pub(super) fn mail(&mut self, from: MailFrom) -> Option<Effect> {
+        self.subject.sender = Some(from.address.clone());
         let refusal = if self.client.helo.is_none() {
             Some(reply(503, "5.5.1", "Send EHLO or HELO first"))
         } else if self.txn.is_some() {
@@ -103,6 +104,7 @@ impl Session {
     }
 
     pub(super) fn rcpt(&mut self, to: RcptTo) -> Option<Effect> {
+        self.subject.recipient = Some(to.address.clone());
         let Some(txn) = &self.txn else {
             self.refuse("RCPT", reply(503, "5.5.1", "Need MAIL before RCPT"));
             return None;

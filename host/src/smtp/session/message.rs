@@ -12,6 +12,7 @@ use crate::message::file::MAX_HEADER;
 use crate::message::{header_end, Message};
 use crate::smtp::data::DataReceiver;
 use crate::smtp::reply;
+use crate::tracking::EventId;
 use mta_agent_sdk::{Action, Event, SmtpResponse};
 
 /// More Received fields than this is a routing loop (RFC 5321 6.3).
@@ -258,6 +259,10 @@ impl Session {
         }
         if self.discard {
             tracing::info!(message = "Message discarded by an agent.");
+            let item = self.txn.as_ref().map(|t| &t.item);
+            self.tracking_record(EventId::Drop, item)
+                .detail("discarded by an SMTP receive agent")
+                .write();
             self.line(250, "2.6.0", "Queued mail for delivery");
             return self.end_transaction();
         }
@@ -268,7 +273,8 @@ impl Session {
         } else {
             1
         };
-        self.pending = Some(Pending::Message(replies));
+        let record = self.tracking_record(EventId::Receive, Some(&item));
+        self.pending = Some(Pending::Message(replies, Box::new(record)));
         Some(Effect::Message(Box::new(item)))
     }
 
@@ -295,7 +301,7 @@ impl Session {
     /// The answer to [`Effect::Message`]: one reply (SMTP), or one per recipient in the order
     /// they were accepted (LMTP). A missing reply is a temporary failure.
     pub fn message_done(&mut self, replies: Vec<SmtpResponse>) {
-        let Some(Pending::Message(wanted)) = self.pending.take() else {
+        let Some(Pending::Message(wanted, record)) = self.pending.take() else {
             debug_assert!(false, "message_done without a message");
             return;
         };
@@ -307,10 +313,17 @@ impl Session {
         );
         for i in 0..wanted {
             let response = replies.get(i).unwrap_or(&missing).clone();
+            let mut tracked = (*record).clone();
+            if self.config.lmtp {
+                tracked.recipients = record.recipients.get(i).cloned().into_iter().collect();
+            }
             if response.is_success() {
+                tracked.reply(&response).write();
                 self.reply(&response);
             } else {
-                self.refuse_uncounted("DATA", response);
+                tracked.event = Some(EventId::Reject);
+                tracked.reply(&response).detail("DATA").write();
+                self.refuse_untracked("DATA", response);
             }
         }
     }

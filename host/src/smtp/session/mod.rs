@@ -29,6 +29,7 @@ use crate::smtp::command::{self, Command, MailFrom};
 use crate::smtp::data::DataReceiver;
 use crate::smtp::receive::{Permissions, RecipientPolicy};
 use crate::smtp::reply;
+use crate::tracking::{EventId, Record};
 use mta_agent_sdk::{Action, DisconnectReason, Event, EventSet, SmtpResponse};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -273,7 +274,8 @@ enum Pending {
     Spool(Option<(Vec<u8>, usize)>),
     EndOfData,
     /// The message went to the sink, which owes this many replies.
-    Message(usize),
+    /// Replies wanted, and the record that tracks the outcome.
+    Message(usize, Box<crate::tracking::Record>),
     Reset,
     Simple {
         event: Event,
@@ -317,6 +319,15 @@ pub struct Session {
     discard: bool,
     /// An effect a continuation produced, for the next [`step`](Self::step).
     queued: Option<Effect>,
+    /// The addresses of the last MAIL and RCPT commands, for tracking their refusals.
+    subject: Subject,
+}
+
+/// What the last MAIL and RCPT commands named.
+#[derive(Debug, Default)]
+struct Subject {
+    sender: Option<String>,
+    recipient: Option<String>,
 }
 
 impl Session {
@@ -361,6 +372,7 @@ impl Session {
             starttls_disabled: false,
             discard: false,
             queued: None,
+            subject: Subject::default(),
         }
     }
 
@@ -732,11 +744,51 @@ impl Session {
     /// A refusal that is not the client's error (a policy, a limit, the next hop): answered and
     /// raised as OnReject, not counted.
     fn refuse_uncounted(&mut self, command: &str, response: SmtpResponse) {
+        self.track_refusal(command, &response);
+        self.refuse_untracked(command, response);
+    }
+
+    /// A refusal already tracked: answered and raised as OnReject.
+    fn refuse_untracked(&mut self, command: &str, response: SmtpResponse) {
         self.reply(&response);
         if self.events.contains(Event::OnReject) {
             self.notifications
                 .push_back((command.to_string(), response));
         }
+    }
+
+    /// A tracking record of `event` about this session's client.
+    fn tracking_record(&self, event: EventId, item: Option<&MailItem>) -> Record {
+        let service = self.config.service;
+        let mut record = match item {
+            Some(item) => Record::item(event, service, item),
+            None => Record::new(event, service),
+        };
+        record.source = Some("SMTP".into());
+        record.client = Some(self.client.remote.ip().to_string());
+        record.helo = self.client.helo_name().map(str::to_string);
+        record.auth_user = self.client.authenticated.clone();
+        record.tls = Some(self.client.tls);
+        record
+    }
+
+    /// Tracks a refusal of MAIL, RCPT or DATA (Postfix's NOQUEUE lines): who, to whom, why.
+    fn track_refusal(&self, command: &str, response: &SmtpResponse) {
+        if !matches!(command, "MAIL" | "RCPT" | "DATA") {
+            return;
+        }
+        let item = self.txn.as_ref().map(|t| &t.item);
+        let mut record = self.tracking_record(EventId::Reject, item);
+        if item.is_none() {
+            record.sender = self.subject.sender.clone().unwrap_or_default();
+        }
+        if command != "DATA" {
+            record.size = None;
+        }
+        if command == "RCPT" {
+            record.recipients = self.subject.recipient.iter().cloned().collect();
+        }
+        record.reply(response).detail(command).write();
     }
 
     /// Raises OnReject for the next refusal waiting to be told.
