@@ -6,6 +6,7 @@ pub mod agents;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod directories;
 pub mod frontend;
 pub mod fsutil;

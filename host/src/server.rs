@@ -70,24 +70,36 @@ fn receive_config(
 /// The socket over which this host's own services reach `service`, in the run directory (which
 /// only the MTA's user may enter; the socket itself is 0600).
 fn own_socket(config: &HostConfig, service: Service) -> anyhow::Result<tokio::net::UnixListener> {
-    let path = config.service_socket(service);
+    private_socket(
+        config,
+        &config.service_socket(service),
+        &format!("the {service} service"),
+    )
+}
+
+/// A Unix socket at `path` in the run directory that only the MTA's user may open.
+fn private_socket(
+    config: &HostConfig,
+    path: &std::path::Path,
+    what: &str,
+) -> anyhow::Result<tokio::net::UnixListener> {
     if path.as_os_str().len() > 100 {
         anyhow::bail!(
-            "the {service} service's socket path {} is too long for a Unix socket: choose a shorter data_dir",
+            "{what}'s socket path {} is too long for a Unix socket: choose a shorter data_dir",
             path.display()
         );
     }
     std::fs::create_dir_all(config.run_dir())?;
     // A socket left by an earlier run goes.
-    match std::fs::remove_file(&path) {
+    match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
     }
-    let listener = tokio::net::UnixListener::bind(&path)
-        .with_context(|| format!("the {service} service cannot listen on {}", path.display()))?;
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("{what} cannot listen on {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
 
@@ -142,6 +154,14 @@ pub async fn run(
         roles = %roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
         data_dir = %config.data_dir.display(),
     );
+
+    // Bound first, so a command run as soon as a listener answers finds the server (its
+    // connection waits in the backlog until the requests are served, below).
+    let socket = private_socket(
+        &config,
+        &crate::control::socket_path(&config.data_dir),
+        "the control socket",
+    )?;
 
     if roles.contains(&Service::Mailbox) {
         let listener = listeners.remove(&Service::Mailbox).expect("bound above");
@@ -256,7 +276,7 @@ pub async fn run(
             receiver,
             shutdown.clone(),
         ));
-        transport = Some(started);
+        transport = Some(Arc::new(started));
     }
 
     if roles.contains(&Service::FrontEnd) {
@@ -278,6 +298,17 @@ pub async fn run(
         tasks.spawn(receive::serve(listener, None, receiver, shutdown.clone()));
     }
 
+    let control = crate::control::Control::new(
+        server_status(&config, &roles),
+        agents.clone(),
+        transport.clone(),
+    );
+    tokio::spawn(crate::control::serve(
+        socket,
+        Arc::new(control),
+        shutdown.clone(),
+    ));
+
     let mut stopping = shutdown.clone();
     let began = tokio::spawn(async move {
         let _ = stopping.wait_for(|stop| *stop).await;
@@ -298,4 +329,34 @@ pub async fn run(
         transport.stop(left).await;
     }
     Ok(())
+}
+
+/// The fixed part of what `mta status` shows of this server.
+fn server_status(config: &HostConfig, roles: &[Service]) -> crate::control::ServerStatus {
+    let absolute = |p: &std::path::Path| {
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    crate::control::ServerStatus {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_ms: crate::transport::delivery::now_ms(),
+        config: config.source.as_deref().map(absolute),
+        data_dir: absolute(&config.data_dir),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        listeners: roles
+            .iter()
+            .map(|&r| {
+                let listen = match r {
+                    Service::FrontEnd => &config.frontend.listen,
+                    Service::Transport => &config.transport.listen,
+                    Service::Mailbox => &config.mailbox.listen,
+                };
+                (r.to_string(), listen.to_string())
+            })
+            .collect(),
+        ..Default::default()
+    }
 }

@@ -226,6 +226,14 @@ impl AgentHost {
         }
     }
 
+    /// The error of the last reload, if it failed (the running pipeline is older).
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The quarantined agents: name and reason.
     pub fn quarantined(&self) -> Vec<(String, String)> {
         let mut out: Vec<(String, String)> = self

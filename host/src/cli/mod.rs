@@ -1,11 +1,14 @@
-//! The command line: `mta run`, `mta agent ...`, `mta queue ...`, `mta track`, `mta user ...`,
-//! `mta config check`.
+//! The command line: `mta run`, `mta status`, `mta agent ...`, `mta queue ...`,
+//! `mta message ...`, `mta track`, `mta user ...`, `mta config check`.
 
 mod agent;
 mod check;
 mod connector;
+mod control;
+mod message;
 mod queue;
 mod run;
+mod status;
 mod track;
 mod user;
 
@@ -47,10 +50,22 @@ enum Command {
         #[command(subcommand)]
         command: connector::ConnectorCommand,
     },
-    /// Show what waits in the Transport service's queues.
+    /// What the running server runs: roles, listeners, agent pipelines, queues, back
+    /// pressure. Exits 3 when no server runs.
+    Status {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The Transport service's queues: list, show, retry, suspend, resume, resubmit.
     Queue {
         #[command(subcommand)]
         command: queue::QueueCommand,
+    },
+    /// Messages in the queues: list, suspend, resume, remove, export, release, redirect.
+    Message {
+        #[command(subcommand)]
+        command: message::MessageCommand,
     },
     /// The story of messages from the tracking log: received, routed, sent, delivered, refused.
     Track(track::TrackArgs),
@@ -76,18 +91,23 @@ enum ConfigCommand {
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match load_config(&cli) {
+    let mut config = match load_config(&cli) {
         Ok(c) => c,
         Err(message) => {
             eprintln!("error: {message}");
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, Command::Agent { .. } | Command::Config { .. }) {
+        learn_agents_files(&cli, &mut config);
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(config, args),
         Command::Agent { command } => agent::run(&config, command),
         Command::Connector { command } => connector::run(&config, command),
+        Command::Status { json } => status::run(&config, json),
         Command::Queue { command } => queue::run(&config, command),
+        Command::Message { command } => message::run(&config, command),
         Command::User { command } => user::run(&config, command),
         Command::Track(args) => track::run(&config, args),
         Command::Config {
@@ -116,6 +136,31 @@ fn load_config(cli: &Cli) -> Result<HostConfig, String> {
         config.agents.frontend = Some(p.clone());
     }
     Ok(config)
+}
+
+/// Without `--agents-config`/`--fetagents-config`, a running server says which agents files it
+/// serves, so `mta agent ...` edits the files that are live.
+fn learn_agents_files(cli: &Cli, config: &mut HostConfig) {
+    if cli.agents_config.is_some() && cli.fetagents_config.is_some() {
+        return;
+    }
+    let Ok(Some(status)) = control::status(config) else {
+        return;
+    };
+    for p in status.pipelines {
+        let (Some(file), Some(service)) = (p.file, Service::parse(&p.service)) else {
+            continue;
+        };
+        match service {
+            Service::Transport if cli.agents_config.is_none() => {
+                config.agents.transport = Some(PathBuf::from(file));
+            }
+            Service::FrontEnd if cli.fetagents_config.is_none() => {
+                config.agents.frontend = Some(PathBuf::from(file));
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The agents file a management command edits: configured, or the default name beside the

@@ -55,6 +55,8 @@ pub enum EventId {
     Drop,
     /// A directory file could not be read as a message and was renamed `.bad`.
     Badmail,
+    /// An operator released the message from Poison or quarantine into the Submission queue.
+    Resubmit,
 }
 
 impl EventId {
@@ -77,6 +79,7 @@ impl EventId {
             Self::Poisonmessage => "POISONMESSAGE",
             Self::Drop => "DROP",
             Self::Badmail => "BADMAIL",
+            Self::Resubmit => "RESUBMIT",
         }
     }
 

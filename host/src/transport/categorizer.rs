@@ -139,25 +139,26 @@ impl Categorizer {
     async fn process(&self, work: Work) {
         match work {
             Work::Fresh(item, attempts) => self.categorize(*item, attempts, Origin::Journal).await,
-            Work::Resubmit(id) => {
-                let queues = Arc::clone(&self.queues);
-                let load = id.clone();
-                if let Ok(Ok((item, attempts))) =
-                    tokio::task::spawn_blocking(move || queues.deferred.load(&load)).await
-                {
-                    self.categorize(item, attempts, Origin::Deferred).await;
-                }
-            }
+            Work::Resubmit(id) => self.again_from("deferred", id, Origin::Deferred).await,
             Work::Unreachable(id) => {
-                let queues = Arc::clone(&self.queues);
-                let load = id.clone();
-                if let Ok(Ok((item, attempts))) =
-                    tokio::task::spawn_blocking(move || queues.unreachable.load(&load)).await
-                {
-                    self.categorize(item, attempts, Origin::Unreachable).await;
-                }
+                self.again_from("unreachable", id, Origin::Unreachable)
+                    .await
             }
         }
+    }
+
+    /// Categorizes an item of a directory queue again, unless someone (an operator command,
+    /// or an earlier resubmission) is working on it: then it is left to them.
+    async fn again_from(&self, queue: &'static str, id: String, origin: Origin) {
+        let claim = format!("{queue}/{id}");
+        if !self.queues.claim(&claim) {
+            return;
+        }
+        let dir = self.queues.directory(queue);
+        if let Ok(Ok((item, attempts))) = tokio::task::spawn_blocking(move || dir.load(&id)).await {
+            self.categorize(item, attempts, origin).await;
+        }
+        self.queues.unclaim(&claim);
     }
 
     /// Categorizes an item and hands each next hop its copy.

@@ -29,6 +29,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 
+pub mod operator;
+
 /// A stalled queue with more than this many copies in memory writes new ones to its directory.
 const SPILL_ITEMS: usize = 500;
 /// ... or more than this many bytes.
@@ -102,6 +104,14 @@ enum Entry {
 }
 
 impl Entry {
+    /// The copy's queue id.
+    fn id(&self) -> &str {
+        match self {
+            Entry::Memory { item, .. } => &item.id,
+            Entry::File(id) => id,
+        }
+    }
+
     fn bytes(&self) -> usize {
         match self {
             Entry::Memory { item, .. } => item.message.memory_len(),
@@ -116,6 +126,10 @@ struct State {
     ready: VecDeque<Entry>,
     /// Entries waiting for their time: (due ms, sequence) -> entry.
     scheduled: BTreeMap<(u64, u64), Entry>,
+    /// Entries an operator suspended (`mta message suspend`), each with the time it was due.
+    held: Vec<(u64, Entry)>,
+    /// The ids of the copies being delivered.
+    in_flight_ids: Vec<String>,
     in_flight: usize,
     memory_bytes: usize,
     last_error: Option<String>,
@@ -131,6 +145,8 @@ pub struct NextHopQueue {
     key: QueueKey,
     dir: Arc<QueueDir>,
     workers: usize,
+    /// Suspended by an operator (`mta queue suspend`): no delivery starts.
+    suspended: AtomicBool,
     state: Mutex<State>,
     wake: Notify,
 }
@@ -156,6 +172,12 @@ pub struct QueueStatus {
     pub failed: u64,
     /// Attempts that ended in a retry.
     pub deferred: u64,
+    /// Suspended by an operator: no delivery starts until it is resumed.
+    #[serde(default)]
+    pub suspended: bool,
+    /// Copies an operator suspended.
+    #[serde(default)]
+    pub held: usize,
 }
 
 /// Every delivery queue of the node.
@@ -170,6 +192,7 @@ pub struct DeliveryQueues {
     stopping: AtomicBool,
     in_flight: AtomicUsize,
     idle: Notify,
+    holds: super::holds::Holds,
     this: Weak<DeliveryQueues>,
 }
 
@@ -184,6 +207,7 @@ impl DeliveryQueues {
     ) -> Arc<Self> {
         Arc::new_cyclic(|this| Self {
             queues: Mutex::new(HashMap::new()),
+            holds: super::holds::Holds::open(&store.root()),
             store,
             deliverer,
             reports,
@@ -207,6 +231,7 @@ impl DeliveryQueues {
             key: key.clone(),
             dir: self.store.delivery(&key.dir_name())?,
             workers: self.deliverer.concurrency(&key.hop),
+            suspended: AtomicBool::new(self.holds.queue_suspended(&key.name())),
             state: Mutex::new(State {
                 last_progress_ms: now_ms(),
                 ..State::default()
@@ -622,7 +647,8 @@ impl NextHopQueue {
     }
 
     /// The next entry to deliver, if a worker is free and one is due; else how long to wait.
-    fn next(&self) -> Result<Entry, Duration> {
+    /// Entries `held` names (suspended messages) are set aside instead.
+    fn next(&self, held: impl Fn(&str) -> bool) -> Result<Entry, Duration> {
         let mut s = lock(&self.state);
         let now = now_ms();
         while let Some(((due, _), _)) = s.scheduled.first_key_value() {
@@ -633,9 +659,14 @@ impl NextHopQueue {
                 s.ready.push_back(entry);
             }
         }
-        if s.in_flight < self.workers {
-            if let Some(entry) = s.ready.pop_front() {
+        if s.in_flight < self.workers && !self.suspended.load(Ordering::Acquire) {
+            while let Some(entry) = s.ready.pop_front() {
+                if held(entry.id()) {
+                    s.held.push((now, entry));
+                    continue;
+                }
                 s.in_flight += 1;
+                s.in_flight_ids.push(entry.id().to_string());
                 s.memory_bytes = s.memory_bytes.saturating_sub(entry.bytes());
                 return Ok(entry);
             }
@@ -649,9 +680,12 @@ impl NextHopQueue {
         Err(wait)
     }
 
-    fn finished(&self) {
+    fn finished(&self, id: &str) {
         let mut s = lock(&self.state);
         s.in_flight -= 1;
+        if let Some(at) = s.in_flight_ids.iter().position(|i| i == id) {
+            s.in_flight_ids.swap_remove(at);
+        }
         s.last_progress_ms = now_ms();
         drop(s);
         self.wake.notify_one();
@@ -672,6 +706,8 @@ impl NextHopQueue {
             delivered: s.delivered,
             failed: s.failed,
             deferred: s.deferred,
+            suspended: self.suspended.load(Ordering::Acquire),
+            held: s.held.len(),
         }
     }
 }
@@ -683,13 +719,14 @@ async fn dispatch(queue: Arc<NextHopQueue>, queues: Weak<DeliveryQueues>) {
         if all.stopping.load(Ordering::Acquire) {
             return;
         }
-        match queue.next() {
+        match queue.next(|id| all.holds.message_suspended(id)) {
             Ok(entry) => {
                 all.in_flight.fetch_add(1, Ordering::AcqRel);
                 let q = Arc::clone(&queue);
                 tokio::spawn(async move {
+                    let id = entry.id().to_string();
                     all.deliver(&q, entry).await;
-                    q.finished();
+                    q.finished(&id);
                     if all.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
                         all.idle.notify_waiters();
                     }

@@ -16,7 +16,9 @@ pub mod categorizer;
 pub mod delivery;
 pub mod delivery_queue;
 pub mod dsn;
+pub mod holds;
 pub mod journal;
+pub mod queue_management;
 pub mod reports;
 pub mod status;
 pub mod submission_queue;
@@ -43,15 +45,18 @@ pub struct Queues {
     /// The Submission queue: accepted, not yet categorized.
     pub journal: Journal,
     /// Items a routing agent deferred (or that faulted an agent), to categorize again later.
-    pub deferred: QueueDir,
+    pub deferred: Arc<QueueDir>,
     /// No route for some recipients.
-    pub unreachable: QueueDir,
+    pub unreachable: Arc<QueueDir>,
     /// Quarantined by an agent.
-    pub quarantine: QueueDir,
+    pub quarantine: Arc<QueueDir>,
     /// Faulted agents too often; never retried automatically.
-    pub poison: QueueDir,
+    pub poison: Arc<QueueDir>,
     data_dir: PathBuf,
     delivery: Mutex<HashMap<String, Arc<QueueDir>>>,
+    /// Items of the directory queues someone is working on (`queue/id`): the categorizer
+    /// routing one again, or an operator command taking it.
+    busy: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Work for the categorizer.
@@ -70,19 +75,20 @@ impl Queues {
         let (journal, recovered) = Journal::open(&data_dir.join("queue").join("journal"))?;
         let queues = Self {
             journal,
-            deferred: QueueDir::open(data_dir, "deferred")?,
-            unreachable: QueueDir::open(data_dir, "unreachable")?,
-            quarantine: QueueDir::open(data_dir, "quarantine")?,
-            poison: QueueDir::open(data_dir, "poison")?,
+            deferred: Arc::new(QueueDir::open(data_dir, "deferred")?),
+            unreachable: Arc::new(QueueDir::open(data_dir, "unreachable")?),
+            quarantine: Arc::new(QueueDir::open(data_dir, "quarantine")?),
+            poison: Arc::new(QueueDir::open(data_dir, "poison")?),
             data_dir: data_dir.to_path_buf(),
             delivery: Mutex::new(HashMap::new()),
+            busy: Mutex::new(Default::default()),
         };
         // Nothing else writes the queues yet: what a crash left half made goes.
         for q in [
-            &queues.deferred,
-            &queues.unreachable,
-            &queues.quarantine,
-            &queues.poison,
+            &*queues.deferred,
+            &*queues.unreachable,
+            &*queues.quarantine,
+            &*queues.poison,
         ] {
             q.collect_orphans()?;
         }
@@ -113,6 +119,33 @@ impl Queues {
     /// A new queue id.
     pub fn new_id(&self) -> String {
         self.deferred.new_id()
+    }
+
+    /// A directory queue by name: `deferred`, `unreachable`, `quarantine` or `poison`
+    /// (anything else is `poison`'s neighbour `deferred`: callers name only these four).
+    pub fn directory(&self, name: &str) -> Arc<QueueDir> {
+        Arc::clone(match name {
+            "unreachable" => &self.unreachable,
+            "quarantine" => &self.quarantine,
+            "poison" => &self.poison,
+            _ => &self.deferred,
+        })
+    }
+
+    /// Marks `key` (`queue/id`) as being worked on; false when someone already is.
+    pub fn claim(&self, key: &str) -> bool {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string())
+    }
+
+    /// Ends a [`Queues::claim`].
+    pub fn unclaim(&self, key: &str) {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 }
 
@@ -235,6 +268,10 @@ pub struct Transport {
     pub deliveries: Arc<delivery_queue::DeliveryQueues>,
     /// The queues on disk.
     pub queues: Arc<Queues>,
+    /// Failure reports, for operator removals with a report.
+    reports: Arc<reports::Reports>,
+    /// The categorizer's work, for items routed again.
+    work: mpsc::UnboundedSender<Work>,
 }
 
 impl Transport {
@@ -292,10 +329,10 @@ impl Transport {
             agents,
             categorizer::Handoff {
                 deliveries: Arc::clone(&deliveries),
-                reports,
+                reports: Arc::clone(&reports),
                 submission: Arc::clone(&submission),
             },
-            work_tx,
+            work_tx.clone(),
         ));
         tokio::spawn(categorizer.run(recovered, work_rx));
         tokio::spawn(status::run(
@@ -307,6 +344,8 @@ impl Transport {
             sink: TransportSink(submission),
             deliveries,
             queues,
+            reports,
+            work: work_tx,
         })
     }
 }
