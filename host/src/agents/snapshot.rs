@@ -445,15 +445,15 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// Writes a new file readable by its owner only, in `dir` (made 0700 if missing).
+/// Writes a new file readable by its owner only, in `dir` (made 0700 if missing). The file
+/// must not exist: a name is never reused, and nothing planted there is followed.
 fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if !dir.is_dir() {
         create_private_dir(dir)?;
     }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)?;
     file.write_all(bytes)
@@ -680,6 +680,66 @@ mod tests {
         assert_eq!(one_line("a\r\nb"), "a\\r\\nb");
         assert!(valid_queue_id("0193ab-12"));
         assert!(!valid_queue_id("../etc") && !valid_queue_id("") && !valid_queue_id("a/b"));
+    }
+
+    #[test]
+    fn a_tracer_numbers_files_records_host_changes_once_and_resumes_after_a_restart() {
+        let dir = std::env::temp_dir().join(format!("mta-snapshot-tracer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        install(Settings {
+            dir: dir.clone(),
+            senders: vec!["a@b.test".into()],
+            max_message_size: 1 << 20,
+            days: 0,
+        })
+        .unwrap();
+        let mut item = item();
+        item.id = "T1".into();
+        let mut tracer = Tracer::begin(Service::Transport, Event::OnEndOfData, &item).unwrap();
+        item.message.add_header("X-Stamp", "yes").unwrap();
+        tracer.after("Stamp", Some(&item), &[Action::Discard], None);
+        // The next event finds the item as the agent left it: no host snapshot.
+        let mut next = Tracer::begin(Service::Transport, Event::OnSubmittedMessage, &item).unwrap();
+        next.after("Router", Some(&item), &[], Some("boom"));
+        let names = |d: &Path| {
+            let mut n: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().into_string().unwrap())
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(
+            names(&dir.join("T1")),
+            [
+                "000-transport-OnEndOfData-original.eml",
+                "001-transport-OnEndOfData-Stamp.eml",
+                "002-transport-OnSubmittedMessage-Router.eml"
+            ]
+        );
+        let stamp = std::fs::read(dir.join("T1/001-transport-OnEndOfData-Stamp.eml")).unwrap();
+        let stamp = parse("001-transport-OnEndOfData-Stamp.eml", &stamp).unwrap();
+        assert_eq!(
+            (stamp.kind.as_str(), stamp.actions.as_slice()),
+            ("agent", &["Discard".to_string()][..])
+        );
+        // After a restart (numbering forgotten), a host change is recorded, numbered on.
+        STORE.get().unwrap().items.lock().unwrap().clear();
+        item.envelope.recipients.clear();
+        Tracer::begin(Service::Transport, Event::OnRoutedMessage, &item).unwrap();
+        assert_eq!(
+            names(&dir.join("T1")).last().unwrap(),
+            "003-transport-OnRoutedMessage-host.eml"
+        );
+        // Another sender is not traced; a queue id that is no file name neither.
+        item.id = "T2".into();
+        item.envelope.from = "x@y.test".into();
+        assert!(Tracer::begin(Service::Transport, Event::OnEndOfData, &item).is_none());
+        item.id = "../T3".into();
+        item.envelope.from = "a@b.test".into();
+        assert!(Tracer::begin(Service::Transport, Event::OnEndOfData, &item).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
