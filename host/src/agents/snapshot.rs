@@ -22,6 +22,10 @@
 //! are traced: the events before MAIL has been accepted (connect, HELO, MAIL itself) have no
 //! queue id and no envelope to record.
 //!
+//! Snapshots are written on the agents' thread right after each call (outside the call's time
+//! limit), so their order is the calls' order and no copy of the message waits in memory; this
+//! is file I/O on the agents' pool, accepted because it only happens while an operator traces.
+//!
 //! This module owns the format (writing, and [`read`] for `mta trace`) and the files; it never
 //! touches the mail item, and a snapshot that cannot be written is logged, never a fault.
 
