@@ -45,6 +45,8 @@ pub struct HostConfig {
     pub back_pressure: BackPressureConfig,
     /// The message tracking log.
     pub tracking: TrackingConfig,
+    /// Pipeline tracing's bounds (tracing itself is turned on in an agents file).
+    pub snapshots: SnapshotsConfig,
     /// The user `mta run` becomes once its listeners are bound, when started as root.
     pub user: Option<String>,
     /// Its group (default: the user's primary group).
@@ -168,6 +170,31 @@ impl Default for TrackingConfig {
         Self {
             enabled: true,
             days: 30,
+        }
+    }
+}
+
+/// `[snapshots]`: bounds of pipeline tracing, which `<messageSnapshot enabled="true"/>` in an
+/// agents file turns on for that service. A busy server traces only the senders asked for.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotsConfig {
+    /// Trace only mail items from these envelope senders (compared ignoring case); empty:
+    /// every item.
+    pub senders: Vec<String>,
+    /// A message larger than this many bytes is recorded as its envelope only (and the log
+    /// says so).
+    pub max_message_size: u64,
+    /// Days a message's snapshots are kept (0: kept until removed by hand).
+    pub days: u32,
+}
+
+impl Default for SnapshotsConfig {
+    fn default() -> Self {
+        Self {
+            senders: Vec::new(),
+            max_message_size: 10 * 1024 * 1024,
+            days: 7,
         }
     }
 }
@@ -583,6 +610,7 @@ impl Default for HostConfig {
             drain_timeout_secs: 30,
             back_pressure: BackPressureConfig::default(),
             tracking: TrackingConfig::default(),
+            snapshots: SnapshotsConfig::default(),
             user: None,
             group: None,
             allow_root_agents: None,
@@ -729,6 +757,31 @@ impl HostConfig {
     /// Where the message tracking log is written.
     pub fn tracking_dir(&self) -> PathBuf {
         self.data_dir.join("tracking")
+    }
+
+    /// Where pipeline tracing writes its snapshots.
+    pub fn snapshots_dir(&self) -> PathBuf {
+        self.data_dir.join("snapshots")
+    }
+
+    /// Pipeline tracing's settings.
+    pub fn snapshot_settings(&self) -> crate::agents::snapshot::Settings {
+        crate::agents::snapshot::Settings {
+            dir: self.snapshots_dir(),
+            senders: self
+                .snapshots
+                .senders
+                .iter()
+                .map(|s| {
+                    s.trim()
+                        .trim_start_matches('<')
+                        .trim_end_matches('>')
+                        .to_lowercase()
+                })
+                .collect(),
+            max_message_size: self.snapshots.max_message_size,
+            days: self.snapshots.days,
+        }
     }
 
     /// The status file of a service's agent host.

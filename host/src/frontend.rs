@@ -200,6 +200,13 @@ impl Transactions for Relay {
             if !r.is_success() {
                 return Err(r);
             }
+            // Transport's queue id when its reply names one, so the message has one id in
+            // both services; a numbered id of our own otherwise.
+            if let Some(id) = crate::tracking::queued_id(&r.to_string())
+                .filter(|id| crate::agents::snapshot::valid_queue_id(id))
+            {
+                return Ok(id.to_string());
+            }
             let n = self.proxy.transactions.fetch_add(1, Ordering::Relaxed) + 1;
             Ok(format!("frontend-{n}"))
         })

@@ -75,6 +75,12 @@ impl EventContext for CallContext {
     fn stops_event(&self) -> bool {
         self.asked(|a| matches!(a, Action::Reject(_) | Action::Disconnect))
     }
+
+    fn traced(&self) -> Option<(&MailItem, &[Action])> {
+        self.mail_item
+            .as_ref()
+            .map(|i| (i, self.actions.as_slice()))
+    }
 }
 
 impl EventHost for CallContext {

@@ -7,9 +7,11 @@
 //! on a call that outlives twice its time limit (the call's thread is then counted as hung).
 
 use crate::agents::pipeline::Pipeline;
+use crate::agents::snapshot::Tracer;
+use crate::message::MailItem;
 use abi_stable::sabi_trait::TD_Opaque;
 use mta_agent_sdk::abi::{AgentInstanceBox, EventHost, EventHost_TO};
-use mta_agent_sdk::{AgentClass, Event};
+use mta_agent_sdk::{Action, AgentClass, Event};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +21,12 @@ pub trait EventContext: EventHost {
     /// Whether what the agents did so far stops the lower-priority agents for this event
     /// (a reject, or a disconnect).
     fn stops_event(&self) -> bool;
+
+    /// The mail item and the actions asked so far, for pipeline tracing; `None` for a context
+    /// without a mail item (nothing to trace).
+    fn traced(&self) -> Option<(&MailItem, &[Action])> {
+        None
+    }
 }
 
 /// An agent's fault: it returned an error, panicked, or did not return in time.
@@ -97,6 +105,13 @@ impl AgentSet {
             return Ok(());
         }
         let pipeline = Arc::clone(&self.pipeline);
+        // Tracing is decided once per event: off, the loop below pays one branch per agent.
+        let mut tracer = if pipeline.message_snapshot {
+            cx.traced()
+                .and_then(|(item, _)| Tracer::begin(pipeline.service, event, item))
+        } else {
+            None
+        };
         for (index, agent) in pipeline.agents_for(event) {
             if self.only.is_some_and(|only| only != index) {
                 continue;
@@ -128,6 +143,13 @@ impl AgentSet {
             }
             let slow = elapsed > pipeline.time_limit;
             agent.factory.record(result.is_err(), slow);
+            if let Some(tracer) = &mut tracer {
+                let fault = result.as_ref().err().map(|e| e.as_str());
+                match cx.traced() {
+                    Some((item, actions)) => tracer.after(&agent.name, Some(item), actions, fault),
+                    None => tracer.after(&agent.name, None, &[], fault),
+                }
+            }
             if slow {
                 tracing::warn!(
                     message = "Agent too slow.",

@@ -5,6 +5,7 @@
 //! - [`pipeline`] builds an immutable snapshot of a service's agents;
 //! - [`reload`] swaps snapshots live when a file or library changes;
 //! - [`dispatch`] raises events to agents, containing faults and enforcing time limits;
+//! - [`snapshot`] records the item as each agent left it, when the agents file asks for it;
 //! - [`edit`] changes a file for the `mta agent` commands; [`status`] tells other processes
 //!   what a running host has loaded.
 
@@ -17,6 +18,7 @@ pub mod library;
 pub mod pipeline;
 pub mod pool;
 pub mod reload;
+pub mod snapshot;
 pub mod status;
 pub mod strict_modes;
 

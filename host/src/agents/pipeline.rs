@@ -30,6 +30,9 @@ pub struct Pipeline {
     pub time_limit: Duration,
     /// The file it was built from.
     pub source: Option<PathBuf>,
+    /// `messageSnapshot@enabled`: the dispatcher records each agent's changes
+    /// ([`super::snapshot`]). Read once per event, so tracing off costs an agent call nothing.
+    pub message_snapshot: bool,
     /// The enabled agents, highest priority first.
     pub agents: Vec<PipelineAgent>,
     /// Per event, the indices in `agents` of the agents that handle it, in priority order.
@@ -121,6 +124,7 @@ impl Pipeline {
             generation: 0,
             time_limit: Duration::from_secs(300),
             source: None,
+            message_snapshot: false,
             agents: Vec::new(),
             by_event: vec![Vec::new(); Event::ALL.len()],
             warnings: Vec::new(),
@@ -353,6 +357,7 @@ impl Pipeline {
             generation,
             time_limit: file.time_limit,
             source: Some(file.path.clone()),
+            message_snapshot: file.message_snapshot,
             agents,
             by_event,
             warnings,

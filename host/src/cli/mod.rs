@@ -9,6 +9,7 @@ mod message;
 mod queue;
 mod run;
 mod status;
+mod trace;
 mod track;
 mod user;
 
@@ -69,6 +70,8 @@ enum Command {
     },
     /// The story of messages from the tracking log: received, routed, sent, delivered, refused.
     Track(track::TrackArgs),
+    /// What each agent changed in a message, from its pipeline snapshots (messageSnapshot).
+    Trace(trace::TraceArgs),
     /// Manage the users who may authenticate (the users file).
     User {
         #[command(subcommand)]
@@ -110,6 +113,7 @@ pub fn main() -> ExitCode {
         Command::Message { command } => message::run(&config, command),
         Command::User { command } => user::run(&config, command),
         Command::Track(args) => track::run(&config, args),
+        Command::Trace(args) => trace::run(&config, args),
         Command::Config {
             command: ConfigCommand::Check,
         } => check::run(&config),

@@ -83,6 +83,13 @@ pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
             },
         )?;
     }
+    // Always installed: an agents file may turn tracing on at any reload.
+    crate::agents::snapshot::install(config.snapshot_settings()).with_context(|| {
+        format!(
+            "opening the snapshot directory {}",
+            config.snapshots_dir().display()
+        )
+    })?;
     crate::agents::pool::AgentPool::init(config.agents.pool_threads);
     let libraries = Arc::new(Libraries::new(config.run_dir().join("shadow")));
     let mut hosts = Vec::new();

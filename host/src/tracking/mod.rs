@@ -11,7 +11,7 @@
 mod query;
 mod writer;
 
-pub use query::{read_records, stories, Filter, Story};
+pub use query::{queued_id, read_records, stories, Filter, Story};
 
 use crate::message::MailItem;
 use crate::service::Service;

@@ -67,8 +67,9 @@ fn bare(id: &str) -> &str {
     id.trim().trim_start_matches('<').trim_end_matches('>')
 }
 
-/// The Transport queue id a relayed reply names (`250 2.6.0 <ID> Queued mail for delivery`).
-fn queued_id(reply: &str) -> Option<&str> {
+/// The Transport queue id a relayed reply names (`250 2.6.0 <ID> Queued mail for delivery`,
+/// `250 2.1.0 <ID> Sender OK`).
+pub fn queued_id(reply: &str) -> Option<&str> {
     let start = reply.find('<')?;
     let end = reply[start..].find('>')? + start;
     let id = &reply[start + 1..end];

@@ -90,11 +90,19 @@ impl Session {
         debug_assert!(matches!(pending, Some(Pending::MailSink)), "{pending:?}");
         match result {
             Ok(id) => {
+                // Transport names the queue id it gave the transaction, as it does after the
+                // data: a Front End relaying the session learns it here, before its agents
+                // see the recipients, so its records (pipeline snapshots) join Transport's.
+                let text = if self.config.service == crate::service::Service::Transport {
+                    format!("<{id}> Sender OK")
+                } else {
+                    "Sender OK".to_string()
+                };
                 if let Some(txn) = self.txn.as_mut() {
                     txn.item.id = id.clone();
                     txn.id = id;
                 }
-                self.line(250, "2.1.0", "Sender OK");
+                self.line(250, "2.1.0", &text);
             }
             Err(response) => {
                 self.txn = None;
