@@ -18,7 +18,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use subtle::ConstantTimeEq;
 
@@ -144,7 +144,9 @@ pub struct Authenticator {
     config: AuthConfig,
     inline: Vec<(String, Secret)>,
     file: Mutex<FileUsers>,
-    failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// Shared with the authenticator a configuration reload builds, so a reload never wipes
+    /// a guessing client's record.
+    failures: Arc<Mutex<HashMap<IpAddr, Failures>>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -164,7 +166,15 @@ impl Authenticator {
                 .map(|u| (u.name.clone(), Secret::parse(&u.password)))
                 .collect(),
             file: Mutex::new(FileUsers::default()),
-            failures: Mutex::new(HashMap::new()),
+            failures: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// An authenticator for a reloaded `config` that keeps this one's record of failures.
+    pub fn successor(&self, config: &AuthConfig) -> Self {
+        Self {
+            failures: Arc::clone(&self.failures),
+            ..Self::new(config)
         }
     }
 

@@ -16,6 +16,7 @@ pub mod message;
 pub mod net;
 pub mod organization;
 pub mod privileges;
+pub mod reconfiguration;
 pub mod routing;
 pub mod server;
 pub mod service;

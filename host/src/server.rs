@@ -2,70 +2,18 @@
 //! stopping them together.
 
 use crate::agents::AgentHost;
-use crate::config::{HostConfig, ListenerConfig};
-use crate::frontend::{FrontEndSink, ProxySink};
-use crate::mailbox::delivery::{MailboxPolicy, MailboxSink, OrganizationPolicy};
+use crate::config::HostConfig;
 use crate::mailbox::store::MailboxStore;
-use crate::net::IpRange;
-use crate::organization::Organization;
+use crate::reconfiguration::{receiver_for, Generation, Reconfiguration, Sinks};
 use crate::service::Service;
-use crate::smtp::receive::{self, ReceiveConfig, Receiver};
+use crate::smtp::receive;
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-fn loopback() -> Vec<IpRange> {
-    vec![
-        "127.0.0.0/8".parse().expect("valid"),
-        "::1".parse().expect("valid"),
-    ]
-}
-
-fn receive_config(
-    service: Service,
-    config: &HostConfig,
-    listener: &ListenerConfig,
-    organization: &Organization,
-) -> anyhow::Result<ReceiveConfig> {
-    let mut rc = ReceiveConfig::new(service, &config.hostname);
-    rc.postmaster = organization.postmaster();
-    rc.drain_timeout = Duration::from_secs(config.drain_timeout_secs);
-    rc.spool = Some(config.spool_place(service));
-    if let Some(groups) = &listener.permission_groups {
-        rc.permissions = crate::smtp::receive::Permissions::from_names(groups)
-            .map_err(|e| anyhow::anyhow!("[{}] permission_groups: {e}", service.as_str()))?;
-    }
-    if let Some(n) = listener.max_message_size {
-        rc.max_message_size = n;
-    }
-    if let Some(n) = listener.max_recipients {
-        rc.max_recipients = n;
-    }
-    if let Some(s) = listener.idle_timeout_secs {
-        rc.idle_timeout = Duration::from_secs(s);
-    }
-    if let Some(s) = listener.session_timeout_secs {
-        rc.session_timeout = Duration::from_secs(s);
-    }
-    if let Some(n) = listener.max_connections_per_ip {
-        rc.max_connections_per_ip = n;
-    }
-    // Nobody is trusted by address unless configured: this host's own services reach
-    // Transport and Mailbox Transport over their sockets, which only the MTA's user can open.
-    rc.trusted = listener.trusted.clone().unwrap_or_default();
-    rc.allowed_clients = listener
-        .remote_ranges
-        .clone()
-        .or_else(|| (service == Service::Mailbox).then(loopback));
-    if service == Service::Transport {
-        // The Front End and Mailbox Transport nodes name their clients with XCLIENT.
-        rc.xclient_hosts = listener.frontend_nodes.clone().unwrap_or_default();
-    }
-    Ok(rc)
-}
 
 /// The socket over which this host's own services reach `service`, in the run directory (which
 /// only the MTA's user may enter; the socket itself is 0600).
@@ -126,23 +74,21 @@ pub fn bind(
     Ok(listeners)
 }
 
-/// Runs the services of `roles` until `shutdown` turns true.
+/// Runs the services of `roles` until `shutdown` turns true; a message on `reloads` (SIGHUP)
+/// reloads the host configuration, as a change to its file does.
 pub async fn run(
     config: HostConfig,
     roles: Vec<Service>,
     listeners: HashMap<Service, std::net::TcpListener>,
     agents: HashMap<Service, Arc<AgentHost>>,
     shutdown: watch::Receiver<bool>,
+    reloads: (
+        tokio::sync::mpsc::UnboundedSender<()>,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+    ),
 ) -> anyhow::Result<()> {
-    let organization = Arc::new(Organization::new(&config.organization));
-    let tls = if config.tls.starttls.unwrap_or(true) {
-        let tls = crate::tls::Tls::load(&config).context("setting up TLS")?;
-        tls.keep_renewed();
-        Some(tls)
-    } else {
-        None
-    };
-    let auth = Arc::new(crate::auth::Authenticator::new(&config.auth));
+    let generation = Arc::new(Generation::build(config.clone(), None)?);
+    let organization = Arc::clone(&generation.organization);
     let mut tasks = tokio::task::JoinSet::new();
     let mut listeners: HashMap<Service, TcpListener> = listeners
         .into_iter()
@@ -162,6 +108,23 @@ pub async fn run(
         &crate::control::socket_path(&config.data_dir),
         "the control socket",
     )?;
+    let mut sinks = Sinks {
+        agents: agents.clone(),
+        mailbox: None,
+        mailbox_deliveries: Default::default(),
+        transport: None,
+    };
+    let mut receivers = Vec::new();
+    let mut serve = |service: Service,
+                     listener: TcpListener,
+                     own: Option<tokio::net::UnixListener>,
+                     sinks: &Sinks|
+     -> anyhow::Result<()> {
+        let receiver = Arc::new(ArcSwap::new(receiver_for(service, &generation, sinks)?));
+        receivers.push((service, Arc::clone(&receiver)));
+        tasks.spawn(receive::serve(listener, own, receiver, shutdown.clone()));
+        Ok(())
+    };
 
     if roles.contains(&Service::Mailbox) {
         let listener = listeners.remove(&Service::Mailbox).expect("bound above");
@@ -187,24 +150,10 @@ pub async fn run(
             Duration::from_millis(config.directories.poll_interval_ms),
             shutdown.clone(),
         ));
-        let receiver = Receiver::new(
-            receive_config(Service::Mailbox, &config, &config.mailbox, &organization)?,
-            None,
-            Arc::new(MailboxSink {
-                store,
-                organization: Arc::clone(&organization),
-                deliveries: Default::default(),
-            }),
-            Arc::new(MailboxPolicy(Arc::clone(&organization))),
-        );
+        sinks.mailbox = Some(store);
         let own = own_socket(&config, Service::Mailbox)?;
+        serve(Service::Mailbox, listener, Some(own), &sinks)?;
         tracing::info!(message = "Mailbox Transport delivery listening.", address = %config.mailbox.listen);
-        tasks.spawn(receive::serve(
-            listener,
-            Some(own),
-            receiver,
-            shutdown.clone(),
-        ));
     }
 
     let mut transport = None;
@@ -255,53 +204,45 @@ pub async fn run(
                 ));
             }
         }
-        let receiver = Receiver::with_security(
-            receive_config(
-                Service::Transport,
-                &config,
-                &config.transport,
-                &organization,
-            )?,
-            agents.get(&Service::Transport).cloned(),
-            Arc::new(submission),
-            Arc::new(OrganizationPolicy(Arc::clone(&organization))),
-            tls.clone(),
-            Arc::clone(&auth),
-        );
+        sinks.transport = Some(submission);
         let own = own_socket(&config, Service::Transport)?;
+        serve(Service::Transport, listener, Some(own), &sinks)?;
         tracing::info!(message = "Transport listening.", address = %config.transport.listen);
-        tasks.spawn(receive::serve(
-            listener,
-            Some(own),
-            receiver,
-            shutdown.clone(),
-        ));
         transport = Some(Arc::new(started));
     }
 
     if roles.contains(&Service::FrontEnd) {
         let listener = listeners.remove(&Service::FrontEnd).expect("bound above");
-        let nodes = config
-            .frontend
-            .transport_nodes
-            .clone()
-            .unwrap_or_else(|| vec![config.node_address(Service::Transport)]);
-        let receiver = Receiver::with_security(
-            receive_config(Service::FrontEnd, &config, &config.frontend, &organization)?,
-            agents.get(&Service::FrontEnd).cloned(),
-            Arc::new(FrontEndSink(ProxySink::new(nodes, &config.hostname))),
-            Arc::new(OrganizationPolicy(Arc::clone(&organization))),
-            tls.clone(),
-            Arc::clone(&auth),
-        );
+        serve(Service::FrontEnd, listener, None, &sinks)?;
         tracing::info!(message = "Front End Transport listening.", address = %config.frontend.listen);
-        tasks.spawn(receive::serve(listener, None, receiver, shutdown.clone()));
     }
 
+    let reconfiguration = Arc::new(Reconfiguration::new(
+        Arc::clone(&generation),
+        sinks,
+        receivers,
+        transport.clone(),
+    ));
+    let (reload_requests, reload_queue) = reloads;
+    let _watcher = match &config.source {
+        Some(path) => match crate::reconfiguration::watch(path, reload_requests.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(message = "Cannot watch the host configuration; SIGHUP still reloads it.", path = %path.display(), error = %e);
+                None
+            }
+        },
+        None => None,
+    };
+    tokio::spawn(crate::reconfiguration::run(
+        Arc::clone(&reconfiguration),
+        reload_queue,
+    ));
     let control = crate::control::Control::new(
         server_status(&config, &roles),
         agents.clone(),
         transport.clone(),
+        reconfiguration,
     );
     tokio::spawn(crate::control::serve(
         socket,

@@ -89,6 +89,9 @@ enum ConfigCommand {
     /// Validate the host configuration and every agents file, loading the agent libraries,
     /// without starting anything. Exits non-zero on any error.
     Check,
+    /// Make the running server reload its host configuration now (as SIGHUP does); prints
+    /// what it did, or the error that kept the running configuration.
+    Reload,
 }
 
 /// Parses the command line and runs the command.
@@ -98,7 +101,19 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(message) => {
             eprintln!("error: {message}");
-            return ExitCode::from(2);
+            // A broken file must not hide the running server, whose status says whether it
+            // kept its configuration, and which is asked to reload once the file is fixed.
+            let asks_server = matches!(
+                cli.command,
+                Command::Status { .. }
+                    | Command::Config {
+                        command: ConfigCommand::Reload
+                    }
+            );
+            match asks_server.then(|| data_dir_of_broken(&cli)).flatten() {
+                Some(c) => c,
+                None => return ExitCode::from(2),
+            }
         }
     };
     if matches!(cli.command, Command::Agent { .. } | Command::Config { .. }) {
@@ -117,6 +132,9 @@ pub fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check,
         } => check::run(&config),
+        Command::Config {
+            command: ConfigCommand::Reload,
+        } => control::change(&config, &crate::control::Request::Reload),
     };
     match result {
         Ok(code) => code,
@@ -140,6 +158,36 @@ fn load_config(cli: &Cli) -> Result<HostConfig, String> {
         config.agents.frontend = Some(p.clone());
     }
     Ok(config)
+}
+
+/// The embedded defaults with the top-level `data_dir` of a configuration file that does not
+/// parse as a whole (read from its own line), so the server it names can still be asked.
+fn data_dir_of_broken(cli: &Cli) -> Option<HostConfig> {
+    #[derive(serde::Deserialize)]
+    struct Top {
+        data_dir: PathBuf,
+    }
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("mta.toml"));
+    let text = std::fs::read_to_string(&path).ok()?;
+    let data_dir = text
+        .lines()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .find_map(|l| toml::from_str::<Top>(l).ok())
+        .map_or_else(|| PathBuf::from("mta-data"), |t| t.data_dir);
+    let mut config = HostConfig::load(None).ok()?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    config.data_dir = match dir {
+        Some(dir) if data_dir.is_relative() => dir.join(data_dir),
+        _ => data_dir,
+    };
+    eprintln!(
+        "(asking the server whose data directory is {})",
+        config.data_dir.display()
+    );
+    Some(config)
 }
 
 /// Without `--agents-config`/`--fetagents-config`, a running server says which agents files it

@@ -120,15 +120,21 @@ pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     let trigger = controller.trigger();
     runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let (reload, reloads) = tokio::sync::mpsc::unbounded_channel();
         let mut services = tokio::spawn(crate::server::run(
-            config, roles, listeners, by_service, stopped,
+            config,
+            roles,
+            listeners,
+            by_service,
+            stopped,
+            (reload.clone(), reloads),
         ));
         // A service that cannot start (a port in use) ends the process with its error.
         tokio::select! {
             result = &mut services => {
                 return result.map_err(|e| anyhow::anyhow!("services stopped: {e}"))?;
             }
-            signal = wait_for_shutdown(trigger) => signal?,
+            signal = wait_for_shutdown(trigger, reload) => signal?,
         }
         let _ = stop.send(true);
         services
@@ -218,16 +224,21 @@ fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGINT or SIGTERM; SIGHUP reloads every agent pipeline.
-async fn wait_for_shutdown(trigger: std::sync::mpsc::Sender<Trigger>) -> anyhow::Result<()> {
+/// Waits for SIGINT or SIGTERM; SIGHUP reloads every agent pipeline and the host
+/// configuration.
+async fn wait_for_shutdown(
+    trigger: std::sync::mpsc::Sender<Trigger>,
+    reload: tokio::sync::mpsc::UnboundedSender<()>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                tracing::info!(message = "SIGHUP: reloading agent pipelines.");
+                tracing::info!(message = "SIGHUP: reloading the host configuration and agent pipelines.");
                 let _ = trigger.send(Trigger::All);
+                let _ = reload.send(());
             }
             _ = term.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),

@@ -27,6 +27,25 @@ pub fn run(config: &HostConfig, json: bool) -> anyhow::Result<ExitCode> {
         status.config.as_deref().unwrap_or("(embedded defaults)")
     );
     println!("data           {}", status.data_dir);
+    let c = &status.configuration;
+    println!(
+        "reloads        configuration generation {}{}",
+        c.generation,
+        match &c.last_error {
+            Some(e) => format!(
+                ", last reload FAILED (the running configuration stays): {}",
+                e.replace('\n', " / ")
+            ),
+            None if c.last_attempt_ms > 0 => ", last reload ok".into(),
+            None => String::new(),
+        }
+    );
+    if !c.restart_needed.is_empty() {
+        println!(
+            "               needs a restart for: {}",
+            c.restart_needed.join(", ")
+        );
+    }
     for (service, address) in &status.listeners {
         println!("{:<14} listening on {address}", service);
     }

@@ -25,6 +25,8 @@ use crate::transport::queue_management::MessageFilter;
 pub enum Request {
     /// Roles, listeners, pipelines, queues and back pressure.
     Status,
+    /// Reload the host configuration (as SIGHUP does).
+    Reload,
     /// Every queue.
     QueueList,
     /// A queue's waiting copies are due now (`unreachable`: routed again).
@@ -93,6 +95,9 @@ pub struct ServerStatus {
     pub queues: Vec<(String, usize)>,
     /// Back pressure, when it runs the Transport role.
     pub back_pressure: Option<crate::transport::back_pressure::Pressure>,
+    /// The host configuration's reloads.
+    #[serde(default)]
+    pub configuration: crate::reconfiguration::ReloadState,
 }
 
 /// One service's agent pipeline, for `mta status`.

@@ -23,6 +23,8 @@ pub struct Control {
     pub agents: HashMap<Service, Arc<AgentHost>>,
     /// The Transport service, when this process runs it.
     pub transport: Option<Arc<Transport>>,
+    /// The host configuration's reloads.
+    pub reconfiguration: Arc<crate::reconfiguration::Reconfiguration>,
     /// Commands that change something run one at a time.
     changes: tokio::sync::Mutex<()>,
 }
@@ -33,11 +35,13 @@ impl Control {
         status: ServerStatus,
         agents: HashMap<Service, Arc<AgentHost>>,
         transport: Option<Arc<Transport>>,
+        reconfiguration: Arc<crate::reconfiguration::Reconfiguration>,
     ) -> Self {
         Self {
             status,
             agents,
             transport,
+            reconfiguration,
             changes: tokio::sync::Mutex::new(()),
         }
     }
@@ -66,6 +70,7 @@ impl Control {
             .collect();
         pipelines.sort_by(|a, b| a.service.cmp(&b.service));
         status.pipelines = pipelines;
+        status.configuration = self.reconfiguration.state();
         if let Some(transport) = &self.transport {
             status.queues = transport
                 .queue_list()
@@ -91,6 +96,23 @@ impl Control {
         if let Request::Status = request {
             return (value(serde_json::to_value(self.status().await)), Vec::new());
         }
+        if let Request::Reload = request {
+            let r = Arc::clone(&self.reconfiguration);
+            let outcome = tokio::task::spawn_blocking(move || r.reload())
+                .await
+                .unwrap_or_else(|_| Err("the reload did not finish".into()));
+            return (
+                match outcome {
+                    Ok(sentence) => Response {
+                        ok: true,
+                        result: serde_json::Value::String(sentence),
+                        ..Response::default()
+                    },
+                    Err(why) => refused(why),
+                },
+                Vec::new(),
+            );
+        }
         let Some(transport) = &self.transport else {
             return (
                 refused("this server does not run the Transport role, which keeps the queues"),
@@ -106,7 +128,7 @@ impl Control {
             Err(why) => refused(why),
         };
         match request {
-            Request::Status => unreachable!("answered above"),
+            Request::Status | Request::Reload => unreachable!("answered above"),
             Request::QueueList => (
                 value(serde_json::to_value(transport.queue_list().await)),
                 Vec::new(),

@@ -49,12 +49,13 @@ pub struct Handoff {
 /// The Transport service's categorizer.
 pub struct Categorizer {
     queues: Arc<Queues>,
-    router: Router,
+    /// Replaced by a host configuration reload; an item keeps the router it started with.
+    router: arc_swap::ArcSwap<Router>,
     agents: Option<Arc<AgentHost>>,
     deliveries: Arc<DeliveryQueues>,
     reports: Arc<Reports>,
     submission: Arc<SubmissionSink>,
-    config: HostConfig,
+    config: arc_swap::ArcSwap<HostConfig>,
     work: mpsc::UnboundedSender<Work>,
 }
 
@@ -80,14 +81,21 @@ impl Categorizer {
     ) -> Self {
         Self {
             queues,
-            router,
+            router: arc_swap::ArcSwap::from_pointee(router),
             agents,
             deliveries: handoff.deliveries,
             reports: handoff.reports,
             submission: handoff.submission,
-            config: config.clone(),
+            config: arc_swap::ArcSwap::from_pointee(config.clone()),
             work,
         }
+    }
+
+    /// A reloaded host configuration: items categorized from now on use `router` and
+    /// `config`'s retry settings.
+    pub fn reconfigure(&self, router: Router, config: &HostConfig) {
+        self.router.store(Arc::new(router));
+        self.config.store(Arc::new(config.clone()));
     }
 
     /// Runs until the work channel closes, `recovered` first.
@@ -164,6 +172,7 @@ impl Categorizer {
     /// Categorizes an item and hands each next hop its copy.
     async fn categorize(&self, mut item: MailItem, attempts: u32, origin: Origin) {
         let id = item.id.clone();
+        let router = self.router.load_full();
         if item.quarantine.is_some() {
             tracing::info!(message = "Message quarantined.", queue_id = %id, reason = item.quarantine.as_deref().unwrap_or(""));
             Record::item(EventId::Agentinfo, Service::Transport, &item)
@@ -218,7 +227,7 @@ impl Categorizer {
                     .into_iter()
                     .partition(|r| {
                         r.routing_override.is_some()
-                            || !matches!(self.router.route(r, size), Route::Fail(ref f) if f.enhanced_code() == "5.1.1")
+                            || !matches!(router.route(r, size), Route::Fail(ref f) if f.enhanced_code() == "5.1.1")
                     });
                 item.envelope.recipients = keep;
                 for r in unknown {
@@ -300,7 +309,7 @@ impl Categorizer {
         let mut hops: BTreeMap<QueueKey, Vec<EnvelopeRecipient>> = BTreeMap::new();
         let mut unreachable = Vec::new();
         for r in std::mem::take(&mut item.envelope.recipients) {
-            match self.router.route(&r, size) {
+            match router.route(&r, size) {
                 Route::Hop(hop) => {
                     let key = self.deliveries.key_for(&hop, &r.address);
                     hops.entry(key).or_default().push(r)
@@ -452,7 +461,7 @@ impl Categorizer {
             return;
         }
         // Categorized again after the first retry delay.
-        let delay = Duration::from_millis(self.config.routing.retry_base_ms);
+        let delay = Duration::from_millis(self.config.load().routing.retry_base_ms);
         self.defer(item, attempts, origin, delay).await;
     }
 

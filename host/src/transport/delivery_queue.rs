@@ -144,7 +144,8 @@ struct State {
 pub struct NextHopQueue {
     key: QueueKey,
     dir: Arc<QueueDir>,
-    workers: usize,
+    /// Concurrent deliveries (the next hop's limit; a reload may change it).
+    workers: AtomicUsize,
     /// Suspended by an operator (`mta queue suspend`): no delivery starts.
     suspended: AtomicBool,
     state: Mutex<State>,
@@ -184,10 +185,11 @@ pub struct QueueStatus {
 pub struct DeliveryQueues {
     queues: Mutex<HashMap<QueueKey, Arc<NextHopQueue>>>,
     store: Arc<Queues>,
-    deliverer: Arc<Deliverer>,
+    /// Replaced by a host configuration reload; an attempt keeps the one it started with.
+    deliverer: arc_swap::ArcSwap<Deliverer>,
     reports: Arc<Reports>,
     submission: Arc<SubmissionSink>,
-    config: HostConfig,
+    config: arc_swap::ArcSwap<HostConfig>,
     sequence: AtomicU64,
     stopping: AtomicBool,
     in_flight: AtomicUsize,
@@ -209,10 +211,10 @@ impl DeliveryQueues {
             queues: Mutex::new(HashMap::new()),
             holds: super::holds::Holds::open(&store.root()),
             store,
-            deliverer,
+            deliverer: arc_swap::ArcSwap::new(deliverer),
             reports,
             submission,
-            config: config.clone(),
+            config: arc_swap::ArcSwap::from_pointee(config.clone()),
             sequence: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -230,7 +232,7 @@ impl DeliveryQueues {
         let q = Arc::new(NextHopQueue {
             key: key.clone(),
             dir: self.store.delivery(&key.dir_name())?,
-            workers: self.deliverer.concurrency(&key.hop),
+            workers: AtomicUsize::new(self.deliverer.load().concurrency(&key.hop)),
             suspended: AtomicBool::new(self.holds.queue_suspended(&key.name())),
             state: Mutex::new(State {
                 last_progress_ms: now_ms(),
@@ -244,10 +246,24 @@ impl DeliveryQueues {
         Ok(q)
     }
 
+    /// A reloaded host configuration: attempts started from now on use `deliverer` (its
+    /// connectors, TLS policies and limits) and `config`'s retry settings. The old
+    /// deliverer's idle connections are closed; attempts under way finish with it.
+    pub fn reconfigure(&self, deliverer: Arc<Deliverer>, config: &HostConfig) {
+        let old = self.deliverer.swap(Arc::clone(&deliverer));
+        self.config.store(Arc::new(config.clone()));
+        for q in lock(&self.queues).values() {
+            q.workers
+                .store(deliverer.concurrency(&q.key.hop), Ordering::Relaxed);
+            q.wake.notify_one();
+        }
+        old.close_idle();
+    }
+
     /// The queue key of a copy routed to `hop` for `recipient`.
     pub fn key_for(&self, hop: &crate::routing::NextHop, recipient: &str) -> QueueKey {
         let domain = match hop {
-            crate::routing::NextHop::Send(name) if self.deliverer.by_mx(name) => Some(
+            crate::routing::NextHop::Send(name) if self.deliverer.load().by_mx(name) => Some(
                 recipient
                     .rsplit_once('@')
                     .map_or("", |(_, d)| d)
@@ -427,7 +443,7 @@ impl DeliveryQueues {
             }
         };
         let drained = tokio::time::timeout(timeout, wait).await.is_ok();
-        self.deliverer.close_idle();
+        self.deliverer.load().close_idle();
         drained
     }
 
@@ -454,7 +470,7 @@ impl DeliveryQueues {
             outcomes,
             queue_failed,
             submitted,
-        } = self.deliverer.attempt(key, &item).await;
+        } = self.deliverer.load_full().attempt(key, &item).await;
         for new in submitted {
             if let Err(e) = self.submission.enqueue(new).await {
                 tracing::warn!(message = "Agent submission refused.", reply = %e);
@@ -496,7 +512,7 @@ impl DeliveryQueues {
         }
         let last_reason = waiting.last().map(|(_, why)| why.clone());
         let age = Duration::from_millis(now_ms().saturating_sub(item.trace.received_ms));
-        let expiry = Duration::from_secs(self.config.routing.expiration_hours * 3600);
+        let expiry = Duration::from_secs(self.config.load().routing.expiration_hours * 3600);
         if !waiting.is_empty() && age >= expiry {
             // 4.4.7 is a persistent transient failure that has run out of time; the report says
             // Action: failed with Status: 4.4.7, as RFC 3463 intends, and gives the last answer
@@ -539,7 +555,8 @@ impl DeliveryQueues {
             }
             return;
         }
-        let delay_notice = Duration::from_secs(self.config.routing.delay_notification_hours * 3600);
+        let delay_notice =
+            Duration::from_secs(self.config.load().routing.delay_notification_hours * 3600);
         if age >= delay_notice && !item.trace.delay_notified {
             let mut view = item.clone();
             view.envelope.recipients = waiting.iter().map(|(r, _)| r.clone()).collect();
@@ -561,14 +578,14 @@ impl DeliveryQueues {
                 r
             })
             .collect();
-        let base = self.config.routing.retry_base_ms.max(1);
+        let base = self.config.load().routing.retry_base_ms.max(1);
         let delay = last_reason
             .as_ref()
             .and_then(|why| why.retry_after)
             .unwrap_or_else(|| {
                 Duration::from_millis(
                     base.saturating_mul(1 << attempts.min(16))
-                        .min(self.config.routing.retry_max_ms.max(base)),
+                        .min(self.config.load().routing.retry_max_ms.max(base)),
                 )
             });
         let due = now_ms().saturating_add(delay.as_millis() as u64);
@@ -609,7 +626,7 @@ impl DeliveryQueues {
                 // from memory, so a full disk delays delivery instead of stopping it; the item
                 // is settled when this copy finally is.
                 tracing::error!(message = "Cannot queue an item for retry; it is kept in memory and tried again.", queue = %key.name(), queue_id = %id, error = %e);
-                let retry = now_ms() + self.config.routing.retry_base_ms.max(100);
+                let retry = now_ms() + self.config.load().routing.retry_base_ms.max(100);
                 queue.schedule(
                     retry,
                     Entry::Memory {
@@ -659,7 +676,9 @@ impl NextHopQueue {
                 s.ready.push_back(entry);
             }
         }
-        if s.in_flight < self.workers && !self.suspended.load(Ordering::Acquire) {
+        if s.in_flight < self.workers.load(Ordering::Relaxed)
+            && !self.suspended.load(Ordering::Acquire)
+        {
             while let Some(entry) = s.ready.pop_front() {
                 if held(entry.id()) {
                     s.held.push((now, entry));

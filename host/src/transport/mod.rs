@@ -260,6 +260,12 @@ impl Sink for TransportSink {
     }
 }
 
+/// A host configuration's routing, built aside at a reload.
+pub struct Routing {
+    router: crate::routing::Router,
+    deliverer: Arc<delivery::Deliverer>,
+}
+
 /// A running Transport service: its queues, categorizer and delivery queues.
 pub struct Transport {
     /// Where its sessions, directories and agents put messages.
@@ -272,6 +278,10 @@ pub struct Transport {
     reports: Arc<reports::Reports>,
     /// The categorizer's work, for items routed again.
     work: mpsc::UnboundedSender<Work>,
+    /// The categorizer, for a host configuration reload.
+    categorizer: Arc<categorizer::Categorizer>,
+    /// The Transport service's agents (delivery agents are reached through the deliverer).
+    agents: Option<Arc<crate::agents::AgentHost>>,
 }
 
 impl Transport {
@@ -304,6 +314,7 @@ impl Transport {
             &organization.postmaster(),
         ));
         let deliverer = Arc::new(delivery::Deliverer::new(config, agents.clone()));
+        let agent_host = agents.clone();
         let deliveries = delivery_queue::DeliveryQueues::new(
             config,
             Arc::clone(&queues),
@@ -334,7 +345,7 @@ impl Transport {
             },
             work_tx.clone(),
         ));
-        tokio::spawn(categorizer.run(recovered, work_rx));
+        tokio::spawn(Arc::clone(&categorizer).run(recovered, work_rx));
         tokio::spawn(status::run(
             pressure,
             Arc::clone(&deliveries),
@@ -346,11 +357,48 @@ impl Transport {
             queues,
             reports,
             work: work_tx,
+            categorizer,
+            agents: agent_host,
         })
     }
 }
 
 impl Transport {
+    /// For a reloaded host configuration: builds the router and the deliverer aside,
+    /// without touching the running ones (an error changes nothing).
+    pub fn prepare(
+        &self,
+        config: &crate::config::HostConfig,
+        organization: Arc<crate::organization::Organization>,
+    ) -> anyhow::Result<Routing> {
+        let router = crate::routing::Router::new(config, organization)
+            .map_err(|e| anyhow::anyhow!("routing: {e}"))?;
+        let deliverer = Arc::new(delivery::Deliverer::new(config, self.agents.clone()));
+        Ok(Routing { router, deliverer })
+    }
+
+    /// Swaps in what [`Transport::prepare`] built. Items and attempts under way finish with
+    /// what they started with.
+    pub fn apply(&self, routing: Routing, config: &crate::config::HostConfig) {
+        self.categorizer.reconfigure(routing.router, config);
+        self.deliveries.reconfigure(routing.deliverer, config);
+    }
+
+    /// Hands every item of the Unreachable queue to the categorizer again (routes may exist
+    /// now). Blocking (reads the queue's directory).
+    pub fn reroute_unreachable(&self) {
+        let ids = self.queues.unreachable.ids().unwrap_or_default();
+        if !ids.is_empty() {
+            tracing::info!(
+                message = "Routing the Unreachable queue again.",
+                items = ids.len()
+            );
+        }
+        for id in ids {
+            let _ = self.work.send(Work::Unreachable(id));
+        }
+    }
+
     /// At a stop: lets the deliveries under way finish (up to `timeout`), then makes every
     /// journal record written so far durable, done records included, so a clean restart
     /// delivers nothing twice.

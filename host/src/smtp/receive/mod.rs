@@ -227,8 +227,10 @@ pub struct Receiver {
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// Users for AUTH, and the guard against guessing.
     pub auth: Arc<crate::auth::Authenticator>,
-    sessions: AtomicU64,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Session numbers and connections per client address belong to the listener, not to one
+    /// configuration: a receiver built at a reload shares them with the one it replaces.
+    sessions: Arc<AtomicU64>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl Receiver {
@@ -287,9 +289,18 @@ impl Receiver {
             policy,
             tls,
             auth,
-            sessions: AtomicU64::new(0),
-            per_ip: Mutex::new(HashMap::new()),
+            sessions: Arc::new(AtomicU64::new(0)),
+            per_ip: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// Makes `next`, built from a reloaded configuration, carry on this receiver's session
+    /// numbers and per-address connection counts (sessions in flight keep this one).
+    pub fn hand_over_to(&self, next: &mut Arc<Receiver>) {
+        if let Some(next) = Arc::get_mut(next) {
+            next.sessions = Arc::clone(&self.sessions);
+            next.per_ip = Arc::clone(&self.per_ip);
+        }
     }
 
     fn next_session_id(&self) -> u64 {
@@ -328,10 +339,10 @@ impl Drop for IpSlot {
 pub async fn serve(
     listener: TcpListener,
     own: Option<tokio::net::UnixListener>,
-    receiver: Arc<Receiver>,
+    receivers: Arc<arc_swap::ArcSwap<Receiver>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(receiver.config.max_connections));
+    let permits = Arc::new(Semaphore::new(receivers.load().config.max_connections));
     let mut backoff = Duration::from_millis(10);
     let mut tasks = tokio::task::JoinSet::new();
     let own_address: SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -354,7 +365,7 @@ pub async fn serve(
         let accepted = match next {
             Accepted::Tcp(accepted) => accepted,
             Accepted::Own(Ok(stream)) => {
-                let (receiver, shutdown) = (Arc::clone(&receiver), shutdown.clone());
+                let (receiver, shutdown) = (receivers.load_full(), shutdown.clone());
                 tasks.spawn(async move {
                     connection::run(
                         Stream::Local(stream),
@@ -384,9 +395,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr().unwrap_or(peer);
+        // Each session keeps the configuration it started with, to its end.
+        let receiver = receivers.load_full();
         let permit = Arc::clone(&permits).try_acquire_owned();
         let slot = take_ip_slot(&receiver, peer);
-        let receiver = Arc::clone(&receiver);
         let shutdown = shutdown.clone();
         while tasks.try_join_next().is_some() {}
         tasks.spawn(async move {
@@ -423,7 +435,7 @@ pub async fn serve(
             }
         });
     }
-    drain(listener, tasks, receiver.config.drain_timeout).await;
+    drain(listener, tasks, receivers.load().config.drain_timeout).await;
 }
 
 /// Refuses new connections with 421 while the sessions end, for at most `timeout`.

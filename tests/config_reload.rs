@@ -1,0 +1,176 @@
+//! mta.toml reloads live: a change to the file (or SIGHUP, or `mta config reload`) swaps in
+//! new mailboxes, connectors and limits for new sessions while sessions in flight keep what
+//! they started with; a broken file changes nothing and says where it is broken; a key that
+//! needs a restart is named; the Unreachable queue is routed again when connectors change.
+
+mod support;
+
+use std::time::Duration;
+use support::peer::Peer;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn mta_cmd(mta: &Mta, args: &[&str]) -> (i32, String, String) {
+    let config = mta.config.display().to_string();
+    let mut all = vec!["--config", config.as_str()];
+    all.extend_from_slice(args);
+    run_mta(&mta.dir, &all)
+}
+
+/// Appends `text` to the configuration file, as an operator's editor would change it.
+fn append(mta: &Mta, text: &str) {
+    let mut config = std::fs::read_to_string(&mta.config).unwrap();
+    config.push_str(text);
+    std::fs::write(&mta.config, config).unwrap();
+}
+
+fn rcpt(session: &mut Smtp, address: &str) -> u16 {
+    assert_eq!(session.cmd("RSET").code, 250);
+    assert_eq!(session.cmd("MAIL FROM:<someone@elsewhere.test>").code, 250);
+    session.cmd(&format!("RCPT TO:<{address}>")).code
+}
+
+#[test]
+fn a_changed_mta_toml_serves_new_sessions_and_a_broken_one_changes_nothing() {
+    let dir = TestDir::new("config-reload");
+    let mta = Mta::start(
+        &dir,
+        "[routing]\nretry_base_ms = 200\nretry_max_ms = 400\n",
+        &[],
+    );
+    let mut before = Smtp::ehlo(mta.frontend);
+    assert_eq!(rcpt(&mut before, "sales@example.test"), 550);
+
+    // A new mailbox: new sessions take it; the session opened before keeps its configuration.
+    append(
+        &mta,
+        "\n[organization]\nmailboxes = [\"alice\", \"bob\", \"postmaster\", \"sales\"]\n",
+    );
+    assert!(
+        mta.wait_log("Host configuration reloaded.", 1, WAIT),
+        "{}",
+        mta.log()
+    );
+    let mut after = Smtp::ehlo(mta.frontend);
+    assert_eq!(rcpt(&mut after, "sales@example.test"), 250);
+    assert_eq!(
+        rcpt(&mut before, "sales@example.test"),
+        550,
+        "a session keeps the configuration it started with"
+    );
+    before.quit();
+    assert_eq!(after.cmd("RSET").code, 250);
+    let r = after.send_mail(
+        "someone@elsewhere.test",
+        &["sales@example.test"],
+        "Subject: to the new mailbox\n\nx\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    after.quit();
+    assert!(
+        wait_until(WAIT, || mta.maildir("sales").len() == 1),
+        "{}",
+        mta.log()
+    );
+
+    // A broken file: the error names the place, the running configuration stays, mail flows.
+    append(&mta, "\n[transport]\nmax_recipients = \"many\n");
+    assert!(
+        mta.wait_log("Host configuration reload failed", 1, WAIT),
+        "{}",
+        mta.log()
+    );
+    let (_, status, _) = mta_cmd(&mta, &["status"]);
+    assert!(
+        status.contains("last reload FAILED") && status.contains("mta.toml:"),
+        "{status}"
+    );
+    let mut smtp = Smtp::ehlo(mta.frontend);
+    let r = smtp.send_mail(
+        "someone@elsewhere.test",
+        &["sales@example.test"],
+        "Subject: while broken\n\nx\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    smtp.quit();
+    assert!(wait_until(WAIT, || mta.maildir("sales").len() == 2));
+
+    // Fixed, with a listener address changed: that waits for a restart, and says so; the
+    // running listener keeps serving.
+    let fixed = std::fs::read_to_string(&mta.config)
+        .unwrap()
+        .replace("\n[transport]\nmax_recipients = \"many\n", "\n")
+        .replace(
+            &format!("127.0.0.1:{}", mta.frontend),
+            &format!("127.0.0.1:{}", free_port()),
+        );
+    std::fs::write(&mta.config, fixed).unwrap();
+    assert!(
+        mta.wait_log("Host configuration reloaded.", 2, WAIT),
+        "{}",
+        mta.log()
+    );
+    let (_, status, _) = mta_cmd(&mta, &["status"]);
+    assert!(
+        status.contains("needs a restart for: [frontend] listen"),
+        "{status}"
+    );
+    assert!(!status.contains("FAILED"), "{status}");
+    let mut smtp = Smtp::ehlo(mta.frontend);
+    assert_eq!(rcpt(&mut smtp, "alice@example.test"), 250);
+    smtp.quit();
+
+    // The same text again changes nothing; SIGHUP and `mta config reload` both reload.
+    let (code, out, err) = mta_cmd(&mta, &["config", "reload"]);
+    assert_eq!((code, out.trim()), (0, "no change"), "{err}");
+    let unchanged = mta.log().matches("Host configuration: no change.").count();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &mta.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        mta.wait_log("Host configuration: no change.", unchanged + 1, WAIT),
+        "{}",
+        mta.log()
+    );
+}
+
+#[test]
+fn a_new_connector_takes_the_unreachable_queue_without_a_restart() {
+    let peer = Peer::start();
+    let dir = TestDir::new("config-reload-connector");
+    let mta = Mta::start(
+        &dir,
+        "[routing]\nretry_base_ms = 200\nretry_max_ms = 400\n",
+        &[],
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    let r = smtp.send_mail(
+        "alice@example.test",
+        &["carol@far.test"],
+        "Subject: no route yet\n\nx\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    smtp.quit();
+    assert!(
+        wait_until(WAIT, || mta.queued("unreachable") == 1),
+        "{}",
+        mta.log()
+    );
+    append(
+        &mta,
+        &format!(
+            "\n[[send_connectors]]\nname = \"Out\"\naddress_spaces = [\"SMTP:far.test;1\"]\nsmart_hosts = [\"{}\"]\ntls = \"none\"\n",
+            peer.address()
+        ),
+    );
+    assert!(
+        wait_until(WAIT, || peer.delivered_to() == ["carol@far.test"]),
+        "{}",
+        mta.log()
+    );
+    assert!(wait_until(WAIT, || mta.queued("unreachable") == 0));
+    assert!(mta.log().contains("Routing the Unreachable queue again."));
+}
