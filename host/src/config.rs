@@ -45,6 +45,8 @@ pub struct HostConfig {
     pub back_pressure: BackPressureConfig,
     /// The message tracking log.
     pub tracking: TrackingConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: MetricsConfig,
     /// The user `mta run` becomes once its listeners are bound, when started as root.
     pub user: Option<String>,
     /// Its group (default: the user's primary group).
@@ -170,6 +172,15 @@ impl Default for TrackingConfig {
             days: 30,
         }
     }
+}
+
+/// `[metrics]`: Prometheus metrics in the text format at `GET /metrics`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// The address the endpoint listens on (`127.0.0.1:9725`); none (the default): no endpoint.
+    /// It is bound with the SMTP listeners, before privileges are dropped.
+    pub listen: Option<String>,
 }
 
 /// `[back_pressure]`: over any high-water mark the Transport service answers new MAIL with
@@ -583,6 +594,7 @@ impl Default for HostConfig {
             drain_timeout_secs: 30,
             back_pressure: BackPressureConfig::default(),
             tracking: TrackingConfig::default(),
+            metrics: MetricsConfig::default(),
             user: None,
             group: None,
             allow_root_agents: None,

@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod logging;
 pub mod mailbox;
 pub mod message;
+pub mod metrics;
 pub mod net;
 pub mod organization;
 pub mod privileges;

@@ -114,11 +114,13 @@ pub fn bind(
     Ok(listeners)
 }
 
-/// Runs the services of `roles` until `shutdown` turns true.
+/// Runs the services of `roles` until `shutdown` turns true; `metrics`, when bound, serves
+/// the Prometheus endpoint.
 pub async fn run(
     config: HostConfig,
     roles: Vec<Service>,
     listeners: HashMap<Service, std::net::TcpListener>,
+    metrics: Option<std::net::TcpListener>,
     agents: HashMap<Service, Arc<AgentHost>>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -276,6 +278,28 @@ pub async fn run(
         );
         tracing::info!(message = "Front End Transport listening.", address = %config.frontend.listen);
         tasks.spawn(receive::serve(listener, None, receiver, shutdown.clone()));
+    }
+
+    if let Some(listener) = metrics {
+        let sources = crate::metrics::Sources {
+            transport: transport.as_ref().map(|t: &crate::transport::Transport| {
+                crate::metrics::TransportView {
+                    deliveries: Arc::clone(&t.deliveries),
+                    queues: Arc::clone(&t.queues),
+                    pressure: Arc::clone(&t.sink.0.pressure),
+                }
+            }),
+            agents: agents.values().cloned().collect(),
+        };
+        let address = listener
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string());
+        tracing::info!(message = "Metrics endpoint listening.", address = %address, path = "/metrics");
+        tokio::spawn(crate::metrics::endpoint::serve(
+            listener,
+            Arc::new(sources),
+            shutdown.clone(),
+        ));
     }
 
     let mut stopping = shutdown.clone();

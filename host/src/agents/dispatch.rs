@@ -112,6 +112,7 @@ impl AgentSet {
                     Ok(instance) => slot.insert(instance),
                     Err(message) => {
                         agent.factory.record(true, false);
+                        agent.metrics.failed_to_start(event);
                         return Err(fault(format!("could not create an instance: {message}")));
                     }
                 },
@@ -128,6 +129,7 @@ impl AgentSet {
             }
             let slow = elapsed > pipeline.time_limit;
             agent.factory.record(result.is_err(), slow);
+            agent.metrics.call(event, elapsed, result.is_err(), slow);
             if slow {
                 tracing::warn!(
                     message = "Agent too slow.",
@@ -196,6 +198,7 @@ where
                 if let Some(a) = agent {
                     a.factory.record(true, true);
                     a.factory.hung.fetch_add(1, Ordering::Relaxed);
+                    a.metrics.hung(event);
                 }
                 tracing::error!(
                     message = "Agent did not return within its time limit; abandoning the call.",

@@ -62,6 +62,7 @@ pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     check_credentials(&config)?;
     let listeners = crate::server::bind(&config, &roles)?;
+    let metrics = crate::metrics::endpoint::bind(&config)?;
     if let Some(account) = &account {
         crate::privileges::prepare_data_dir(&config.data_dir, account)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -114,7 +115,7 @@ pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut services = tokio::spawn(crate::server::run(
-            config, roles, listeners, by_service, stopped,
+            config, roles, listeners, metrics, by_service, stopped,
         ));
         // A service that cannot start (a port in use) ends the process with its error.
         tokio::select! {

@@ -1,0 +1,183 @@
+//! The Prometheus endpoint, scraped with a real HTTP client (curl) while the real `mta` moves
+//! mail: the counters move with the mail, the agents' calls are counted per agent and event,
+//! refusals by their codes, and nothing but `GET /metrics` is served.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+use support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `curl` against the endpoint: (HTTP status, body).
+fn curl(port: u16, args: &[&str], path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (status.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The sum of the samples of `name` whose labels include every one of `labels`
+/// (`service="transport"`).
+fn value(scrape: &str, name: &str, labels: &[&str]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.iter().all(|want| rest.contains(want)))
+                .then(|| v.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+#[test]
+fn the_endpoint_counts_mail_agent_calls_and_refusals() {
+    let dir = TestDir::new("metrics");
+    let probe_log = dir.path("probe.log");
+    dir.write(
+        "agents.config",
+        &agents_xml(5000, &[Entry::probe("Counted", &probe_log)]),
+    );
+    let port = free_port();
+    let mta = Mta::start(
+        &dir,
+        &format!(
+            "[agents]\ntransport = \"agents.config\"\n[metrics]\nlisten = \"127.0.0.1:{port}\""
+        ),
+        &[],
+    );
+    let (status, before) = curl(port, &[], "/metrics");
+    assert_eq!(status, 200, "{before}");
+    assert!(before.ends_with("# EOF\n"), "{before}");
+    assert_eq!(
+        value(&before, "mta_messages_received_total", &[]),
+        0.0,
+        "{before}"
+    );
+    assert_eq!(
+        value(
+            &before,
+            "mta_agent_pipeline_generation",
+            &["service=\"transport\""]
+        ),
+        1.0,
+        "{before}"
+    );
+
+    let mut smtp = Smtp::ehlo(mta.transport);
+    let reply = smtp.send_mail(
+        "sender@elsewhere.test",
+        &["alice@example.test"],
+        "Subject: counted\n\nhello\n",
+    );
+    assert_eq!(reply.code, 250, "{reply:?}");
+    assert_eq!(smtp.cmd("MAIL FROM:<sender@elsewhere.test>").code, 250);
+    let refused = smtp.cmd("RCPT TO:<nobody@example.test>");
+    assert_eq!((refused.code, refused.enhanced()), (550, "5.1.1".into()));
+    smtp.quit();
+    assert!(
+        wait_until(WAIT, || mta.maildir("alice").len() == 1),
+        "{}",
+        mta.log()
+    );
+
+    // The delivery's tracking record is written just after the Maildir file: poll.
+    let mut after = String::new();
+    let delivered = wait_until(WAIT, || {
+        after = curl(port, &[], "/metrics").1;
+        value(
+            &after,
+            "mta_messages_delivered_total",
+            &["service=\"mailbox\""],
+        ) == 1.0
+    });
+    assert!(delivered, "{after}");
+    assert_eq!(
+        value(
+            &after,
+            "mta_messages_received_total",
+            &["service=\"transport\"", "connector=\"SMTP\""]
+        ),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "mta_messages_sent_total",
+            &["service=\"transport\"", "connector=\"delivery-mailbox\""]
+        ),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "mta_delivery_latency_seconds_count",
+            &["service=\"transport\""]
+        ),
+        1.0,
+        "{after}"
+    );
+    // The probe handles every SMTP receive event: two MAIL, one RCPT accepted, one refused
+    // (raised as OnReject).
+    let calls = |event: &str| {
+        let event = format!("event=\"{event}\"");
+        let labels = ["service=\"transport\"", "agent=\"Counted\"", event.as_str()];
+        (
+            value(&after, "mta_agent_calls_total", &labels),
+            value(&after, "mta_agent_call_duration_seconds_count", &labels),
+        )
+    };
+    assert_eq!(calls("OnMailCommand"), (2.0, 2.0), "{after}");
+    assert_eq!(calls("OnRcptCommand"), (1.0, 1.0), "{after}");
+    assert_eq!(calls("OnReject"), (1.0, 1.0), "{after}");
+    let rcpt = [
+        "service=\"transport\"",
+        "agent=\"Counted\"",
+        "event=\"OnRcptCommand\"",
+    ];
+    assert_eq!(value(&after, "mta_agent_faults_total", &rcpt), 0.0);
+    assert_eq!(
+        value(
+            &after,
+            "mta_smtp_rejections_total",
+            &[
+                "service=\"transport\"",
+                "code=\"550\"",
+                "enhanced=\"5.1.1\""
+            ]
+        ),
+        1.0,
+        "{after}"
+    );
+    assert!(
+        value(
+            &after,
+            "mta_smtp_sessions_total",
+            &["service=\"transport\""]
+        ) >= 1.0,
+        "{after}"
+    );
+    assert_eq!(
+        value(&after, "mta_smtp_sessions_open", &["service=\"frontend\""]),
+        0.0
+    );
+    assert!(after.contains("mta_queue_messages{queue=\"submission\"}"));
+    assert_eq!(value(&after, "mta_back_pressure_refusing", &[]), 0.0);
+
+    // Nothing else is served.
+    let (status, body) = curl(port, &[], "/");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(curl(port, &[], "/metrics/extra").0, 404);
+    assert_eq!(curl(port, &["-X", "POST"], "/metrics").0, 405);
+}
