@@ -22,7 +22,7 @@ pub struct RunArgs {
 }
 
 pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
-    init_tracing();
+    crate::logging::init(config.log.format);
     // Everything this process makes is its user's alone (the data dir itself is 0750).
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let mut roles = Vec::new();
@@ -227,8 +227,4 @@ async fn wait_for_shutdown(trigger: std::sync::mpsc::Sender<Trigger>) -> anyhow:
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
-}
-
-fn init_tracing() {
-    crate::logging::init();
 }
