@@ -20,6 +20,7 @@ pub mod routing;
 pub mod server;
 pub mod service;
 pub mod smtp;
+pub mod systemd;
 pub mod tls;
 pub mod tracking;
 pub mod transport;

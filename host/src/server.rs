@@ -280,6 +280,17 @@ pub async fn run(
         tasks.spawn(receive::serve(listener, None, receiver, shutdown.clone()));
     }
 
+    let mut serving: Vec<String> = roles
+        .iter()
+        .map(|&service| {
+            let listener = match service {
+                Service::FrontEnd => &config.frontend,
+                Service::Transport => &config.transport,
+                Service::Mailbox => &config.mailbox,
+            };
+            format!("{service} on {}", listener.listen)
+        })
+        .collect();
     if let Some(listener) = metrics {
         let sources = crate::metrics::Sources {
             transport: transport.as_ref().map(|t: &crate::transport::Transport| {
@@ -295,12 +306,16 @@ pub async fn run(
             .local_addr()
             .map_or_else(|_| "?".into(), |a| a.to_string());
         tracing::info!(message = "Metrics endpoint listening.", address = %address, path = "/metrics");
+        serving.push(format!("metrics on {address}"));
         tokio::spawn(crate::metrics::endpoint::serve(
             listener,
             Arc::new(sources),
             shutdown.clone(),
         ));
     }
+    // Every listener was bound before the start and each now has its task: connections are
+    // taken from here on.
+    crate::systemd::ready(&format!("Serving: {}.", serving.join(", ")));
 
     let mut stopping = shutdown.clone();
     let began = tokio::spawn(async move {

@@ -117,6 +117,8 @@ pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
         let mut services = tokio::spawn(crate::server::run(
             config, roles, listeners, metrics, by_service, stopped,
         ));
+        // On this runtime's own workers: if they wedge, the pings stop and systemd acts.
+        let watchdog = tokio::spawn(crate::systemd::watchdog());
         // A service that cannot start (a port in use) ends the process with its error.
         tokio::select! {
             result = &mut services => {
@@ -124,10 +126,13 @@ pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             signal = wait_for_shutdown(trigger) => signal?,
         }
+        crate::systemd::stopping("Draining: finishing the sessions and deliveries under way.");
         let _ = stop.send(true);
-        services
+        let stopped = services
             .await
-            .map_err(|e| anyhow::anyhow!("services stopped: {e}"))?
+            .map_err(|e| anyhow::anyhow!("services stopped: {e}"))?;
+        watchdog.abort();
+        stopped
     })?;
     // Nothing left to wait for: blocking file work still running gets a moment, hung agent
     // calls (on their own threads) none.
