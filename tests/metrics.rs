@@ -84,6 +84,24 @@ fn the_endpoint_counts_mail_agent_calls_and_refusals() {
     let refused = smtp.cmd("RCPT TO:<nobody@example.test>");
     assert_eq!((refused.code, refused.enhanced()), (550, "5.1.1".into()));
     smtp.quit();
+    // One STARTTLS handshake that succeeds and one whose client answers in clear text.
+    python(&format!(
+        r#"
+import smtplib, ssl
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = smtplib.SMTP('127.0.0.1', {port})
+s.starttls(context=ctx)
+s.quit()
+s = smtplib.SMTP('127.0.0.1', {port})
+s.ehlo('plain.test')
+assert s.docmd('STARTTLS')[0] == 220
+s.sock.sendall(b'EHLO not.tls\r\n')
+s.close()
+"#,
+        port = mta.frontend
+    ));
     assert!(
         wait_until(WAIT, || mta.maildir("alice").len() == 1),
         "{}",
@@ -168,9 +186,28 @@ fn the_endpoint_counts_mail_agent_calls_and_refusals() {
         ) >= 1.0,
         "{after}"
     );
+    // Every client has hung up: no Front End session stays open (the last ones end as the
+    // server reads their end).
+    assert!(
+        wait_until(WAIT, || value(
+            &curl(port, &[], "/metrics").1,
+            "mta_smtp_sessions_open",
+            &["service=\"frontend\""]
+        ) == 0.0),
+        "{after}"
+    );
+    let handshakes = |result: &str| {
+        let result = format!("result=\"{result}\"");
+        value(
+            &after,
+            "mta_smtp_tls_handshakes_total",
+            &["service=\"frontend\"", result.as_str()],
+        )
+    };
     assert_eq!(
-        value(&after, "mta_smtp_sessions_open", &["service=\"frontend\""]),
-        0.0
+        (handshakes("ok"), handshakes("failed")),
+        (1.0, 1.0),
+        "{after}"
     );
     assert!(after.contains("mta_queue_messages{queue=\"submission\"}"));
     assert_eq!(value(&after, "mta_back_pressure_refusing", &[]), 0.0);
