@@ -218,3 +218,93 @@ s.close()
     assert_eq!(curl(port, &[], "/metrics/extra").0, 404);
     assert_eq!(curl(port, &["-X", "POST"], "/metrics").0, 405);
 }
+
+#[test]
+fn agent_faults_timeouts_hung_calls_and_failed_reloads_are_counted() {
+    let dir = TestDir::new("metrics-agents");
+    let log = dir.path("probe.log");
+    // A time limit of 300 ms: NOOP takes 400 ms (too slow), RSET 3 s (abandoned at 600 ms),
+    // HELP panics.
+    dir.write(
+        "agents.config",
+        &agents_xml(
+            300,
+            &[
+                Entry::probe("Slow", &log)
+                    .param("sleep", "OnNoopCommand")
+                    .param("sleep_ms", "400"),
+                Entry::probe("Stuck", &log)
+                    .param("sleep", "OnRsetCommand")
+                    .param("sleep_ms", "3000"),
+                Entry::probe("Panicky", &log).param("panic", "OnHelpCommand"),
+            ],
+        ),
+    );
+    let port = free_port();
+    let mta = Mta::start(
+        &dir,
+        &format!(
+            "[agents]\ntransport = \"agents.config\"\nreload_debounce_ms = 50\n[metrics]\nlisten = \"127.0.0.1:{port}\""
+        ),
+        &[],
+    );
+    for command in ["NOOP", "HELP", "RSET"] {
+        let mut smtp = Smtp::ehlo(mta.transport);
+        let reply = smtp.cmd(command);
+        assert!(reply.code > 0, "{command}: {reply:?}");
+    }
+    let scrape = curl(port, &[], "/metrics").1;
+    let of = |metric: &str, agent: &str, event: &str| {
+        let agent = format!("agent=\"{agent}\"");
+        let event = format!("event=\"{event}\"");
+        value(&scrape, metric, &[agent.as_str(), event.as_str()])
+    };
+    let counts = |agent: &str, event: &str| {
+        [
+            "mta_agent_calls_total",
+            "mta_agent_timeouts_total",
+            "mta_agent_faults_total",
+            "mta_agent_hung_calls_total",
+        ]
+        .map(|metric| of(metric, agent, event))
+    };
+    assert_eq!(
+        counts("Slow", "OnNoopCommand"),
+        [1.0, 1.0, 0.0, 0.0],
+        "{scrape}"
+    );
+    assert_eq!(
+        counts("Panicky", "OnHelpCommand"),
+        [1.0, 0.0, 1.0, 0.0],
+        "{scrape}"
+    );
+    assert_eq!(
+        counts("Stuck", "OnRsetCommand"),
+        [1.0, 1.0, 1.0, 1.0],
+        "{scrape}"
+    );
+
+    // A broken agents file: the reload fails, the running pipeline (generation 1) stays.
+    dir.write("agents.config", "<configuration><mexRuntime>");
+    assert!(
+        mta.wait_log("Agent pipeline reload failed", 1, WAIT),
+        "{}",
+        mta.log()
+    );
+    let scrape = curl(port, &[], "/metrics").1;
+    let transport = ["service=\"transport\""];
+    assert_eq!(
+        value(
+            &scrape,
+            "mta_agent_pipeline_reload_failures_total",
+            &transport
+        ),
+        1.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        value(&scrape, "mta_agent_pipeline_generation", &transport),
+        1.0,
+        "{scrape}"
+    );
+}
