@@ -24,7 +24,7 @@ pub use sources::{Sources, TransportView};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::registry::Registry;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// Every metric of the process, registered under the `mta_` prefix.
 pub struct Metrics {
@@ -37,6 +37,9 @@ pub struct Metrics {
     pub agents: agents::Agents,
     /// Queue depths and back pressure, refreshed at each scrape.
     pub(crate) state: sources::State,
+    /// One scrape at a time: a refresh clears the queue gauges before setting them again, and
+    /// a scrape running alongside would see them half set.
+    scraping: Mutex<()>,
 }
 
 /// A service label (`frontend`, `transport`, `mailbox`).
@@ -66,12 +69,14 @@ impl Metrics {
             smtp,
             agents,
             state,
+            scraping: Mutex::new(()),
         }
     }
 
     /// Reads the running services' state into the gauges (blocking: it lists queue
     /// directories), then writes every metric in the text format.
     pub fn scrape(&self, sources: &Sources) -> String {
+        let _one = self.scraping.lock().unwrap_or_else(|e| e.into_inner());
         self.state.refresh(sources);
         let mut text = String::with_capacity(16 * 1024);
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
