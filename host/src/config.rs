@@ -47,6 +47,10 @@ pub struct HostConfig {
     pub tracking: TrackingConfig,
     /// Pipeline tracing's bounds (tracing itself is turned on in an agents file).
     pub snapshots: SnapshotsConfig,
+    /// `[metrics]`: the Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// `[log]`: how log events are written.
+    pub log: LogConfig,
     /// The user `mta run` becomes once its listeners are bound, when started as root.
     pub user: Option<String>,
     /// Its group (default: the user's primary group).
@@ -197,6 +201,34 @@ impl Default for SnapshotsConfig {
             days: 7,
         }
     }
+}
+
+/// `[metrics]`: Prometheus metrics in the text format at `GET /metrics`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// The address the endpoint listens on (`127.0.0.1:9725`); none (the default): no endpoint.
+    /// It is bound with the SMTP listeners, before privileges are dropped.
+    pub listen: Option<String>,
+}
+
+/// `[log]`: the form of the log on standard error.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event (colours on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for journald and log shippers.
+    Json,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (the default) or `json`; `--log-format` overrides it.
+    pub format: LogFormat,
 }
 
 /// `[back_pressure]`: over any high-water mark the Transport service answers new MAIL with
@@ -611,6 +643,8 @@ impl Default for HostConfig {
             back_pressure: BackPressureConfig::default(),
             tracking: TrackingConfig::default(),
             snapshots: SnapshotsConfig::default(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
             user: None,
             group: None,
             allow_root_agents: None,

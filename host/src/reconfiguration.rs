@@ -7,7 +7,8 @@
 //! the TLS certificate, the users who may authenticate, routing (servers, sites, connectors of
 //! every kind, retry and expiry times) and pipeline tracing. What it cannot replace without a
 //! restart (listener addresses, the data directory, the host name, the user, directories,
-//! tracking, back-pressure marks, the agents section) keeps its running value; the log and
+//! tracking, back-pressure marks, the agents section, the metrics
+//! endpoint, the log format) keeps its running value; the log and
 //! `mta status` say which keys wait for a restart. A file that does not parse or does not
 //! validate changes nothing, and its error (file:line:column) is logged and shown by
 //! `mta status`.
@@ -264,6 +265,12 @@ fn restart_only(old: &HostConfig, new: &HostConfig) -> Vec<String> {
         format!("{:?}", new.tracking),
     );
     differs(
+        "[metrics]",
+        format!("{:?}", old.metrics),
+        format!("{:?}", new.metrics),
+    );
+    differs("[log]", format!("{:?}", old.log), format!("{:?}", new.log));
+    differs(
         "[back_pressure]",
         format!("{:?}", old.back_pressure),
         format!("{:?}", new.back_pressure),
@@ -287,6 +294,8 @@ fn keep_running_values(new: &mut HostConfig, old: &HostConfig) {
     new.directories = old.directories.clone();
     new.tracking = old.tracking.clone();
     new.back_pressure = old.back_pressure.clone();
+    new.metrics = old.metrics.clone();
+    new.log = old.log.clone();
     new.local_roles = old.local_roles.clone();
 }
 

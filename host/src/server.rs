@@ -74,12 +74,14 @@ pub fn bind(
     Ok(listeners)
 }
 
-/// Runs the services of `roles` until `shutdown` turns true; a message on `reloads` (SIGHUP)
-/// reloads the host configuration, as a change to its file does.
+/// Runs the services of `roles` until `shutdown` turns true; `metrics`, when bound, serves
+/// the Prometheus endpoint; a message on `reloads` (SIGHUP) reloads the host configuration, as
+/// a change to its file does.
 pub async fn run(
     config: HostConfig,
     roles: Vec<Service>,
     listeners: HashMap<Service, std::net::TcpListener>,
+    metrics: Option<std::net::TcpListener>,
     agents: HashMap<Service, Arc<AgentHost>>,
     shutdown: watch::Receiver<bool>,
     reloads: (
@@ -249,6 +251,42 @@ pub async fn run(
         Arc::new(control),
         shutdown.clone(),
     ));
+    let mut serving: Vec<String> = roles
+        .iter()
+        .map(|&service| {
+            let listener = match service {
+                Service::FrontEnd => &config.frontend,
+                Service::Transport => &config.transport,
+                Service::Mailbox => &config.mailbox,
+            };
+            format!("{service} on {}", listener.listen)
+        })
+        .collect();
+    if let Some(listener) = metrics {
+        let sources = crate::metrics::Sources {
+            transport: transport.as_deref().map(|t: &crate::transport::Transport| {
+                crate::metrics::TransportView {
+                    deliveries: Arc::clone(&t.deliveries),
+                    queues: Arc::clone(&t.queues),
+                    pressure: Arc::clone(&t.sink.0.pressure),
+                }
+            }),
+            agents: agents.values().cloned().collect(),
+        };
+        let address = listener
+            .local_addr()
+            .map_or_else(|_| "?".into(), |a| a.to_string());
+        tracing::info!(message = "Metrics endpoint listening.", address = %address, path = "/metrics");
+        serving.push(format!("metrics on {address}"));
+        tokio::spawn(crate::metrics::endpoint::serve(
+            listener,
+            Arc::new(sources),
+            shutdown.clone(),
+        ));
+    }
+    // Every listener was bound before the start and each now has its task: connections are
+    // taken from here on.
+    crate::systemd::ready(&format!("Serving: {}.", serving.join(", ")));
 
     let mut stopping = shutdown.clone();
     let began = tokio::spawn(async move {

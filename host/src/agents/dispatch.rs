@@ -127,6 +127,7 @@ impl AgentSet {
                     Ok(instance) => slot.insert(instance),
                     Err(message) => {
                         agent.factory.record(true, false);
+                        agent.metrics.failed_to_start(event);
                         return Err(fault(format!("could not create an instance: {message}")));
                     }
                 },
@@ -143,6 +144,7 @@ impl AgentSet {
             }
             let slow = elapsed > pipeline.time_limit;
             agent.factory.record(result.is_err(), slow);
+            agent.metrics.call(event, elapsed, result.is_err(), slow);
             if let Some(tracer) = &mut tracer {
                 let fault = result.as_ref().err().map(|e| e.as_str());
                 match cx.traced() {
@@ -218,6 +220,7 @@ where
                 if let Some(a) = agent {
                     a.factory.record(true, true);
                     a.factory.hung.fetch_add(1, Ordering::Relaxed);
+                    a.metrics.hung(event);
                 }
                 tracing::error!(
                     message = "Agent did not return within its time limit; abandoning the call.",

@@ -67,6 +67,8 @@ pub struct PipelineAgent {
     pub library: Arc<Library>,
     /// The factory.
     pub factory: Arc<Factory>,
+    /// Its metrics handles, per event (made here, once per build, so a call only counts).
+    pub metrics: crate::metrics::AgentCalls,
 }
 
 /// A factory built from an entry's parameters, with its counters. Dropping the last reference
@@ -316,6 +318,7 @@ impl Pipeline {
                 },
             };
             agents.push(PipelineAgent {
+                metrics: crate::metrics::AgentCalls::new(service, &entry.name.value, events),
                 name: entry.name.value.clone(),
                 priority: index + 1,
                 class: info.class,

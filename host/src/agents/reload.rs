@@ -169,6 +169,7 @@ impl AgentHost {
                     errors = %text,
                 );
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+                crate::metrics::global().agents.reload_failed(self.service);
                 self.write_status();
                 Err(diagnostics)
             }

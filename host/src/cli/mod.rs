@@ -33,6 +33,9 @@ pub struct Cli {
     /// The Front End service's agents file (overrides the host configuration).
     #[arg(long, global = true, value_name = "PATH")]
     fetagents_config: Option<PathBuf>,
+    /// Log format on standard error: text, or json (one object per line).
+    #[arg(long, global = true, value_name = "FORMAT")]
+    log_format: Option<crate::config::LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -157,6 +160,7 @@ fn load_config(cli: &Cli) -> Result<HostConfig, String> {
     if let Some(p) = &cli.fetagents_config {
         config.agents.frontend = Some(p.clone());
     }
+    config.log.format = cli.log_format.unwrap_or(config.log.format);
     Ok(config)
 }
 

@@ -22,7 +22,7 @@ pub struct RunArgs {
 }
 
 pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
-    init_tracing();
+    crate::logging::init(config.log.format);
     // Everything this process makes is its user's alone (the data dir itself is 0750).
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let mut roles = Vec::new();
@@ -62,6 +62,7 @@ pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     check_credentials(&config)?;
     let listeners = crate::server::bind(&config, &roles)?;
+    let metrics = crate::metrics::endpoint::bind(&config)?;
     if let Some(account) = &account {
         crate::privileges::prepare_data_dir(&config.data_dir, account)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -125,10 +126,13 @@ pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
             config,
             roles,
             listeners,
+            metrics,
             by_service,
             stopped,
             (reload.clone(), reloads),
         ));
+        // On this runtime's own workers: if they wedge, the pings stop and systemd acts.
+        let watchdog = tokio::spawn(crate::systemd::watchdog());
         // A service that cannot start (a port in use) ends the process with its error.
         tokio::select! {
             result = &mut services => {
@@ -136,10 +140,13 @@ pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
             }
             signal = wait_for_shutdown(trigger, reload) => signal?,
         }
+        crate::systemd::stopping("Draining: finishing the sessions and deliveries under way.");
         let _ = stop.send(true);
-        services
+        let stopped = services
             .await
-            .map_err(|e| anyhow::anyhow!("services stopped: {e}"))?
+            .map_err(|e| anyhow::anyhow!("services stopped: {e}"))?;
+        watchdog.abort();
+        stopped
     })?;
     // Nothing left to wait for: blocking file work still running gets a moment, hung agent
     // calls (on their own threads) none.
@@ -244,8 +251,4 @@ async fn wait_for_shutdown(
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
-}
-
-fn init_tracing() {
-    crate::logging::init();
 }

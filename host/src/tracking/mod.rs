@@ -146,6 +146,10 @@ pub struct Record {
     /// Another queue id the event links to (the fork's copy, the report).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub related: Option<String>,
+    /// When the service took the message (ms since the epoch; 0: unknown), for the delivery
+    /// latency metric. Not logged: the RECEIVE record says it.
+    #[serde(skip)]
+    pub received_ms: u64,
 }
 
 impl Record {
@@ -183,6 +187,7 @@ impl Record {
             .map(|r| r.address.clone())
             .collect();
         record.size = Some(item.message.len() as u64);
+        record.received_ms = item.trace.received_ms;
         record
     }
 
@@ -234,8 +239,11 @@ impl Record {
         self
     }
 
-    /// Writes the record to the tracking log, if one is open.
+    /// Counts the record in the metrics, and writes it to the tracking log, if one is open.
     pub fn write(self) {
+        crate::metrics::global()
+            .messages
+            .tracked(&self, self.received_ms);
         record(self);
     }
 }

@@ -55,6 +55,9 @@ pub(super) async fn run(
     shutdown: watch::Receiver<bool>,
 ) {
     let from_socket = matches!(stream, Stream::Local(_));
+    let _open = crate::metrics::global()
+        .smtp
+        .session(receiver.config.service);
     let agents = receiver
         .agents
         .as_ref()
@@ -149,6 +152,9 @@ impl Connection {
             }
             Effect::StartTls => {
                 let ok = self.send(session).await.is_ok() && self.handshake().await;
+                crate::metrics::global()
+                    .smtp
+                    .handshake(self.receiver.config.service, ok);
                 session.tls_done(ok);
             }
             Effect::Authenticate { user, password } => {
@@ -215,6 +221,9 @@ impl Connection {
             return Ok(());
         }
         let output = session.take_output();
+        crate::metrics::global()
+            .smtp
+            .replies(self.receiver.config.service, &output);
         self.stream.write_all(&output).await
     }
 

@@ -409,6 +409,7 @@ pub async fn serve(
                 .is_none_or(|ranges| ranges.iter().any(|r| r.contains(peer.ip())));
             if !allowed {
                 return refuse(
+                    receiver.config.service,
                     stream,
                     "554 5.7.1 This service does not accept connections from your address\r\n",
                 )
@@ -420,6 +421,7 @@ pub async fn serve(
                 }
                 (Err(_), _) => {
                     refuse(
+                        receiver.config.service,
                         stream,
                         "421 4.3.2 Too many connections, try again later\r\n",
                     )
@@ -427,6 +429,7 @@ pub async fn serve(
                 }
                 (_, None) => {
                     refuse(
+                        receiver.config.service,
                         stream,
                         "421 4.7.0 Too many connections from your address\r\n",
                     )
@@ -435,11 +438,23 @@ pub async fn serve(
             }
         });
     }
-    drain(listener, tasks, receivers.load().config.drain_timeout).await;
+    let last = receivers.load();
+    drain(
+        last.config.service,
+        listener,
+        tasks,
+        last.config.drain_timeout,
+    )
+    .await;
 }
 
 /// Refuses new connections with 421 while the sessions end, for at most `timeout`.
-async fn drain(listener: TcpListener, mut tasks: tokio::task::JoinSet<()>, timeout: Duration) {
+async fn drain(
+    service: Service,
+    listener: TcpListener,
+    mut tasks: tokio::task::JoinSet<()>,
+    timeout: Duration,
+) {
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     let mut refusals = tokio::task::JoinSet::new();
@@ -449,6 +464,7 @@ async fn drain(listener: TcpListener, mut tasks: tokio::task::JoinSet<()>, timeo
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
                     refusals.spawn(refuse(
+                        service,
                         stream,
                         "421 4.3.2 Service shutting down, try again later\r\n",
                     ));
@@ -478,8 +494,11 @@ fn take_ip_slot(receiver: &Arc<Receiver>, peer: SocketAddr) -> Option<IpSlot> {
     })
 }
 
-async fn refuse(mut stream: tokio::net::TcpStream, line: &str) {
+async fn refuse(service: Service, mut stream: tokio::net::TcpStream, line: &str) {
     use tokio::io::AsyncWriteExt;
+    crate::metrics::global()
+        .smtp
+        .replies(service, line.as_bytes());
     let _ = stream.write_all(line.as_bytes()).await;
     let _ = stream.shutdown().await;
 }
