@@ -375,11 +375,13 @@ impl Reconfiguration {
     }
 
     /// Reads the file again and swaps in what it configures; a sentence for the operator, or
-    /// why nothing changed. Blocking (file reads, certificate loading): call it off the async
-    /// threads.
-    pub fn reload(&self) -> Result<String, String> {
+    /// why nothing changed. Unless `forced` (an operator asked: SIGHUP, `mta config reload`),
+    /// a file whose text did not change is left alone; a forced reload also takes in what the
+    /// file names (a renewed certificate, a users file created since). Blocking (file reads,
+    /// certificate loading): call it off the async threads.
+    pub fn reload(&self, forced: bool) -> Result<String, String> {
         let _one = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let outcome = self.try_reload();
+        let outcome = self.try_reload(forced);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.last_attempt_ms = crate::transport::delivery::now_ms();
         match &outcome {
@@ -410,7 +412,7 @@ impl Reconfiguration {
         }
     }
 
-    fn try_reload(&self) -> Result<Option<(String, Vec<String>)>, String> {
+    fn try_reload(&self, forced: bool) -> Result<Option<(String, Vec<String>)>, String> {
         let old = self.current();
         let Some(path) = old.config.source.clone() else {
             return Err(
@@ -424,7 +426,7 @@ impl Reconfiguration {
             )
         })?;
         let digest = digest(&text);
-        if digest == *self.digest.lock().unwrap_or_else(|e| e.into_inner()) {
+        if !forced && digest == *self.digest.lock().unwrap_or_else(|e| e.into_inner()) {
             return Ok(None);
         }
         crate::agents::strict_modes::check(&path, "the host configuration")
@@ -482,13 +484,19 @@ impl Reconfiguration {
     }
 }
 
-/// Reloads whenever `requests` says so (SIGHUP, a change to the file), until it closes.
-pub async fn run(reconfiguration: Arc<Reconfiguration>, mut requests: mpsc::UnboundedReceiver<()>) {
-    while requests.recv().await.is_some() {
+/// Reloads whenever `requests` says so, until it closes: `true` for an operator's request
+/// (SIGHUP), `false` for a change seen in the file.
+pub async fn run(
+    reconfiguration: Arc<Reconfiguration>,
+    mut requests: mpsc::UnboundedReceiver<bool>,
+) {
+    while let Some(mut forced) = requests.recv().await {
         // Several requests at once make one reload.
-        while requests.try_recv().is_ok() {}
+        while let Ok(more) = requests.try_recv() {
+            forced |= more;
+        }
         let r = Arc::clone(&reconfiguration);
-        let _ = tokio::task::spawn_blocking(move || r.reload()).await;
+        let _ = tokio::task::spawn_blocking(move || r.reload(forced)).await;
     }
 }
 
@@ -497,7 +505,7 @@ pub async fn run(reconfiguration: Arc<Reconfiguration>, mut requests: mpsc::Unbo
 /// directory are ignored. The watcher stops when the returned value is dropped.
 pub fn watch(
     path: &std::path::Path,
-    requests: mpsc::UnboundedSender<()>,
+    requests: mpsc::UnboundedSender<bool>,
 ) -> notify::Result<notify::RecommendedWatcher> {
     use notify::Watcher;
     let dir = path
@@ -528,7 +536,7 @@ pub fn watch(
             // the file has been quiet for a moment.
             while seen.recv().is_ok() {
                 while seen.recv_timeout(Duration::from_millis(100)).is_ok() {}
-                if requests.send(()).is_err() {
+                if requests.send(false).is_err() {
                     return;
                 }
             }

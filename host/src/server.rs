@@ -85,8 +85,8 @@ pub async fn run(
     agents: HashMap<Service, Arc<AgentHost>>,
     shutdown: watch::Receiver<bool>,
     reloads: (
-        tokio::sync::mpsc::UnboundedSender<()>,
-        tokio::sync::mpsc::UnboundedReceiver<()>,
+        tokio::sync::mpsc::UnboundedSender<bool>,
+        tokio::sync::mpsc::UnboundedReceiver<bool>,
     ),
 ) -> anyhow::Result<()> {
     let generation = Arc::new(Generation::build(config.clone(), None)?);

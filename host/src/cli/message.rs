@@ -143,7 +143,10 @@ pub fn list(config: &HostConfig, filter: MessageFilter, json: bool) -> anyhow::R
         for m in &found {
             print_message(m);
         }
-        println!("{} messages", found.len());
+        println!(
+            "{}",
+            queue_management::plural(found.len(), "message", "messages")
+        );
     }
     Ok(if found.is_empty() {
         ExitCode::from(1)

@@ -235,7 +235,7 @@ fn make_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
 /// configuration.
 async fn wait_for_shutdown(
     trigger: std::sync::mpsc::Sender<Trigger>,
-    reload: tokio::sync::mpsc::UnboundedSender<()>,
+    reload: tokio::sync::mpsc::UnboundedSender<bool>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
@@ -245,7 +245,7 @@ async fn wait_for_shutdown(
             _ = hup.recv() => {
                 tracing::info!(message = "SIGHUP: reloading the host configuration and agent pipelines.");
                 let _ = trigger.send(Trigger::All);
-                let _ = reload.send(());
+                let _ = reload.send(true);
             }
             _ = term.recv() => return Ok(()),
             _ = tokio::signal::ctrl_c() => return Ok(()),

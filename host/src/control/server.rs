@@ -98,7 +98,7 @@ impl Control {
         }
         if let Request::Reload = request {
             let r = Arc::clone(&self.reconfiguration);
-            let outcome = tokio::task::spawn_blocking(move || r.reload())
+            let outcome = tokio::task::spawn_blocking(move || r.reload(true))
                 .await
                 .unwrap_or_else(|_| Err("the reload did not finish".into()));
             return (

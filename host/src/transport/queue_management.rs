@@ -337,6 +337,11 @@ pub fn offline_export(data_dir: &Path, id: &str) -> anyhow::Result<Vec<u8>> {
 /// What an operator command answers: a sentence for the operator, or why it was refused.
 pub type Outcome = Result<String, String>;
 
+/// `n` and the word for it.
+pub fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Runs blocking file work off the async threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     tokio::task::spawn_blocking(f).await.ok()
@@ -566,7 +571,8 @@ impl Transport {
         tracing::info!(message = "Operator changed a message.", queue_id = %id, action = verb, copies = moved);
         let busy = found.iter().filter(|m| m.state == "in-flight").count();
         Ok(format!(
-            "{id}: {verb} ({moved} copies moved{})",
+            "{id}: {verb} ({}{})",
+            plural(moved, "copy moved", "copies moved"),
             if busy > 0 && suspended {
                 format!("; {busy} being delivered now finish their attempt")
             } else {
@@ -661,7 +667,8 @@ impl Transport {
             t.finish().await;
         }
         Ok(format!(
-            "{id}: removed ({recipients} recipients{})",
+            "{id}: removed ({}{})",
+            plural(recipients, "recipient", "recipients"),
             if ndr {
                 ", the sender is told"
             } else {
