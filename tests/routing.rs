@@ -1240,3 +1240,64 @@ fn mail_exchangers_on_loopback_private_addresses_or_this_host_are_refused() {
         mta.log()
     );
 }
+
+/// Recipient resolution waits for OnResolvedMessage: a routing agent that redirects an unknown
+/// user of our domains (an alias) gets it delivered with no report; an unknown user it leaves
+/// alone fails with 5.1.1 and a report to the sender, as before.
+#[test]
+fn a_routing_agent_redirects_an_unknown_recipient_before_it_fails() {
+    let dir = TestDir::new("resolve-redirect");
+    let log = dir.path("route.log");
+    dir.write(
+        "agents.config",
+        &agents_xml(
+            5000,
+            &[route_probe(&log).param("redirect", "sales@example.test=alice@example.test")],
+        ),
+    );
+    let mta = Mta::start(&dir, "[agents]\ntransport = \"agents.config\"\n", &[]);
+    // Replay files: taken whatever their recipients, so the categorizer meets unknown users.
+    dir.write(
+        "mta-data/replay/alias.eml",
+        "X-Sender: <bob@example.test>\r\nX-Receiver: <sales@example.test>\r\nSubject: alias\r\n\r\nfor sales\r\n",
+    );
+    assert!(
+        wait_until(WAIT, || mta.maildir("alice").len() == 1),
+        "{}",
+        mta.log()
+    );
+    assert!(mta.maildir("alice")[0].contains("Subject: alias"));
+    assert!(
+        probe_log(&log)
+            .iter()
+            .any(|l| l == "OnResolvedMessage subject=alias rcpts=sales@example.test"),
+        "the agent saw the unknown user at OnResolvedMessage: {:?}",
+        probe_log(&log)
+    );
+    dir.write(
+        "mta-data/replay/unknown.eml",
+        "X-Sender: <bob@example.test>\r\nX-Receiver: <nobody@example.test>\r\nSubject: unknown\r\n\r\nfor no one\r\n",
+    );
+    assert!(
+        wait_until(WAIT, || mta
+            .maildir("bob")
+            .iter()
+            .any(|m| m.contains("Undeliverable: unknown"))),
+        "{}",
+        mta.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let reports = mta.maildir("bob");
+    assert_eq!(
+        reports.len(),
+        1,
+        "only the unknown user is reported: {reports:?}"
+    );
+    assert!(
+        reports[0].contains("Status: 5.1.1")
+            && reports[0].contains("Final-Recipient: rfc822; nobody@example.test"),
+        "{}",
+        reports[0]
+    );
+    assert_eq!(mta.maildir("alice").len(), 1);
+}
