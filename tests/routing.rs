@@ -1240,3 +1240,125 @@ fn mail_exchangers_on_loopback_private_addresses_or_this_host_are_refused() {
         mta.log()
     );
 }
+
+/// Recipient resolution waits for OnResolvedMessage: a routing agent that redirects an unknown
+/// user of our domains (an alias) gets it delivered with no report; an unknown user it leaves
+/// alone fails with 5.1.1 and a report to the sender, as before.
+#[test]
+fn a_routing_agent_redirects_an_unknown_recipient_before_it_fails() {
+    let dir = TestDir::new("resolve-redirect");
+    let log = dir.path("route.log");
+    dir.write(
+        "agents.config",
+        &agents_xml(
+            5000,
+            &[route_probe(&log).param("redirect", "sales@example.test=alice@example.test")],
+        ),
+    );
+    let mta = Mta::start(&dir, "[agents]\ntransport = \"agents.config\"\n", &[]);
+    // Replay files: taken whatever their recipients, so the categorizer meets unknown users.
+    dir.write(
+        "mta-data/replay/alias.eml",
+        "X-Sender: <bob@example.test>\r\nX-Receiver: <sales@example.test>\r\nSubject: alias\r\n\r\nfor sales\r\n",
+    );
+    assert!(
+        wait_until(WAIT, || mta.maildir("alice").len() == 1),
+        "{}",
+        mta.log()
+    );
+    assert!(mta.maildir("alice")[0].contains("Subject: alias"));
+    assert!(
+        probe_log(&log)
+            .iter()
+            .any(|l| l == "OnResolvedMessage subject=alias rcpts=sales@example.test"),
+        "the agent saw the unknown user at OnResolvedMessage: {:?}",
+        probe_log(&log)
+    );
+    dir.write(
+        "mta-data/replay/unknown.eml",
+        "X-Sender: <bob@example.test>\r\nX-Receiver: <nobody@example.test>\r\nSubject: unknown\r\n\r\nfor no one\r\n",
+    );
+    assert!(
+        wait_until(WAIT, || mta
+            .maildir("bob")
+            .iter()
+            .any(|m| m.contains("Undeliverable: unknown"))),
+        "{}",
+        mta.log()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let reports = mta.maildir("bob");
+    assert_eq!(
+        reports.len(),
+        1,
+        "only the unknown user is reported: {reports:?}"
+    );
+    assert!(
+        reports[0].contains("Status: 5.1.1")
+            && reports[0].contains("Final-Recipient: rfc822; nobody@example.test"),
+        "{}",
+        reports[0]
+    );
+    assert_eq!(mta.maildir("alice").len(), 1);
+}
+
+/// The sample alias table through the real loader: its SMTP receive half answers
+/// `RCPT TO:<sales@...>` for alice, its routing half redirects an alias named by a replay file;
+/// an address it does not know is still refused at RCPT.
+#[test]
+fn the_sample_alias_table_serves_rcpt_to_and_directory_mail() {
+    let dir = TestDir::new("sample-aliases");
+    let alias = |name: &'static str, base_type: &'static str, factory: &'static str| Entry {
+        name,
+        base_type,
+        factory,
+        assembly: lib("recipient-router").display().to_string(),
+        enabled: true,
+        params: vec![
+            ("alias", "sales@example.test=alice@example.test".to_string()),
+            ("alias", "info@example.test=bob@example.test".to_string()),
+        ],
+    };
+    dir.write(
+        "agents.config",
+        &agents_xml(
+            5000,
+            &[
+                alias(
+                    "Aliases",
+                    "SmtpReceiveAgent",
+                    "Mta.Samples.RecipientAliasFactory",
+                ),
+                alias(
+                    "Alias routing",
+                    "RoutingAgent",
+                    "Mta.Samples.RecipientAliasRoutingFactory",
+                ),
+            ],
+        ),
+    );
+    let mta = Mta::start(&dir, "[agents]\ntransport = \"agents.config\"\n", &[]);
+    let mut smtp = Smtp::ehlo(mta.transport);
+    assert_eq!(smtp.cmd("MAIL FROM:<a@elsewhere.test>").code, 250);
+    let r = smtp.cmd("RCPT TO:<nobody@example.test>");
+    assert_eq!((r.code, r.enhanced()), (550, "5.1.1".to_string()), "{r:?}");
+    smtp.quit();
+    send(
+        &mta,
+        "a@elsewhere.test",
+        &["Sales@Example.Test"],
+        "to sales",
+    );
+    dir.write(
+        "mta-data/replay/info.eml",
+        "X-Sender: <carol@elsewhere.test>\r\nX-Receiver: <info@example.test>\r\nSubject: to info\r\n\r\nx\r\n",
+    );
+    assert!(
+        wait_until(WAIT, || mta.maildir("alice").len() == 1
+            && mta.maildir("bob").len() == 1),
+        "{}",
+        mta.log()
+    );
+    assert!(mta.maildir("alice")[0].contains("Subject: to sales"));
+    assert!(mta.maildir("bob")[0].contains("Subject: to info"));
+}

@@ -726,3 +726,96 @@ fn a_local_or_null_sender_does_not_open_the_relay() {
         "nothing was relayed"
     );
 }
+
+/// An SMTP receive agent that rewrites recipients at OnRcptCommand, on the Front End (whose
+/// loopback clients are anonymous) and on a Transport that trusts no one: the host checks what
+/// the agent leaves, so an alias of a mailbox is accepted and delivered to it, an unknown user
+/// the agent ignores still gets 5.1.1, an agent's reject stands, and a rewrite to a remote
+/// domain does not open the relay.
+#[test]
+fn rcpt_agents_rewrite_recipients_before_the_host_checks_them() {
+    let entry = |name: &'static str, log: &std::path::Path| {
+        Entry::probe(name, log)
+            .param("rewrite_rcpt", "sales@example.test=alice@example.test")
+            .param("rewrite_rcpt", "outside@example.test=bob@other.test")
+            .param("reject_rcpt", "ghost@example.test")
+    };
+    for service in ["frontend", "transport"] {
+        let dir = TestDir::new("rcpt-rewrite");
+        let log = dir.path("probe.log");
+        let name = if service == "frontend" { "F" } else { "T" };
+        let file = if service == "frontend" {
+            "fetagents.config"
+        } else {
+            "agents.config"
+        };
+        dir.write(file, &agents_xml(5000, &[entry(name, &log)]));
+        let mta = Mta::start_with(
+            &dir,
+            &[(
+                "transport",
+                "trusted = []\nfrontend_nodes = [\"192.0.2.1\"]",
+            )],
+            &format!("[agents]\n{service} = \"{file}\"\n"),
+            &[],
+        );
+        let port = if service == "frontend" {
+            mta.frontend
+        } else {
+            mta.transport
+        };
+        let mut smtp = Smtp::ehlo(port);
+        assert_eq!(smtp.cmd("MAIL FROM:<a@elsewhere.test>").code, 250);
+        for (rcpt, code, enhanced) in [
+            ("sales@example.test", 250, "2.1.5"),
+            ("nobody@example.test", 550, "5.1.1"),
+            ("outside@example.test", 550, "5.7.1"),
+            ("bob@other.test", 550, "5.7.1"),
+            ("ghost@example.test", 550, "5.7.1"),
+        ] {
+            let r = smtp.cmd(&format!("RCPT TO:<{rcpt}>"));
+            assert_eq!(
+                (r.code, r.enhanced()),
+                (code, enhanced.to_string()),
+                "{service} {rcpt}: {r:?}"
+            );
+            if rcpt == "ghost@example.test" {
+                assert_eq!(r.text(), format!("5.7.1 probe {name} rejects"), "{r:?}");
+            }
+        }
+        assert_eq!(smtp.cmd("DATA").code, 354, "{service}");
+        smtp.send(b"Subject: for sales\r\n\r\nan alias\r\n.\r\n");
+        assert_eq!(smtp.read_reply().code, 250, "{service}");
+        smtp.quit();
+        assert!(
+            wait_until(WAIT, || mta.maildir("alice").len() == 1),
+            "{service}: {}",
+            mta.log()
+        );
+        assert!(mta.maildir("alice")[0].contains("Subject: for sales"));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            mta.maildir("bob").is_empty() && mta.maildir("alice").len() == 1,
+            "{service}: nothing else was delivered"
+        );
+        // The agent saw every recipient, those the host then refused included.
+        let seen: Vec<String> = probe_log(&log)
+            .iter()
+            .filter(|l| l.contains(" OnRcptCommand "))
+            .filter_map(|l| l.split("recipient=").nth(1))
+            .filter_map(|d| d.split(' ').next())
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                "sales@example.test",
+                "nobody@example.test",
+                "outside@example.test",
+                "bob@other.test",
+                "ghost@example.test"
+            ],
+            "{service}"
+        );
+    }
+}

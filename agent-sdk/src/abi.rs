@@ -215,6 +215,8 @@ pub enum HostAction {
         /// The message, as raw MIME.
         mime: RVec<u8>,
     },
+    /// Replace the recipient of the RCPT command being handled.
+    SetRecipient(RString),
 }
 
 /// The session as agents see it.

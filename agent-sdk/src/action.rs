@@ -85,6 +85,8 @@ pub enum Action {
         /// Raw MIME.
         mime: Vec<u8>,
     },
+    /// Replace the recipient of the RCPT command being handled (address rewriting, aliases).
+    SetRecipient(String),
 }
 
 impl Action {
@@ -110,6 +112,7 @@ impl Action {
                 class == AgentClass::Delivery
             }
             Action::SubmitMessage { .. } => !front_end,
+            Action::SetRecipient(_) => event == OnRcptCommand,
         }
     }
 
@@ -197,6 +200,13 @@ impl Action {
                 recipients: strings(recipients),
                 mime: mime.into_vec(),
             },
+            HostAction::SetRecipient(address) => {
+                let address = address.trim();
+                if address.is_empty() || address.contains(['\r', '\n', '<', '>']) {
+                    return Err(format!("{address:?} is not a recipient address"));
+                }
+                Action::SetRecipient(address.to_string())
+            }
         })
     }
 }

@@ -65,7 +65,8 @@ pub trait SmtpReceiveAgent: Clone + Send + Sync + 'static {
         let _ = event;
         Ok(())
     }
-    /// RCPT TO. May reject this recipient.
+    /// RCPT TO, before the host checks the recipient. May reject it, or replace it with
+    /// [`RcptCommandEvent::set_recipient`]; the host then checks the address the agents left.
     fn on_rcpt_command(&mut self, event: &mut RcptCommandEvent<'_>) -> AgentResult {
         let _ = event;
         Ok(())
@@ -462,9 +463,23 @@ impl MailCommandEvent<'_> {
 }
 
 impl RcptCommandEvent<'_> {
-    /// The recipient of this RCPT command.
+    /// The recipient of this RCPT command: the client's address, or the one a higher-priority
+    /// agent put in its place with [`set_recipient`](Self::set_recipient).
     pub fn recipient(&self) -> String {
         self.source.arg("recipient").unwrap_or_default()
+    }
+
+    /// Puts `address` in place of this command's recipient (Exchange's settable
+    /// `RecipientAddress`): aliases, catch-alls, address rewriting.
+    ///
+    /// OnRcptCommand runs before the host checks the recipient, and the host checks what the
+    /// agents leave: the new address must be a mailbox of the organization, or the client must
+    /// be allowed to relay (an anonymous client rewritten to a remote domain still gets
+    /// `550 5.7.1`). Lower-priority agents see the new address in [`recipient`](Self::recipient).
+    /// When the client gave no ORCPT, the host records the address it sent as the original
+    /// recipient, so delivery reports name what the sender wrote.
+    pub fn set_recipient(&mut self, address: &str) -> AgentResult {
+        self.source.act(HostAction::SetRecipient(address.into()))
     }
 
     /// The DSN ORCPT parameter, if given.

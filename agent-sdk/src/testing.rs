@@ -241,6 +241,10 @@ impl EventHost for TestHost {
                 return RResult::RErr(format!("{action:?} is not available in {event}").into());
             }
         }
+        if let Action::SetRecipient(address) = &action {
+            // Lower-priority agents see the new recipient, as in the host.
+            self.args.insert("recipient".to_string(), address.clone());
+        }
         if let Action::SetRoutingOverride {
             recipient, domain, ..
         } = &action

@@ -119,6 +119,16 @@ impl EventHost for CallContext {
                 .into(),
             );
         }
+        if let Action::SetRecipient(address) = &action {
+            if let Err(e) = crate::smtp::address::check_mailbox(address) {
+                return RResult::RErr(format!("{address:?} is not a mailbox address: {e}").into());
+            }
+            // Lower-priority agents of this event see the new recipient.
+            match self.args.iter_mut().find(|(n, _)| *n == "recipient") {
+                Some((_, value)) => value.clone_from(address),
+                None => self.args.push(("recipient", address.clone())),
+            }
+        }
         if let Action::SetRoutingOverride {
             recipient, domain, ..
         } = &action

@@ -1,9 +1,13 @@
 //! The categorizer: one mail item at a time from the Submission queue.
 //!
-//! OnSubmittedMessage; recipient resolution (unknown users of our domains fail with 5.1.1; more
-//! than 20 Received fields fail the item with 5.4.6); OnResolvedMessage (routing overrides take
-//! effect from here); OnRoutedMessage; OnCategorizedMessage; routing of each recipient to its
-//! next hop; then one copy per next hop (bifurcation), delivered at once or queued for retry.
+//! More than 20 Received fields fail the item with 5.4.6 first. Then OnSubmittedMessage;
+//! OnResolvedMessage, where agents see every recipient, the unknown users of our domains
+//! included, and may redirect them (remove and add) or set routing overrides; then the unknown
+//! users still left without an override fail with 5.1.1 (a report, as for any failure);
+//! OnRoutedMessage; OnCategorizedMessage; routing of each recipient to its next hop; then one
+//! copy per next hop (bifurcation), delivered at once or queued for retry. Unknown users are
+//! failed after OnResolvedMessage, not before, so that aliases and catch-alls can live in an
+//! agent, as Exchange's address rewriting does.
 //!
 //! Routing agents' actions: `defer` puts the item in the deferred queue for the delay and
 //! categorizes it again after; `delete` drops it (logged, no DSN); `fork` splits the recipients
@@ -220,26 +224,11 @@ impl Categorizer {
             if item.envelope.recipients.is_empty() {
                 break;
             }
-            if event == Event::OnResolvedMessage {
-                // Recipient resolution: unknown users of our domains fail here.
-                let size = item.message.len() as u64;
-                let (keep, unknown): (Vec<_>, Vec<_>) = std::mem::take(&mut item.envelope.recipients)
-                    .into_iter()
-                    .partition(|r| {
-                        r.routing_override.is_some()
-                            || !matches!(router.route(r, size), Route::Fail(ref f) if f.enhanced_code() == "5.1.1")
-                    });
-                item.envelope.recipients = keep;
-                for r in unknown {
-                    failures.push((
-                        r,
-                        Diagnosis::local(reply(
-                            550,
-                            "5.1.1",
-                            "Recipient address rejected: user unknown",
-                        )),
-                    ));
-                }
+            if event == Event::OnRoutedMessage {
+                // Recipient resolution ends here, after OnResolvedMessage: the agents there
+                // may have redirected an unknown user or given it a routing override, so only
+                // the unknown users they left fail.
+                self.fail_unknown(&router, &mut item, &mut failures);
                 if item.envelope.recipients.is_empty() {
                     break;
                 }
@@ -370,6 +359,34 @@ impl Categorizer {
             self.deliveries
                 .enqueue(key, copy, Arc::clone(&settle))
                 .await;
+        }
+    }
+
+    /// Fails, with 5.1.1, the recipients of our domains that have no mailbox and no routing
+    /// override.
+    fn fail_unknown(
+        &self,
+        router: &Router,
+        item: &mut MailItem,
+        failures: &mut Vec<(EnvelopeRecipient, Diagnosis)>,
+    ) {
+        let size = item.message.len() as u64;
+        let (keep, unknown): (Vec<_>, Vec<_>) = std::mem::take(&mut item.envelope.recipients)
+            .into_iter()
+            .partition(|r| {
+                r.routing_override.is_some()
+                    || !matches!(router.route(r, size), Route::Fail(ref f) if f.enhanced_code() == "5.1.1")
+            });
+        item.envelope.recipients = keep;
+        for r in unknown {
+            failures.push((
+                r,
+                Diagnosis::local(reply(
+                    550,
+                    "5.1.1",
+                    "Recipient address rejected: user unknown",
+                )),
+            ));
         }
     }
 

@@ -80,6 +80,7 @@ fn action_name(action: &Action) -> &'static str {
         Action::Fork(_) => "fork",
         Action::SetRoutingOverride { .. } => "set routing override",
         Action::SubmitMessage { .. } => "submit message",
+        Action::SetRecipient(_) => "set recipient",
         _ => "other",
     }
 }

@@ -20,6 +20,10 @@
 //! property `recipient-router.overridden` ([`OVERRIDDEN_PROPERTY`]) to the number of recipients
 //! it overrode, `0` included, so later agents can see what it did.
 //!
+//! The same library holds an alias table (module [`alias`]): `Mta.Samples.RecipientAliasFactory`
+//! (SMTP receive, at OnRcptCommand) and `Mta.Samples.RecipientAliasRoutingFactory` (routing, at
+//! OnResolvedMessage).
+//!
 //! ```xml
 //! <agent name="SMS router" classFactory="Mta.Samples.RecipientRouterFactory" ...>
 //!   <parameter name="pattern" value="+1*@sms.example.test"/>
@@ -116,7 +120,13 @@ impl RoutingAgent for RecipientRouter {
     }
 }
 
-export_agents!("Mta.Samples.RecipientRouterFactory" => RecipientRouter);
+pub mod alias;
+
+export_agents!(
+    "Mta.Samples.RecipientRouterFactory" => RecipientRouter,
+    "Mta.Samples.RecipientAliasFactory" => alias::RecipientAlias,
+    "Mta.Samples.RecipientAliasRoutingFactory" => alias::RecipientAliasRouting,
+);
 
 /// A glob where `*` matches any run of characters; held lowercased, split at the stars.
 #[derive(Clone, Debug, PartialEq, Eq)]

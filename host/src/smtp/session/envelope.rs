@@ -1,12 +1,18 @@
 //! MAIL FROM and RCPT TO: each checks the session, raises its agent event, then hands the
 //! envelope to the sink (the Front End relays it to Transport there), and answers with the
 //! sink's verdict, so a refusal anywhere reaches the client at the command that caused it.
+//!
+//! RCPT TO checks the command itself (a transaction, the recipient limit, SMTPUTF8) first, then
+//! raises OnRcptCommand, and only then checks the recipient against the organization and the
+//! relay rule: agents may answer for recipients the host does not know (aliases, catch-alls,
+//! address rewriting), and what they leave is checked like what a client sends.
 
 use super::{Effect, MailRequest, Pending, Raised, Session, Transaction};
+use crate::message::parameters::Orcpt;
 use crate::message::{EnvelopeRecipient, MailItem};
 use crate::smtp::command::{MailFrom, RcptTo};
 use crate::smtp::reply;
-use mta_agent_sdk::{Event, SmtpResponse};
+use mta_agent_sdk::{Action, Event, SmtpResponse};
 
 impl Session {
     pub(super) fn mail(&mut self, from: MailFrom) -> Option<Effect> {
@@ -136,10 +142,6 @@ impl Session {
             );
             return None;
         }
-        if let Err(response) = self.policy.check(&address, self.may_relay()) {
-            self.refuse("RCPT", response);
-            return None;
-        }
         if txn.item.has_recipient(&address) {
             self.line(250, "2.1.5", "Recipient OK");
             return None;
@@ -160,15 +162,60 @@ impl Session {
         self.raise(Event::OnRcptCommand, args, Pending::Rcpt(rcpt))
     }
 
+    /// After OnRcptCommand: the host's own checks apply to the recipient the agents left (the
+    /// client's, or the one an agent put in its place), so an alias or a rewritten address is
+    /// judged like any other: a mailbox of ours passes, an unknown user gets 550 5.1.1, and a
+    /// remote domain needs a client that may relay (550 5.7.1 otherwise; no agent opens the
+    /// relay). A reject or fault of an agent answers first and stands.
     pub(super) fn rcpt_answered(
         &mut self,
         raised: Raised,
-        rcpt: EnvelopeRecipient,
+        mut rcpt: EnvelopeRecipient,
     ) -> Option<Effect> {
         if self.answered_by_agents("RCPT", &raised) {
             return None;
         }
-        self.txn.as_ref()?;
+        let txn = self.txn.as_ref()?;
+        let rewritten = raised.actions.iter().rev().find_map(|a| match a {
+            Action::SetRecipient(address) => Some(address.clone()),
+            _ => None,
+        });
+        if let Some(address) = rewritten.filter(|a| *a != rcpt.address) {
+            if !txn.item.envelope.smtputf8 && !address.is_ascii() {
+                // The agent's doing, not the client's: refused, not counted.
+                self.refuse_uncounted(
+                    "RCPT",
+                    reply(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8"),
+                );
+                return None;
+            }
+            // Reports name the address the sender wrote (RFC 3461 ORCPT).
+            if rcpt.orcpt.is_none() {
+                rcpt.orcpt = Some(Orcpt {
+                    addr_type: if rcpt.address.is_ascii() {
+                        "rfc822"
+                    } else {
+                        "utf-8"
+                    }
+                    .to_string(),
+                    address: std::mem::take(&mut rcpt.address),
+                });
+            }
+            rcpt.address = address;
+        }
+        if let Err(response) = self.policy.check(&rcpt.address, self.may_relay()) {
+            self.refuse("RCPT", response);
+            return None;
+        }
+        if self
+            .txn
+            .as_ref()
+            .is_some_and(|t| t.item.has_recipient(&rcpt.address))
+        {
+            // An alias of a recipient already accepted: one copy.
+            self.line(250, "2.1.5", "Recipient OK");
+            return None;
+        }
         self.pending = Some(Pending::RcptSink(rcpt.clone()));
         Some(Effect::Rcpt(rcpt))
     }

@@ -499,12 +499,15 @@ fn events_carry_their_arguments() {
     let all = Event::ALL.into_iter().collect::<EventSet>();
     let run = drive(config(), all, "192.0.2.1:4000", b"EHLO c\r\nMAIL FROM:<a@b.test> BODY=8BITMIME\r\nRCPT TO:<x@example.test> NOTIFY=DELAY\r\nRCPT TO:<y@far.test>\r\nQUIT\r\n", 1000);
     let names: Vec<Event> = run.events.iter().map(|(e, _)| *e).collect();
+    // The relay attempt is raised too: the recipient is checked after the agents, which may
+    // put another address in its place.
     assert_eq!(
         names,
         [
             Event::OnConnect,
             Event::OnEhloCommand,
             Event::OnMailCommand,
+            Event::OnRcptCommand,
             Event::OnRcptCommand,
             Event::OnReject,
         ]
@@ -651,4 +654,120 @@ fn transport_with(config: SessionConfig, input: &str) -> Run {
         input.as_bytes(),
         1 << 20,
     )
+}
+
+/// Drives one transaction whose OnRcptCommand agents answer with `agents(recipient)`; the last
+/// reply, and the recipients the transaction holds at the end.
+fn rcpt_with_agents(
+    peer: &str,
+    rcpt: &str,
+    agents: impl Fn(&str) -> Vec<Action>,
+) -> (String, Vec<EnvelopeRecipientView>) {
+    let mut session = Session::new(
+        Arc::new(config()),
+        Arc::new(Policy),
+        [Event::OnRcptCommand].into_iter().collect(),
+        peer.parse().unwrap(),
+        "127.0.0.1:25".parse().unwrap(),
+    );
+    let mut input = format!("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<{rcpt}>\r\n").into_bytes();
+    let mut output = String::new();
+    let mut accepted = Vec::new();
+    let mut raised = Vec::new();
+    loop {
+        match session.step() {
+            Step::Read => {
+                output.push_str(&String::from_utf8_lossy(&session.take_output()));
+                if input.is_empty() {
+                    break;
+                }
+                session.receive(&std::mem::take(&mut input));
+            }
+            Step::Effect(Effect::Raise(request)) => {
+                let recipient = request
+                    .args
+                    .iter()
+                    .find(|(n, _)| *n == "recipient")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                raised.push(recipient.clone());
+                session.agents_done(Raised {
+                    actions: agents(&recipient),
+                    item: request.item,
+                    ..Raised::default()
+                });
+            }
+            Step::Effect(Effect::Mail(_)) => session.mail_done(Ok("Q1".into())),
+            Step::Effect(Effect::Rcpt(r)) => {
+                accepted.push(EnvelopeRecipientView {
+                    address: r.address.clone(),
+                    orcpt: r
+                        .orcpt
+                        .as_ref()
+                        .map(|o| format!("{};{}", o.addr_type, o.address)),
+                });
+                session.rcpt_done(Ok(()))
+            }
+            Step::Effect(Effect::Reset) => session.reset_done(),
+            Step::Effect(other) => panic!("unexpected {other:?}"),
+            Step::Close(_) => break,
+        }
+    }
+    assert_eq!(
+        raised,
+        [rcpt.to_string()],
+        "OnRcptCommand sees what the client sent"
+    );
+    let last = output
+        .trim_end()
+        .rsplit("\r\n")
+        .next()
+        .unwrap_or("")
+        .to_string();
+    (last, accepted)
+}
+
+/// A recipient as the sink got it.
+#[derive(Debug, PartialEq)]
+struct EnvelopeRecipientView {
+    address: String,
+    orcpt: Option<String>,
+}
+
+#[test]
+fn the_recipient_check_applies_to_what_the_rcpt_agents_leave() {
+    let set = |to: &'static str| move |_: &str| vec![Action::SetRecipient(to.to_string())];
+    let nothing = |_: &str| Vec::new();
+    let reject = |_: &str| vec![Action::Reject(reply(450, "4.7.1", "agent says later"))];
+    let anonymous = "192.0.2.1:4000";
+    let trusted = "10.1.1.1:4000";
+
+    // An address no one takes, rewritten to a mailbox of ours: accepted, the original kept
+    // as ORCPT for reports.
+    let (last, got) = rcpt_with_agents(anonymous, "x@far.test", set("alice@example.test"));
+    assert!(last.starts_with("250 2.1.5"), "{last}");
+    assert_eq!(
+        got,
+        [EnvelopeRecipientView {
+            address: "alice@example.test".into(),
+            orcpt: Some("rfc822;x@far.test".into())
+        }]
+    );
+    // A local address rewritten to a remote one: the relay rule applies to the new address.
+    let (last, got) = rcpt_with_agents(anonymous, "sales@example.test", set("bob@far.test"));
+    assert!(last.starts_with("550 5.7.1"), "{last}");
+    assert!(got.is_empty());
+    let (last, got) = rcpt_with_agents(trusted, "sales@example.test", set("bob@far.test"));
+    assert!(last.starts_with("250 2.1.5"), "{last}");
+    assert_eq!(got[0].address, "bob@far.test");
+    // No agent action: the host's own verdict, as before.
+    let (last, _) = rcpt_with_agents(anonymous, "y@far.test", nothing);
+    assert!(last.starts_with("550 5.7.1 Relaying denied"), "{last}");
+    // An agent's reject stands, whatever the host would have said.
+    let (last, got) = rcpt_with_agents(anonymous, "y@far.test", reject);
+    assert_eq!(last, "450 4.7.1 agent says later");
+    assert!(got.is_empty());
+    // Non-ASCII from an agent in a transaction without SMTPUTF8.
+    let (last, _) = rcpt_with_agents(anonymous, "x@example.test", set("jörg@example.test"));
+    assert!(last.starts_with("553 5.6.7"), "{last}");
 }

@@ -5,7 +5,8 @@
 //! lines to), `stamp` (`true`: add `X-Probe-<name>: <version>` at OnEndOfHeaders), and actions
 //! keyed by event name: `reject`, `panic`, `fail`, `disconnect`, `discard`, `quarantine`,
 //! `sleep` (with `sleep_ms`), `submit` (at OnEndOfData, submit a new message to this address),
-//! `reject_rcpt` (reject RCPT TO for this address only).
+//! `reject_rcpt` (reject RCPT TO for this address only), `rewrite_rcpt` (`from=to`, may be
+//! repeated: at OnRcptCommand, put `to` in place of the recipient `from`).
 
 use mta_agent_sdk::prelude::*;
 use std::io::Write;
@@ -175,6 +176,13 @@ impl SmtpReceiveAgent for Probe {
             .is_some_and(|a| a.eq_ignore_ascii_case(&event.recipient()));
         if self.visit(Event::OnRcptCommand, &detail)? || refused {
             event.reject(&self.rejection()?)?;
+        }
+        let to = self.params.get_all("rewrite_rcpt").find_map(|pair| {
+            let (from, to) = pair.split_once('=')?;
+            from.eq_ignore_ascii_case(&event.recipient()).then_some(to)
+        });
+        if let Some(to) = to {
+            event.set_recipient(to)?;
         }
         Ok(())
     }

@@ -2,7 +2,8 @@
 //! the message's subject, takes routing actions: `delete_subject`, `defer_subject` (once, for
 //! `defer_ms`), `panic_subject` (at OnResolvedMessage), `fork_subject` (keep the first recipient),
 //! `expand_subject` with `add_recipient`; `override_recipient` with `override_domain` (at
-//! OnResolvedMessage); `stamp` (a header listing the events seen, at OnCategorizedMessage);
+//! OnResolvedMessage); `redirect` (`from=to`, may be repeated: at OnResolvedMessage, replace
+//! the recipient `from` with `to`); `stamp` (a header listing the events seen, at OnCategorizedMessage);
 //! `hold_file` (OnSubmittedMessage waits while that file exists, a minute at most).
 
 use mta_agent_sdk::prelude::*;
@@ -110,6 +111,17 @@ impl RoutingAgent for RouteProbe {
         let panic = self.subject_is("panic_subject", &item);
         if panic {
             panic!("route probe panics on purpose");
+        }
+        let redirects: Vec<(String, String)> = self
+            .params
+            .get_all("redirect")
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(from, to)| (from.to_string(), to.to_string()))
+            .collect();
+        for (from, to) in redirects {
+            if event.mail_item().remove_recipient(&from) {
+                event.mail_item().add_recipient(&to)?;
+            }
         }
         if let (Some(r), Some(d)) = (
             self.params.get("override_recipient"),
