@@ -33,6 +33,10 @@ pub struct Cli {
     /// The Front End service's agents file (overrides the host configuration).
     #[arg(long, global = true, value_name = "PATH")]
     fetagents_config: Option<PathBuf>,
+    /// When an agent library is refused for its layout, also print abi_stable's full report
+    /// (thousands of lines) after the one-line error.
+    #[arg(long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -101,6 +105,9 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if cli.verbose {
+        crate::agents::library::print_full_reports();
+    }
     if matches!(cli.command, Command::Agent { .. } | Command::Config { .. }) {
         learn_agents_files(&cli, &mut config);
     }
