@@ -215,7 +215,7 @@ impl Libraries {
             if let (Some(report), true) =
                 (error.full_report(), FULL_REPORTS.load(Ordering::Relaxed))
             {
-                eprintln!("{}\n{report}", error);
+                eprintln!("abi_stable's report for {}:\n{report}", path.display());
             }
         }
         let (module, sdk_version) = result?;
