@@ -140,6 +140,8 @@ impl Outside {
             .current_dir(&agent)
             .args(["build", "--offline", "--quiet"])
             .env("CARGO_TARGET_DIR", &self.target)
+            // Each run builds from new paths, which incremental caches would only pile up.
+            .env("CARGO_INCREMENTAL", "0")
             .output()
             .expect("running cargo build");
         assert!(
@@ -159,6 +161,21 @@ impl Drop for Outside {
     fn drop(&mut self) {
         if std::env::var_os("MTA_KEEP_TEST_DIRS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        // The SDK copies and the agent are new packages on every run (their paths differ): drop
+        // their build output so the shared target directory keeps only the registry crates.
+        for sub in ["deps", ".fingerprint", "build"] {
+            let Ok(entries) = std::fs::read_dir(self.target.join("debug").join(sub)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().replace('-', "_");
+                let name = name.strip_prefix("lib").unwrap_or(&name);
+                if name.starts_with("mta_agent_sdk") || name.starts_with("block_domain") {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
         }
     }
 }
