@@ -1,6 +1,6 @@
 //! The SDK as a third party uses it: the agent of the SDK's README, built outside this
-//! workspace against copies of `agent-sdk/` (its manifest unchanged, then with the version
-//! bumped), loaded by the real `mta`. Checks the version rule (which builds load), the one-line
+//! workspace against copies of `agent-sdk/` (its manifest unchanged, taken by git tag; then
+//! with the version bumped, taken by path), loaded by the real `mta`. Checks the version rule (which builds load), the one-line
 //! refusals (on install and on a live reload), and that `mta agent install --dry-run` changes
 //! no file.
 
@@ -108,14 +108,49 @@ impl Outside {
 
     /// Builds the README's agent against `sdk` offline and returns a copy of its library.
     fn build_agent(&self, sdk: &Path, name: &str) -> PathBuf {
+        let path = format!("{{ path = {:?} }}", sdk.display().to_string());
+        self.build_agent_with(&path, true, name)
+    }
+
+    /// Makes `sdk` a git repository tagged `sdk-v<version>`, as a release would be, and builds
+    /// the agent against the tag; None, after saying why, when git cannot run here.
+    fn build_agent_from_git_tag(&self, sdk: &Path, version: &str, name: &str) -> Option<PathBuf> {
+        let git = |args: &[&str]| {
+            Command::new("git")
+                .current_dir(sdk)
+                .args(["-c", "user.name=test", "-c", "user.email=test@example.test"])
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        let tag = format!("sdk-v{version}");
+        if !(git(&["init", "-q"])
+            && git(&["add", "-A"])
+            && git(&["commit", "-q", "-m", "SDK"])
+            && git(&["tag", &tag]))
+        {
+            println!("git is not available: the SDK is taken by path only");
+            return None;
+        }
+        let dependency = format!("{{ git = \"file://{}\", tag = \"{tag}\" }}", sdk.display());
+        // Not --offline: cargo fetches the git repository (a local one); the lock file already
+        // pins every registry crate, so the registry is not asked.
+        Some(self.build_agent_with(&dependency, false, name))
+    }
+
+    /// The directory name of the SDK taken from git: cargo names its clones after it, so it is
+    /// unique to this run, and its clones are removed with the run's files.
+    fn git_name(&self) -> String {
+        format!("mta-sdk-git-{}", std::process::id())
+    }
+
+    /// Builds the README's agent with `dependency` as its SDK dependency.
+    fn build_agent_with(&self, dependency: &str, offline: bool, name: &str) -> PathBuf {
         let readme = std::fs::read_to_string(workspace().join("agent-sdk/README.md")).unwrap();
         let agent = self.dir.join("agent");
         std::fs::create_dir_all(agent.join("src")).unwrap();
         let manifest = block(&readme, "## A complete agent", "toml");
-        let dependency = format!(
-            "mta-agent-sdk = {{ path = {:?} }}",
-            sdk.display().to_string()
-        );
+        let dependency = format!("mta-agent-sdk = {dependency}");
         assert!(manifest.contains("mta-agent-sdk = \""), "{manifest}");
         let manifest: String = manifest
             .lines()
@@ -138,7 +173,8 @@ impl Outside {
         std::fs::copy(workspace().join("Cargo.lock"), agent.join("Cargo.lock")).unwrap();
         let out = Command::new(&self.cargo)
             .current_dir(&agent)
-            .args(["build", "--offline", "--quiet"])
+            .args(["build", "--quiet"])
+            .args(offline.then_some("--offline"))
             .env("CARGO_TARGET_DIR", &self.target)
             // Each run builds from new paths, which incremental caches would only pile up.
             .env("CARGO_INCREMENTAL", "0")
@@ -146,8 +182,7 @@ impl Outside {
             .expect("running cargo build");
         assert!(
             out.status.success(),
-            "building the agent against {} failed:\n{}",
-            sdk.display(),
+            "building the agent against {dependency} failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
         let built = self.target.join("debug/libblock_domain.so");
@@ -161,6 +196,21 @@ impl Drop for Outside {
     fn drop(&mut self) {
         if std::env::var_os("MTA_KEEP_TEST_DIRS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+        // Cargo's clones of the git-tagged SDK.
+        let cargo_home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+        for clones in cargo_home
+            .iter()
+            .flat_map(|h| [h.join("git/db"), h.join("git/checkouts")])
+        {
+            for entry in std::fs::read_dir(clones).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{}-", self.git_name())) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
         }
         // The SDK copies and the agent are new packages on every run (their paths differ): drop
         // their build output so the shared target directory keeps only the registry crates.
@@ -211,7 +261,12 @@ fn agents_built_outside_against_current_patch_and_minor_bumped_sdks_load_or_are_
     let bumped = format!("{major}.{}.0", minor + 1);
     let miscut = format!("{major}.{minor}.{}", patch + 2);
 
-    let current = outside.build_agent(&outside.sdk("sdk-current", host, |abi| abi), "current");
+    // The current SDK as a release tag, the others by path: both are how an agent outside this
+    // repository takes it, and both resolve to the SDK's own manifest.
+    let current_sdk = outside.sdk(&outside.git_name(), host, |abi| abi);
+    let current = outside
+        .build_agent_from_git_tag(&current_sdk, host, "current")
+        .unwrap_or_else(|| outside.build_agent(&current_sdk, "current"));
     let patch_lib = outside.build_agent(&outside.sdk("sdk-patch", &patched, |abi| abi), "patch");
     let minor_lib = outside.build_agent(&outside.sdk("sdk-minor", &bumped, |abi| abi), "minor");
     // A patch release that changed a type of the boundary, which the rule forbids: the versions
