@@ -2,10 +2,9 @@
 //!
 //! Agent authors never touch this module: `#[agent]` and [`export_agents!`](crate::export_agents)
 //! write the library side, and the host is the only other user. Everything here is checked by
-//! `abi_stable` when a library loads: a library built against an SDK whose layout differs, or whose
-//! version is not compatible (same major; below 1.0, a library minor at least the host's), is
-//! refused with both versions. Below 1.0 every minor version of the SDK may change this layout,
-//! so in practice agents are rebuilt for each SDK minor; patch versions stay compatible.
+//! `abi_stable` when a library loads: a library whose version the rule of [`crate::version`]
+//! refuses, or whose layout differs, is refused with both versions. Below 1.0 any change to this
+//! module is a new minor version of the SDK; patch versions leave it alone.
 //!
 //! Shape of the boundary:
 //! - the library exports one root module, [`AgentLibraryRef`], listing its [`FactoryDescriptor`]s;

@@ -54,10 +54,10 @@
 //!   overrides and writes [`SmtpReceiveAgent::EVENTS`]; the host calls nothing else.
 //! - **A panic never crosses into the host.** The export glue catches it and reports a fault: the
 //!   host fails only what the agent was doing, with a temporary error, and keeps serving.
-//! - **A library built against an incompatible SDK is refused** when it loads, naming both versions.
-//!   Libraries built against the same SDK minor version as the host (patch versions may differ)
-//!   load; below 1.0 a new minor version may change the boundary's layout, and the host refuses
-//!   a library whose layout differs.
+//! - **A library built against an incompatible SDK is refused** when it loads, in one line naming
+//!   both versions (and, for a layout difference, the first type that differs). Which versions
+//!   load together is the version rule, written in the crate's README ("The version rule") and
+//!   implemented by [`version::compatible`]: below 1.0, the same minor version, any patch.
 //! - **Parameters** from the `<parameter name=".." value=".."/>` children of the agent's entry
 //!   reach [`create`](SmtpReceiveAgent::create) as [`Parameters`].
 
@@ -77,6 +77,7 @@ mod response;
 pub mod routing;
 pub mod smtp_receive;
 pub mod testing;
+pub mod version;
 
 pub use abi::AckStatus;
 pub use action::Action;

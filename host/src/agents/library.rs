@@ -88,8 +88,8 @@ pub enum LoadError {
     /// It exports no agent root module.
     #[error("library {} is not an mta agent library: it exports no agent root module (expected an `export_agents!` line)", .0.display())]
     NotAnAgentLibrary(PathBuf),
-    /// Built against an SDK this host cannot use.
-    #[error("library {} was built against mta-agent-sdk {found}, but this host uses mta-agent-sdk {expected}: rebuild the agent against a compatible SDK (same major version; below 1.0, a minor version at least the host's)", .path.display())]
+    /// Built against an SDK this host cannot use (see `mta_agent_sdk::version`).
+    #[error("library {} was built against mta-agent-sdk {found}, but this host uses mta-agent-sdk {expected}: rebuild the agent against mta-agent-sdk {wanted} (the SDK's version rule: {rule})", .path.display(), wanted = minor_of(expected), rule = mta_agent_sdk::version::RULE)]
     IncompatibleSdk {
         /// The library.
         path: PathBuf,
@@ -98,8 +98,12 @@ pub enum LoadError {
         /// The library's SDK version.
         found: String,
     },
-    /// The SDK's types have a different layout in the library.
-    #[error("library {} was built against an incompatible mta-agent-sdk {found} (this host uses {expected}): {detail}", .path.display())]
+    /// The SDK's types have a different layout in the library although the versions are
+    /// compatible: an SDK changed without the version bump the rule asks for.
+    ///
+    /// Displayed as one line naming the first type that differs; abi_stable's report, thousands
+    /// of lines long, is in `detail`, logged at debug level and printed by `--verbose`.
+    #[error("library {} was built against mta-agent-sdk {found} and this host uses mta-agent-sdk {expected}, but their layouts differ: {difference}; rebuild the agent against this host's SDK (--verbose or MTA_LOG=debug shows abi_stable's full report)", .path.display())]
     IncompatibleLayout {
         /// The library.
         path: PathBuf,
@@ -107,9 +111,40 @@ pub enum LoadError {
         expected: String,
         /// The library's SDK version.
         found: String,
-        /// abi_stable's explanation.
+        /// The first type that differs and how.
+        difference: String,
+        /// abi_stable's full report.
         detail: String,
     },
+}
+
+impl LoadError {
+    /// abi_stable's full report behind a one-line layout error, for `--verbose` and the debug log.
+    pub fn full_report(&self) -> Option<&str> {
+        match self {
+            LoadError::IncompatibleLayout { detail, .. } => Some(detail),
+            _ => None,
+        }
+    }
+}
+
+/// `0.1` for `0.1.3` (below 1.0, what a compatible SDK must share), `1` for `1.2.0`.
+fn minor_of(version: &str) -> String {
+    let mut parts = version.split('.');
+    match (parts.next(), parts.next()) {
+        (Some("0"), Some(minor)) => format!("0.{minor}"),
+        (Some(major), Some(minor)) => format!("{major}.{minor}"),
+        _ => version.to_string(),
+    }
+}
+
+/// Whether load errors also print abi_stable's full report on standard error (`--verbose`).
+static FULL_REPORTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes every refused library print abi_stable's full report on standard error, for the
+/// one-shot commands' `--verbose`; a running server logs it at debug level instead.
+pub fn print_full_reports() {
+    FULL_REPORTS.store(true, Ordering::Relaxed);
 }
 
 /// The libraries loaded by this process.
@@ -176,6 +211,13 @@ impl Libraries {
         let result = load_root_module(path, &shadow);
         let _ = std::fs::remove_file(&shadow);
         let _ = std::fs::remove_dir(&self.shadow_dir); // only when empty (one-shot commands)
+        if let Err(error) = &result {
+            if let (Some(report), true) =
+                (error.full_report(), FULL_REPORTS.load(Ordering::Relaxed))
+            {
+                eprintln!("abi_stable's report for {}:\n{report}", path.display());
+            }
+        }
         let (module, sdk_version) = result?;
         self.count.store(generation, Ordering::Relaxed);
         let factories = (module.factories())()
@@ -283,6 +325,15 @@ fn load_root_module(path: &Path, shadow: &Path) -> Result<(AgentLibraryRef, Stri
     })?;
     let expected = AgentLibraryRef::VERSION_STRINGS.version.to_string();
     let found = header.version_strings().version.to_string();
+    // The SDK's rule first, so that a version it refuses is reported as a version and not as
+    // the layout difference abi_stable would find next.
+    if !mta_agent_sdk::version::compatible(&expected, &found) {
+        return Err(LoadError::IncompatibleSdk {
+            path: path.to_path_buf(),
+            expected,
+            found,
+        });
+    }
     let module = header
         .init_root_module::<AgentLibraryRef>()
         .map_err(|e| match e {
@@ -295,17 +346,132 @@ fn load_root_module(path: &Path, shadow: &Path) -> Result<(AgentLibraryRef, Stri
                 expected: expected_version.to_string(),
                 found: actual_version.to_string(),
             },
-            LibraryError::AbiInstability(detail) => LoadError::IncompatibleLayout {
-                path: path.to_path_buf(),
-                expected: expected.clone(),
-                found: found.clone(),
-                detail: detail.to_string().trim().to_string(),
-            },
+            LibraryError::AbiInstability(detail) => {
+                let error = LoadError::IncompatibleLayout {
+                    path: path.to_path_buf(),
+                    expected: expected.clone(),
+                    found: found.clone(),
+                    difference: header
+                        .layout()
+                        .and_then(first_difference)
+                        .unwrap_or_else(|| "abi_stable reports a difference".into()),
+                    detail: detail.to_string().trim().to_string(),
+                };
+                tracing::debug!(
+                    message = "Agent library layout differs from the host's SDK.",
+                    library = %path.display(),
+                    report = %error.full_report().unwrap_or_default()
+                );
+                error
+            }
             other => {
                 LoadError::NotLoadable(path.to_path_buf(), other.to_string().trim().to_string())
             }
         })?;
     Ok((module, found))
+}
+
+/// The first type whose layout differs between the host's SDK and the library's, and how:
+/// `PropertyScope: incompatible repr attributes (host: ..., library: ...)`.
+///
+/// abi_stable's loader hands back its report already formatted (thousands of lines), so the
+/// check is run again here, in the host, for its structured result; it only runs after a load
+/// was refused.
+fn first_difference(library: &'static abi_stable::type_layout::TypeLayout) -> Option<String> {
+    use abi_stable::abi_stability::abi_checking::{check_layout_compatibility, AbiInstability};
+    use abi_stable::type_layout::TLFieldOrFunction;
+    let errors =
+        check_layout_compatibility(<AgentLibraryRef as abi_stable::StableAbi>::LAYOUT, library)
+            .err()?;
+    let first = errors.errors.iter().find(|e| !e.errs.is_empty())?;
+    // The innermost entry is the type that differs; the path to it says where the SDK uses it:
+    // the last function on the way, and the trait object (`EventHost_TO`) that function is in.
+    let mut owner = None;
+    let mut function = None;
+    for step in first.stack_trace.iter().map(|ef| &ef.expected) {
+        match step {
+            TLFieldOrFunction::Field(field) => {
+                if let Some(name) = field.layout().name().strip_suffix("_TO") {
+                    owner = Some(name);
+                }
+            }
+            TLFieldOrFunction::Function(f) => function = Some(f.name.as_str()),
+        }
+    }
+    let ty = match first.stack_trace.last().map(|ef| &ef.expected) {
+        Some(TLFieldOrFunction::Field(field)) => field.layout().full_type().to_string(),
+        Some(TLFieldOrFunction::Function(f)) => format!("fn {}", f.name.as_str()),
+        None => errors.interface.full_type().to_string(),
+    };
+    let place = match (owner, function) {
+        (Some(owner), Some(function)) => format!("type {} (in {owner}::{function})", ty.trim()),
+        (None, Some(function)) => format!("type {} (in {function})", ty.trim()),
+        _ => format!("type {}", ty.trim()),
+    };
+    let short =
+        |what: &str,
+         both: Option<abi_stable::abi_stability::abi_checking::ExpectedFound<String>>| {
+            match both {
+                Some(b)
+                    if !b.expected.contains('\n')
+                        && !b.found.contains('\n')
+                        && b.expected.len() + b.found.len() < 120 =>
+                {
+                    format!(
+                        "{what} (host: {}, library: {})",
+                        b.expected.trim(),
+                        b.found.trim()
+                    )
+                }
+                _ => what.to_string(),
+            }
+        };
+    let how = match &first.errs[0] {
+        AbiInstability::Name(v) => short("a different type", v.display_str()),
+        AbiInstability::Package(v) => short("from a different package", v.display_str()),
+        AbiInstability::PackageVersion(v) => {
+            short("from an incompatible package version", v.display_str())
+        }
+        AbiInstability::Size(v) => short("a different size", v.display_str()),
+        AbiInstability::Alignment(v) => short("a different alignment", v.display_str()),
+        AbiInstability::ReprAttr(v) => short(
+            "a different repr attribute",
+            Some(v.as_ref().map(|x| format!("{x:?}"))),
+        ),
+        AbiInstability::FieldCountMismatch(v) => {
+            short("a different number of fields", v.display_str())
+        }
+        AbiInstability::UnexpectedField(v) => short(
+            "a different field",
+            Some(v.as_ref().map(|f| f.name().to_string())),
+        ),
+        AbiInstability::TooManyVariants(v) => {
+            short("a different number of variants", v.display_str())
+        }
+        AbiInstability::UnexpectedVariant(v) => short(
+            "a different variant",
+            Some(v.as_ref().map(|x| format!("{x:?}"))),
+        ),
+        AbiInstability::EnumDiscriminant(v) => short(
+            "a different discriminant",
+            Some(v.as_ref().map(|x| format!("{x:?}"))),
+        ),
+        AbiInstability::MismatchedPrimitive(v) => short(
+            "a different primitive",
+            Some(v.as_ref().map(|x| format!("{x:?}"))),
+        ),
+        AbiInstability::MismatchedPrefixSize(v) => short("a different prefix", v.display_str()),
+        AbiInstability::TLDataDiscriminant(v) => short(
+            "a different kind of type",
+            Some(v.as_ref().map(|x| format!("{x:?}"))),
+        ),
+        other => format!("{other:?}")
+            .split(['(', ' ', '{'])
+            .next()
+            .unwrap_or("differs")
+            .to_string(),
+    };
+    Some(format!("{place} has {how}"))
 }
 
 /// A content hash: the same bytes reuse the same image.

@@ -17,17 +17,21 @@ use std::process::ExitCode;
 #[derive(Debug, Subcommand)]
 pub enum AgentCommand {
     /// Register an agent library (Install-TransportAgent): checks the library, its factory, its
-    /// class and the service's rules, then appends a disabled entry.
+    /// class and the service's rules, then appends a disabled entry. With --dry-run, only
+    /// checks and reports (`mta agent install --dry-run LIBRARY`).
     Install {
         /// The agent's name (1 to 64 letters, digits, space, `.`, `_`, `-`).
-        #[arg(long)]
-        name: String,
+        #[arg(long, required_unless_present = "dry_run")]
+        name: Option<String>,
         /// The factory's name inside the library (`classFactory`).
-        #[arg(long)]
-        factory: String,
+        #[arg(long, required_unless_present = "dry_run")]
+        factory: Option<String>,
         /// The agent library (`assemblyPath`).
-        #[arg(long)]
-        assembly: PathBuf,
+        #[arg(long, value_name = "PATH", required_unless_present = "library")]
+        assembly: Option<PathBuf>,
+        /// The agent library, instead of --assembly.
+        #[arg(value_name = "LIBRARY", conflicts_with = "assembly")]
+        library: Option<PathBuf>,
         /// A parameter for the agent, `NAME=VALUE` (repeat for several); written as
         /// `<parameter>` children and checked by the agent's factory now.
         #[arg(long = "parameter", value_name = "NAME=VALUE", value_parser = parse_parameter)]
@@ -35,6 +39,11 @@ pub enum AgentCommand {
         /// transport or frontend.
         #[arg(long, default_value = "transport", value_parser = parse_service)]
         service: Service,
+        /// Load the library (from a private shadow copy), report its SDK version, compatibility,
+        /// factories and classes, run the checks of an install when --name and --factory are
+        /// given, and change no file.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Remove an agent's entry (Uninstall-TransportAgent).
     Uninstall {
@@ -90,9 +99,26 @@ pub fn run(config: &HostConfig, command: AgentCommand) -> anyhow::Result<ExitCod
             name,
             factory,
             assembly,
+            library,
             parameters,
             service,
-        } => install(config, service, &name, &factory, &assembly, &parameters),
+            dry_run,
+        } => {
+            let assembly = assembly.or(library).context("no library given")?;
+            match (name, factory) {
+                (Some(name), Some(factory)) => install(
+                    config,
+                    service,
+                    &name,
+                    &factory,
+                    &assembly,
+                    &parameters,
+                    dry_run,
+                ),
+                (None, None) if dry_run => dry_run_library(&assembly),
+                _ => bail!("--name and --factory go together"),
+            }
+        }
         AgentCommand::Uninstall { name, service } => {
             edit_entry(config, service, &name, |f, e| Ok(edit::remove(f, e)))
                 .map(|_| println!("Uninstalled agent {name:?} from the {service} service."))
@@ -171,6 +197,7 @@ fn install(
     factory: &str,
     assembly: &Path,
     parameters: &[(String, String)],
+    dry_run: bool,
 ) -> anyhow::Result<()> {
     refuse_mailbox(service)?;
     let path = agents_file_for(config, service);
@@ -185,7 +212,12 @@ fn install(
     }
     let assembly = std::path::absolute(assembly).context("resolving --assembly")?;
     let libraries = Libraries::for_command();
-    let library = libraries.load(&assembly)?;
+    let library = libraries
+        .load(&assembly)
+        .map_err(|e| anyhow::anyhow!("agent {name:?}: {e}"))?;
+    if dry_run {
+        describe_library(&library);
+    }
     let Some(info) = library.factories.iter().find(|f| f.name == factory) else {
         let names: Vec<_> = library
             .factories
@@ -250,6 +282,14 @@ fn install(
         parameters,
     );
     let text = edit::append(&parsed, &entry)?;
+    if dry_run {
+        println!(
+            "Would install agent {name:?} ({}, factory {factory:?}) in {} as disabled.\nDry run: no file was changed.",
+            info.class,
+            path.display()
+        );
+        return Ok(());
+    }
     edit::commit(&path, text)?;
     println!(
         "Installed agent {name:?} ({}, factory {factory:?}) in {} as disabled; enable it with `mta agent enable {name:?}{}`.",
@@ -258,6 +298,48 @@ fn install(
         if service == Service::FrontEnd { " --service frontend" } else { "" }
     );
     Ok(())
+}
+
+/// `mta agent install --dry-run LIBRARY`: what the library is and whether this host loads it.
+fn dry_run_library(assembly: &Path) -> anyhow::Result<()> {
+    let assembly = std::path::absolute(assembly).context("resolving the library's path")?;
+    let library = Libraries::for_command().load(&assembly)?;
+    describe_library(&library);
+    println!("Dry run: no file was changed.");
+    Ok(())
+}
+
+/// The library's SDK version against the host's, then one line per factory.
+fn describe_library(library: &crate::agents::library::Library) {
+    println!("Library {}", library.path.display());
+    println!(
+        "  SDK: built against mta-agent-sdk {}; this host uses {}: compatible",
+        library.sdk_version,
+        mta_agent_sdk::version::SDK_VERSION
+    );
+    if library.factories.is_empty() {
+        println!("  Factories: none");
+        return;
+    }
+    println!("  Factories:");
+    for f in &library.factories {
+        let events: Vec<_> = f.events.iter().map(|e| e.name()).collect();
+        let protocol = if f.delivery_protocol.is_empty() {
+            String::new()
+        } else {
+            format!(" (delivery protocol {})", f.delivery_protocol)
+        };
+        println!(
+            "    {:<28} {}{protocol}: {}",
+            f.name,
+            f.class,
+            if events.is_empty() {
+                "no events".to_string()
+            } else {
+                events.join(", ")
+            }
+        );
+    }
 }
 
 fn services(only: Option<Service>) -> Vec<Service> {

@@ -36,6 +36,10 @@ pub struct Cli {
     /// Log format on standard error: text, or json (one object per line).
     #[arg(long, global = true, value_name = "FORMAT")]
     log_format: Option<crate::config::LogFormat>,
+    /// When an agent library is refused for its layout, also print abi_stable's full report
+    /// (thousands of lines) after the one-line error.
+    #[arg(long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -119,6 +123,9 @@ pub fn main() -> ExitCode {
             }
         }
     };
+    if cli.verbose {
+        crate::agents::library::print_full_reports();
+    }
     if matches!(cli.command, Command::Agent { .. } | Command::Config { .. }) {
         learn_agents_files(&cli, &mut config);
     }
