@@ -159,6 +159,13 @@ fn queues_and_messages_are_steered_live_while_a_next_hop_is_down_and_then_up() {
     assert_eq!(state_of(&mta, &one).as_deref(), Some("suspended"));
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(subjects(&peer), ["two"], "the suspended message stays");
+    // ... across a restart too.
+    mta.stop();
+    mta.spawn(&[]);
+    assert!(wait_until(WAIT, || state_of(&mta, &one).as_deref()
+        == Some("suspended")));
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(subjects(&peer), ["two"], "still suspended after a restart");
 
     // Export-Message: the .eml as queued.
     let (code, eml, _) = mta_cmd(&mta, &["message", "export", &one]);
