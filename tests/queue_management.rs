@@ -373,3 +373,40 @@ fn without_a_server_listings_come_from_the_files_and_changes_are_refused() {
     let (code, _, _) = mta_cmd(&mta, &["message", "list", "--queue", QUEUE]);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn another_local_user_cannot_use_the_control_socket() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root, to act as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = TestDir::new("control-socket-owner");
+    let mta = Mta::start(&dir, "", &[]);
+    let socket = dir.path("mta-data/run/control.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the socket is its owner's alone");
+    // Even with every directory on the way open to everyone, the socket's own mode keeps a
+    // hostile local user out: it cannot connect, so it cannot ask for any change.
+    for d in [dir.0.clone(), dir.path("mta-data"), dir.path("mta-data/run")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let connect = format!(
+        "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n    s.connect({:?})\nexcept PermissionError:\n    sys.exit(13)\ns.sendall(b'{{\"command\":\"queue-suspend\",\"queue\":\"delivery-mailbox\"}}\\n')\nprint(s.recv(4096).decode())\n",
+        socket.display().to_string()
+    );
+    let status = std::process::Command::new("python3")
+        .args(["-c", &connect])
+        .uid(65534)
+        .gid(65534)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(13), "nobody was let in");
+    // Its owner is.
+    let (code, out, _) = mta_cmd(&mta, &["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!std::fs::read_to_string(dir.path("mta-data/queue/suspended.json"))
+        .unwrap_or_default()
+        .contains("delivery-mailbox"));
+}
