@@ -389,7 +389,11 @@ fn another_local_user_cannot_use_the_control_socket() {
     assert_eq!(mode, 0o600, "the socket is its owner's alone");
     // Even with every directory on the way open to everyone, the socket's own mode keeps a
     // hostile local user out: it cannot connect, so it cannot ask for any change.
-    for d in [dir.0.clone(), dir.path("mta-data"), dir.path("mta-data/run")] {
+    for d in [
+        dir.0.clone(),
+        dir.path("mta-data"),
+        dir.path("mta-data/run"),
+    ] {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let connect = format!(
@@ -406,7 +410,9 @@ fn another_local_user_cannot_use_the_control_socket() {
     // Its owner is.
     let (code, out, _) = mta_cmd(&mta, &["status"]);
     assert_eq!(code, 0, "{out}");
-    assert!(!std::fs::read_to_string(dir.path("mta-data/queue/suspended.json"))
-        .unwrap_or_default()
-        .contains("delivery-mailbox"));
+    assert!(
+        !std::fs::read_to_string(dir.path("mta-data/queue/suspended.json"))
+            .unwrap_or_default()
+            .contains("delivery-mailbox")
+    );
 }
