@@ -146,8 +146,8 @@ s.close()
         1.0,
         "{after}"
     );
-    // The probe handles every SMTP receive event: two MAIL, one RCPT accepted, one refused
-    // (raised as OnReject).
+    // The probe handles every SMTP receive event: two MAIL, two RCPT (agents see a recipient
+    // before the host's check refuses the unknown one, whose refusal is raised as OnReject).
     let calls = |event: &str| {
         let event = format!("event=\"{event}\"");
         let labels = ["service=\"transport\"", "agent=\"Counted\"", event.as_str()];
@@ -157,7 +157,7 @@ s.close()
         )
     };
     assert_eq!(calls("OnMailCommand"), (2.0, 2.0), "{after}");
-    assert_eq!(calls("OnRcptCommand"), (1.0, 1.0), "{after}");
+    assert_eq!(calls("OnRcptCommand"), (2.0, 2.0), "{after}");
     assert_eq!(calls("OnReject"), (1.0, 1.0), "{after}");
     let rcpt = [
         "service=\"transport\"",
