@@ -468,6 +468,87 @@ fn users_are_stored_as_hashes_and_changed_without_a_restart() {
 }
 
 #[test]
+fn users_written_as_root_belong_to_the_user_the_server_runs_as() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = TestDir::new("users-as-root");
+    chmod(&dir.0, 0o755);
+    let extra = "user = \"nobody\"\n[auth]\nrequire_tls = false\n";
+    let config = dir.write("mta.toml", extra);
+    chmod(&config, 0o600);
+    let (code, out) = mta_user(&dir, &config, &["add", "bob@example.test"], "first secret");
+    assert_eq!(code, 0, "{out}");
+    let users = dir.path("users");
+    let meta = std::fs::metadata(&users).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (65534, 65534),
+        "chowned to nobody"
+    );
+    assert_eq!(mode(&users), 0o600);
+    // The server, running as nobody, reads it.
+    let mta = Mta::start(&dir, extra, &[]);
+    assert_eq!(uids(mta.pid()), [65534; 4], "{}", mta.log());
+    assert_eq!(
+        auth_plain(mta.transport, "bob@example.test", "first secret").code,
+        235,
+        "{}",
+        mta.log()
+    );
+    // And again after a change made as root while it runs.
+    let (code, out) = mta_user(
+        &dir,
+        &mta.config,
+        &["passwd", "bob@example.test"],
+        "second secret",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(std::fs::metadata(&users).unwrap().uid(), 65534);
+    assert_eq!(
+        auth_plain(mta.transport, "bob@example.test", "second secret").code,
+        235,
+        "{}",
+        mta.log()
+    );
+    // A user that does not exist is named, and nothing is written.
+    let config = dir.write("other.toml", "user = \"no-such-mta-user\"\n");
+    let (code, out) = mta_user(&dir, &config, &["add", "carol@example.test"], "pw");
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("no-such-mta-user"), "{out}");
+}
+
+#[test]
+fn user_list_names_the_scheme_of_each_stored_secret() {
+    let dir = TestDir::new("users-list");
+    let config = dir.write("mta.toml", "[auth]\nrequire_tls = false\n");
+    // openssl passwd -6 -salt saltsalt pw
+    let crypt = "$6$saltsalt$pauPrmdmG4BTE9h2HPmywiw152IFch6BJCEsaY6D.PLTfpV8sqvXwWdyfsgVgozkYH9B80bAip/08R2BPH2xk/";
+    let users = dir.write(
+        "users",
+        &format!("bare-crypt:{crypt}\ncrypt:{{SHA512-CRYPT}}{crypt}\nplain:{{PLAIN}}pw\nbare:pw\n"),
+    );
+    chmod(&users, 0o600);
+    let (code, out) = mta_user(&dir, &config, &["add", "argon"], "s3cret");
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = mta_user(&dir, &config, &["list"], "");
+    assert_eq!(code, 0, "{out}");
+    let listed: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        listed,
+        [
+            "bare-crypt  SHA512-CRYPT",
+            "crypt  SHA512-CRYPT",
+            "plain  PLAIN",
+            "bare  PLAIN",
+            "argon  ARGON2ID",
+        ],
+        "{out}"
+    );
+}
+
+#[test]
 fn passwords_readable_by_every_user_stop_the_start() {
     let dir = TestDir::new("readable-passwords");
     let config = dir.write(
