@@ -457,6 +457,56 @@ fn a_retry_time_survives_a_restart() {
 }
 
 #[test]
+fn an_item_a_routing_agent_defers_expires_like_any_other() {
+    let dir = TestDir::new("deferred-expiry");
+    dir.write(
+        "agents.config",
+        &agents_xml(
+            5000,
+            &[Entry {
+                name: "Route Probe",
+                base_type: "RoutingAgent",
+                factory: "Tests.RouteProbeFactory",
+                assembly: lib("route-probe").display().to_string(),
+                enabled: true,
+                params: vec![("defer_subject", "wait".into()), ("defer_ms", "200".into())],
+            }],
+        ),
+    );
+    let mta = Mta::start(
+        &dir,
+        "[agents]\ntransport = \"agents.config\"\n[routing]\nexpiration_hours = 0\n",
+        &[],
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    let r = smtp.send_mail(
+        "alice@example.test",
+        &["bob@example.test"],
+        "Subject: wait\n\nx\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    smtp.quit();
+    assert!(
+        wait_until(WAIT, || mta
+            .maildir("alice")
+            .iter()
+            .any(|m| m.contains("Undeliverable: wait"))),
+        "{}",
+        mta.log()
+    );
+    let report = mta.maildir("alice").remove(0);
+    assert!(report.contains("Status: 4.4.7"), "{report}");
+    assert!(report.contains("bob@example.test"), "{report}");
+    assert!(
+        report.contains("451 4.4.7 Message expired while its routing was deferred"),
+        "{report}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(mta.maildir("bob").is_empty(), "delivered after it expired");
+    assert_eq!(mta.queued("deferred"), 0);
+}
+
+#[test]
 fn back_pressure_refuses_new_mail_over_the_high_mark_and_takes_it_again_under_the_low_mark() {
     let dir = TestDir::new("back-pressure");
     let hold = dir.path("hold");
