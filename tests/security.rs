@@ -234,6 +234,34 @@ fn libraries_and_files_another_user_could_write_are_refused_as_sshd_does() {
         std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
         let (code, out) = check_library(&dir, &theirs);
         assert!(code != 0 && out.contains("owned by uid 65534"), "{out}");
+        // mta run does not load it either.
+        let log = dir.path("theirs.log");
+        let agents = dir.write(
+            "theirs.config",
+            &agents_xml(1000, &[Entry::probe("P", &log).assembly(&theirs)]),
+        );
+        let toml = dir.write(
+            "theirs.toml",
+            &format!(
+                "allow_root_agents = true\ndata_dir = \"theirs-data\"\n[agents]\ntransport = \"{}\"\n[frontend]\nlisten = \"127.0.0.1:0\"\n[transport]\nlisten = \"127.0.0.1:0\"\n[mailbox]\nlisten = \"127.0.0.1:0\"\n",
+                agents.display()
+            ),
+        );
+        chmod(&toml, 0o600);
+        // (Under `timeout`: a server that started would run until stopped.)
+        let out = std::process::Command::new("timeout")
+            .arg("20")
+            .arg(mta_bin())
+            .current_dir(&dir.0)
+            .args(["--config", toml.to_str().unwrap(), "run"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("owned by uid 65534"),
+            "{err}"
+        );
+        assert!(!log.exists(), "the library ran");
         // In sticky /tmp, owned by another user.
         let sticky = dir.path("sticky");
         std::fs::create_dir_all(&sticky).unwrap();
