@@ -555,15 +555,23 @@ fn back_pressure_refuses_new_mail_over_the_high_mark_and_takes_it_again_under_th
     );
     assert_eq!(accepted, 10, "refused exactly at the high-water mark");
     assert!(mta.wait_log("Back pressure: new mail is refused", 1, WAIT));
-    // The pickup directory waits too.
+    // The pickup and replay directories wait too.
     dir.write(
         "mta-data/pickup/waiting.eml",
         "From: op@example.test\r\nTo: alice@example.test\r\nSubject: picked up\r\n\r\nx\r\n",
+    );
+    dir.write(
+        "mta-data/replay/waiting.eml",
+        "X-Sender: <op@example.test>\r\nX-Receiver: <alice@example.test>\r\nSubject: replayed\r\n\r\nx\r\n",
     );
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         dir.path("mta-data/pickup/waiting.eml").exists(),
         "pickup paused"
+    );
+    assert!(
+        dir.path("mta-data/replay/waiting.eml").exists(),
+        "replay paused"
     );
     let (_, listing, _) = run_mta(
         &dir.0,
@@ -591,16 +599,17 @@ fn back_pressure_refuses_new_mail_over_the_high_mark_and_takes_it_again_under_th
     assert_eq!(r.code, 250, "{r:?}");
     smtp.quit();
     assert!(
-        wait_until(WAIT, || mta.maildir("alice").len() == 12),
+        wait_until(WAIT, || mta.maildir("alice").len() == 13),
         "{} delivered\n{}",
         mta.maildir("alice").len(),
         mta.log()
     );
     let got = mta.maildir("alice");
-    for subject in (0..10)
-        .map(|i| format!("Subject: pressed {i}\n"))
-        .chain(["Subject: picked up\n".into(), "Subject: after\n".into()])
-    {
+    for subject in (0..10).map(|i| format!("Subject: pressed {i}\n")).chain([
+        "Subject: picked up\n".into(),
+        "Subject: replayed\n".into(),
+        "Subject: after\n".into(),
+    ]) {
         assert!(got.iter().any(|m| m.contains(&subject)), "{subject} lost");
     }
 }
