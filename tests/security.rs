@@ -146,7 +146,17 @@ fn mail_queues_and_keys_are_readable_by_the_mta_user_only() {
     assert_eq!(mode(&data), 0o750, "the data dir");
     let alice = data.join("mailboxes/alice");
     assert_eq!(mode(&alice), 0o700, "a Maildir");
-    assert_eq!(mode(&alice.join("new")), 0o700);
+    for folder in [
+        "new",
+        "cur",
+        "tmp",
+        ".Sent",
+        ".Sent/new",
+        ".Outbox",
+        ".Outbox/new",
+    ] {
+        assert_eq!(mode(&alice.join(folder)), 0o700, "{folder}");
+    }
     for f in std::fs::read_dir(alice.join("new")).unwrap() {
         assert_eq!(mode(&f.unwrap().path()), 0o600, "a message");
     }
