@@ -71,6 +71,10 @@ class Mta:
             for role, port in self.ports.items():
                 f.write(f'[{role}]\nlisten = "127.0.0.1:{port}"\nmax_message_size = {big}\n'
                         'max_connections_per_ip = 1000\n')
+                if role == "transport":
+                    # The load generator relays to sink.test as a trusted sending MTA would
+                    # (Transport trusts no address by default).
+                    f.write('trusted = ["127.0.0.1"]\n')
             f.write('[tls]\nstarttls = false\n[directories]\npoll_interval_ms = 100\n')
             f.write('[[send_connectors]]\nname = "Sink"\naddress_spaces = ["SMTP:sink.test;1"]\n'
                     f'smart_hosts = ["127.0.0.1:{sink_port}"]\ntls = "none"\n'

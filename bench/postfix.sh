@@ -79,6 +79,9 @@ max_connections_per_ip = 1000
 [transport]
 listen = "127.0.0.1:$MT_TR"
 max_connections_per_ip = 1000
+# smtp-source relays to sink.test as a trusted sending MTA would (Transport trusts no address
+# by default).
+trusted = ["127.0.0.1"]
 [mailbox]
 listen = "127.0.0.1:$MT_MB"
 [tls]

@@ -86,6 +86,10 @@ fn domain_validation_checks_the_chain_and_the_name_and_sends_the_name_as_sni() {
         log.contains("version=TLSv1_3") || log.contains("version=TLSv1_2"),
         "{log}"
     );
+    assert!(
+        log.contains("cipher=TLS"),
+        "the cipher suite is logged: {log}"
+    );
     assert!(remote.contains("sni=\"localhost\""), "{remote}");
 }
 

@@ -102,6 +102,13 @@ fn reports_to_anonymous_senders_carry_headers_only() {
     assert!(ndr.contains("text/rfc822-headers"), "{ndr}");
     assert!(!ndr.contains("message/rfc822"), "{ndr}");
     assert!(!ndr.contains("the secret payload"), "{ndr}");
+    // The original's header fields are readable as they are, not encoded.
+    assert!(ndr.contains("\nSubject: expand me\r\n"), "{ndr}");
+    assert!(
+        !ndr.to_ascii_lowercase()
+            .contains("content-transfer-encoding: base64"),
+        "{ndr}"
+    );
 }
 
 #[test]

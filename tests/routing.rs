@@ -1362,3 +1362,68 @@ fn the_sample_alias_table_serves_rcpt_to_and_directory_mail() {
     assert!(mta.maildir("alice")[0].contains("Subject: to sales"));
     assert!(mta.maildir("bob")[0].contains("Subject: to info"));
 }
+
+#[test]
+fn mail_exchanger_names_with_control_characters_or_at_full_length_never_stop_delivery() {
+    // odd.test's mail exchangers: a name with a line break and a false log line in a label, and
+    // a name of about the longest length DNS allows; the DNS server gives every name the
+    // address 127.0.0.1 (refused for MX routing: loopback).
+    let dns_port = free_port();
+    let script = format!(
+        r#"
+import time
+from dnslib import RR, QTYPE, MX, A, DNSLabel
+from dnslib.server import DNSServer, BaseResolver
+FORGED = DNSLabel([b'mx\r\n2026-01-01T00:00:00Z  INFO FORGED: line', b'odd', b'test'])
+LONG = DNSLabel([b'a' * 63, b'b' * 63, b'c' * 63, b'd' * 50, b'odd', b'test'])
+class Zone(BaseResolver):
+    def resolve(self, request, handler):
+        reply = request.reply()
+        qname, qtype = request.q.qname, request.q.qtype
+        if str(qname).lower() == 'odd.test.' and qtype == QTYPE.MX:
+            reply.add_answer(RR(qname, QTYPE.MX, rdata=MX(FORGED, 10), ttl=60))
+            reply.add_answer(RR(qname, QTYPE.MX, rdata=MX(LONG, 20), ttl=60))
+        elif qtype == QTYPE.A:
+            reply.add_answer(RR(qname, QTYPE.A, rdata=A('127.0.0.1'), ttl=60))
+        return reply
+server = DNSServer(Zone(), port={dns_port}, address='127.0.0.1')
+server.start_thread()
+time.sleep(120)
+"#
+    );
+    let mut dns = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .spawn()
+        .expect("python3 with dnslib");
+    let dir = TestDir::new("mx-odd-names");
+    let mut mta = Mta::start(
+        &dir,
+        &format!(
+            "[routing]\nretry_base_ms = 100\nretry_max_ms = 400\ndns_servers = [\"127.0.0.1:{dns_port}\"]\n[[send_connectors]]\nname = \"Internet\"\naddress_spaces = [\"SMTP:*;1\"]\n"
+        ),
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(300)); // the DNS server starts
+    send(&mta, "alice@example.test", &["x@odd.test"], "odd names");
+    // The long name is refused for its address; the other cannot be looked up (the resolver
+    // refuses its label): the copy waits, with the name escaped in its reason.
+    let waited = mta.wait_log("Delivery deferred.", 2, WAIT);
+    let _ = dns.kill();
+    let _ = dns.wait();
+    assert!(waited, "{}", mta.log());
+    let log = mta.log();
+    assert!(log.contains("Mail exchanger refused."), "{log}");
+    assert!(log.contains("mx\\015\\012"), "the name, escaped: {log}");
+    assert_eq!(mta.queued("delivery-send-Internet"), 1, "{log}");
+    // The server goes on, and no name wrote a line of its own.
+    send(&mta, "alice@example.test", &["bob@example.test"], "after");
+    assert!(wait_until(WAIT, || mta.maildir("bob").len() == 1));
+    assert!(mta.alive());
+    let log = mta.log();
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+        "a DNS name wrote its own line:\n{log}"
+    );
+}

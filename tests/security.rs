@@ -146,7 +146,17 @@ fn mail_queues_and_keys_are_readable_by_the_mta_user_only() {
     assert_eq!(mode(&data), 0o750, "the data dir");
     let alice = data.join("mailboxes/alice");
     assert_eq!(mode(&alice), 0o700, "a Maildir");
-    assert_eq!(mode(&alice.join("new")), 0o700);
+    for folder in [
+        "new",
+        "cur",
+        "tmp",
+        ".Sent",
+        ".Sent/new",
+        ".Outbox",
+        ".Outbox/new",
+    ] {
+        assert_eq!(mode(&alice.join(folder)), 0o700, "{folder}");
+    }
     for f in std::fs::read_dir(alice.join("new")).unwrap() {
         assert_eq!(mode(&f.unwrap().path()), 0o600, "a message");
     }
@@ -234,6 +244,34 @@ fn libraries_and_files_another_user_could_write_are_refused_as_sshd_does() {
         std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
         let (code, out) = check_library(&dir, &theirs);
         assert!(code != 0 && out.contains("owned by uid 65534"), "{out}");
+        // mta run does not load it either.
+        let log = dir.path("theirs.log");
+        let agents = dir.write(
+            "theirs.config",
+            &agents_xml(1000, &[Entry::probe("P", &log).assembly(&theirs)]),
+        );
+        let toml = dir.write(
+            "theirs.toml",
+            &format!(
+                "allow_root_agents = true\ndata_dir = \"theirs-data\"\n[agents]\ntransport = \"{}\"\n[frontend]\nlisten = \"127.0.0.1:0\"\n[transport]\nlisten = \"127.0.0.1:0\"\n[mailbox]\nlisten = \"127.0.0.1:0\"\n",
+                agents.display()
+            ),
+        );
+        chmod(&toml, 0o600);
+        // (Under `timeout`: a server that started would run until stopped.)
+        let out = std::process::Command::new("timeout")
+            .arg("20")
+            .arg(mta_bin())
+            .current_dir(&dir.0)
+            .args(["--config", toml.to_str().unwrap(), "run"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("owned by uid 65534"),
+            "{err}"
+        );
+        assert!(!log.exists(), "the library ran");
         // In sticky /tmp, owned by another user.
         let sticky = dir.path("sticky");
         std::fs::create_dir_all(&sticky).unwrap();
@@ -464,6 +502,87 @@ fn users_are_stored_as_hashes_and_changed_without_a_restart() {
     assert_eq!(
         auth_plain(mta.transport, "bob@example.test", "second secret").code,
         535
+    );
+}
+
+#[test]
+fn users_written_as_root_belong_to_the_user_the_server_runs_as() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = TestDir::new("users-as-root");
+    chmod(&dir.0, 0o755);
+    let extra = "user = \"nobody\"\n[auth]\nrequire_tls = false\n";
+    let config = dir.write("mta.toml", extra);
+    chmod(&config, 0o600);
+    let (code, out) = mta_user(&dir, &config, &["add", "bob@example.test"], "first secret");
+    assert_eq!(code, 0, "{out}");
+    let users = dir.path("users");
+    let meta = std::fs::metadata(&users).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (65534, 65534),
+        "chowned to nobody"
+    );
+    assert_eq!(mode(&users), 0o600);
+    // The server, running as nobody, reads it.
+    let mta = Mta::start(&dir, extra, &[]);
+    assert_eq!(uids(mta.pid()), [65534; 4], "{}", mta.log());
+    assert_eq!(
+        auth_plain(mta.transport, "bob@example.test", "first secret").code,
+        235,
+        "{}",
+        mta.log()
+    );
+    // And again after a change made as root while it runs.
+    let (code, out) = mta_user(
+        &dir,
+        &mta.config,
+        &["passwd", "bob@example.test"],
+        "second secret",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(std::fs::metadata(&users).unwrap().uid(), 65534);
+    assert_eq!(
+        auth_plain(mta.transport, "bob@example.test", "second secret").code,
+        235,
+        "{}",
+        mta.log()
+    );
+    // A user that does not exist is named, and nothing is written.
+    let config = dir.write("other.toml", "user = \"no-such-mta-user\"\n");
+    let (code, out) = mta_user(&dir, &config, &["add", "carol@example.test"], "pw");
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("no-such-mta-user"), "{out}");
+}
+
+#[test]
+fn user_list_names_the_scheme_of_each_stored_secret() {
+    let dir = TestDir::new("users-list");
+    let config = dir.write("mta.toml", "[auth]\nrequire_tls = false\n");
+    // openssl passwd -6 -salt saltsalt pw
+    let crypt = "$6$saltsalt$pauPrmdmG4BTE9h2HPmywiw152IFch6BJCEsaY6D.PLTfpV8sqvXwWdyfsgVgozkYH9B80bAip/08R2BPH2xk/";
+    let users = dir.write(
+        "users",
+        &format!("bare-crypt:{crypt}\ncrypt:{{SHA512-CRYPT}}{crypt}\nplain:{{PLAIN}}pw\nbare:pw\n"),
+    );
+    chmod(&users, 0o600);
+    let (code, out) = mta_user(&dir, &config, &["add", "argon"], "s3cret");
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = mta_user(&dir, &config, &["list"], "");
+    assert_eq!(code, 0, "{out}");
+    let listed: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        listed,
+        [
+            "bare-crypt  SHA512-CRYPT",
+            "crypt  SHA512-CRYPT",
+            "plain  PLAIN",
+            "bare  PLAIN",
+            "argon  ARGON2ID",
+        ],
+        "{out}"
     );
 }
 

@@ -80,6 +80,21 @@ impl Secret {
     fn is_plain(&self) -> bool {
         matches!(self, Secret::Plain(_))
     }
+
+    /// The scheme's name, as Dovecot writes it.
+    fn scheme(&self) -> &'static str {
+        match self {
+            Secret::Argon2(_) => "ARGON2ID",
+            Secret::Sha512Crypt(_) => "SHA512-CRYPT",
+            Secret::Plain(_) => "PLAIN",
+        }
+    }
+}
+
+/// The scheme of a stored secret (`ARGON2ID`, `SHA512-CRYPT` or `PLAIN`), read as AUTH reads it:
+/// a bare `$argon2id$...` or `$6$...` hash is that hash, not a password.
+pub fn scheme_of(stored: &str) -> &'static str {
+    Secret::parse(stored).scheme()
 }
 
 /// The hash `mta user` stores for `password`: `{ARGON2ID}$argon2id$v=19$...` with a fresh

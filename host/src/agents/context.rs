@@ -1,9 +1,9 @@
 //! The host's side of one agent event: [`CallContext`] implements the SDK's `EventHost` over the
 //! session, the event's arguments and the mail item, and records what the agents asked for.
 //!
-//! The context owns what it exposes (it is moved to the blocking pool for the call and back), and
-//! checks every action against the event: an action the event does not allow is refused with a
-//! message the agent sees as an error.
+//! The context owns what it exposes (it is moved to the agents' own threads for the call and
+//! back), and checks every action against the event: an action the event does not allow is
+//! refused with a message the agent sees as an error.
 
 use crate::agents::dispatch::EventContext;
 use crate::message::{EnvelopeRecipient, MailItem, Message};

@@ -172,7 +172,7 @@ impl AgentSet {
     }
 }
 
-/// What became of a dispatch run on the blocking pool.
+/// What became of a dispatch run on the agents' own threads.
 pub enum Blocking<C> {
     /// The agents returned: the set and context come back with the result.
     Done(AgentSet, C, Result<(), Fault>),
@@ -181,9 +181,10 @@ pub enum Blocking<C> {
     Abandoned(Fault),
 }
 
-/// Runs [`AgentSet::dispatch`] on the blocking pool. A call that has not returned after twice
-/// the time limit is abandoned: reported and counted (too slow, fault) once, and the caller gets
-/// [`Blocking::Abandoned`]. A call over the limit that does return is reported as too slow.
+/// Runs [`AgentSet::dispatch`] on the agents' own threads ([`super::pool`]). A call that has
+/// not returned after twice the time limit is abandoned: reported and counted (too slow, fault)
+/// once, its thread counted as hung, and the caller gets [`Blocking::Abandoned`]. A call over
+/// the limit that does return is reported as too slow.
 pub async fn dispatch_blocking<C>(mut set: AgentSet, event: Event, mut cx: C) -> Blocking<C>
 where
     C: EventContext + Send + 'static,

@@ -1,11 +1,13 @@
 //! `mta user add|passwd|remove|list|hash`: the users who may authenticate, in the users file
 //! (`[auth] users_file`, default `users` beside mta.toml): `name:{ARGON2ID}...` lines, written
-//! atomically with mode 0600. The running server reads the file again when it changes.
+//! atomically with mode 0600. The running server reads the file again when it changes. Run as
+//! root with `user` set in mta.toml, the file is given to that user (and group): the server,
+//! which runs as that user once its listeners are bound, must be able to read it.
 //!
 //! The password is read from standard input: prompted for twice, without echo, on a terminal;
 //! otherwise the first line (`printf '%s\n' "$PASSWORD" | mta user add bob@example.test`).
 
-use crate::auth::{hash_password, parse_users_file};
+use crate::auth::{hash_password, parse_users_file, scheme_of};
 use crate::config::HostConfig;
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -83,8 +85,13 @@ fn read_password() -> anyhow::Result<String> {
     Ok(first)
 }
 
-/// Replaces `path` with `lines`: a new 0600 file beside it, fsync'd, renamed over it.
-fn write_users(path: &Path, lines: &[(String, String)]) -> anyhow::Result<()> {
+/// Replaces `path` with `lines`: a new 0600 file beside it, owned by `owner` (uid, gid) when
+/// given, fsync'd, renamed over it.
+fn write_users(
+    path: &Path,
+    lines: &[(String, String)],
+    owner: Option<(u32, u32)>,
+) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path
         .parent()
@@ -110,6 +117,10 @@ fn write_users(path: &Path, lines: &[(String, String)]) -> anyhow::Result<()> {
             .mode(0o600)
             .open(&tmp)
             .with_context(|| format!("writing {}", tmp.display()))?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .with_context(|| format!("chown {uid}:{gid} {}", tmp.display()))?;
+        }
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
     }
@@ -138,6 +149,16 @@ pub fn run(config: &HostConfig, command: UserCommand) -> anyhow::Result<ExitCode
     };
     let position =
         |users: &[(String, String)], name: &str| users.iter().position(|(n, _)| n == name);
+    // As root, the file belongs to the user the server runs as: a root-owned 0600 file is one
+    // the server cannot read once it has dropped its privileges.
+    let owner = match (&config.user, crate::privileges::is_root()) {
+        (Some(user), true) => {
+            let account = crate::privileges::lookup(user, config.group.as_deref())
+                .map_err(anyhow::Error::msg)?;
+            Some((account.uid, account.gid))
+        }
+        _ => None,
+    };
     match command {
         UserCommand::Add { name } => {
             check_name(&name)?;
@@ -149,7 +170,7 @@ pub fn run(config: &HostConfig, command: UserCommand) -> anyhow::Result<ExitCode
             }
             let hash = hash_password(&read_password()?).map_err(anyhow::Error::msg)?;
             users.push((name.clone(), hash));
-            write_users(&path, &users)?;
+            write_users(&path, &users, owner)?;
             println!("Added {name} to {}.", path.display());
         }
         UserCommand::Passwd { name } => {
@@ -157,7 +178,7 @@ pub fn run(config: &HostConfig, command: UserCommand) -> anyhow::Result<ExitCode
                 bail!("no user {name} in {}", path.display());
             };
             users[i].1 = hash_password(&read_password()?).map_err(anyhow::Error::msg)?;
-            write_users(&path, &users)?;
+            write_users(&path, &users, owner)?;
             println!("Changed the password of {name}.");
         }
         UserCommand::Remove { name } => {
@@ -165,16 +186,12 @@ pub fn run(config: &HostConfig, command: UserCommand) -> anyhow::Result<ExitCode
                 bail!("no user {name} in {}", path.display());
             };
             users.remove(i);
-            write_users(&path, &users)?;
+            write_users(&path, &users, owner)?;
             println!("Removed {name} from {}.", path.display());
         }
         UserCommand::List => {
             for (name, secret) in &users {
-                let scheme = secret
-                    .strip_prefix('{')
-                    .and_then(|s| s.split_once('}'))
-                    .map_or("PLAIN", |(scheme, _)| scheme);
-                println!("{name}  {scheme}");
+                println!("{name}  {}", scheme_of(secret));
             }
         }
         UserCommand::Hash => unreachable!("handled above"),

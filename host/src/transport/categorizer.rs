@@ -13,7 +13,8 @@
 //! categorizes it again after; `delete` drops it (logged, no DSN); `fork` splits the recipients
 //! not listed into a copy that is journaled and categorized after this one; recipients added,
 //! removed or overridden, and edits to the message, are in the item that goes on. An agent fault
-//! defers the item; an item that faulted agents twice goes to the Poison queue.
+//! defers the item; an item that faulted agents twice goes to the Poison queue. An item that
+//! would be deferred past `expiration_hours` fails instead, with a 4.4.7 report.
 
 use super::delivery::{Diagnosis, QueueKey};
 use super::delivery_queue::{DeliveryQueues, Release, Settle};
@@ -484,6 +485,31 @@ impl Categorizer {
 
     async fn defer(&self, mut item: MailItem, attempts: u32, origin: Origin, delay: Duration) {
         let id = item.id.clone();
+        // A deferred item ends like every queued one: past `expiration_hours` its recipients
+        // fail with 4.4.7 instead of waiting again.
+        let age =
+            Duration::from_millis(super::delivery::now_ms().saturating_sub(item.trace.received_ms));
+        if age >= Duration::from_secs(self.config.load().routing.expiration_hours * 3600) {
+            let text = match &item.trace.reason {
+                Some(reason) => {
+                    format!("Message expired while its routing was deferred ({reason})")
+                }
+                None => "Message expired while its routing was deferred".to_string(),
+            };
+            let mut why = Diagnosis::local(reply(451, "4.4.7", &text));
+            why.status = Some("4.4.7".into());
+            let failures = item
+                .envelope
+                .recipients
+                .iter()
+                .map(|r| (r.clone(), why.clone()))
+                .collect();
+            tracing::info!(message = "Deferred item expired.", queue_id = %id);
+            self.reports
+                .notify(&item, failures, dsn::Kind::Failed)
+                .await;
+            return self.release(&id, &origin).await;
+        }
         // The time survives a restart.
         item.trace.next_attempt_ms =
             super::delivery::now_ms().saturating_add(delay.as_millis() as u64);
