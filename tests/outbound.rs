@@ -202,3 +202,75 @@ fn a_delivery_agent_error_with_control_characters_defers_the_item() {
     assert!(!mta.log().contains("panicked"), "{}", mta.log());
     assert_eq!(mta.queued("delivery-agent-Probe"), 1);
 }
+
+/// The Mailbox hop is another host when the roles are split: its replies are text from outside
+/// like any next hop's. A reply of many long lines with control characters defers the copy
+/// with a clean, bounded reason, and mail to the other recipients goes on.
+#[test]
+fn a_mailbox_hop_replying_with_long_lines_and_control_characters_never_stops_delivery() {
+    let long = std::iter::repeat_n('x', 700).collect::<String>();
+    let dir = TestDir::new("mailbox-hop-replies");
+    // This process runs no Mailbox Transport: its [mailbox] address is the other host's.
+    let mta = Mta::start(
+        &dir,
+        "[routing]\nretry_base_ms = 60000\nretry_max_ms = 60000\n",
+        &["--roles", "frontend,transport"],
+    );
+    let mailbox = Peer::on_port(
+        mta.mailbox,
+        PeerConfig {
+            rcpt_replies: vec![(
+                "alice@example.test".into(),
+                format!(
+                    "450-4.2.1 {long}\r\n450-4.2.1 {long}\r\n450 4.2.1 busy\x07\x1b[31m now\r\n"
+                ),
+            )],
+            ..PeerConfig::default()
+        },
+    );
+    let mut smtp = Smtp::ehlo(mta.transport);
+    let r = smtp.send_mail(
+        "someone@elsewhere.test",
+        &["alice@example.test", "bob@example.test"],
+        "Subject: split roles\n\nhi\n",
+    );
+    assert_eq!(r.code, 250, "{r:?}");
+    smtp.quit();
+    assert!(
+        wait_until(WAIT, || mailbox.delivered_to() == ["bob@example.test"]),
+        "{}",
+        mta.log()
+    );
+    let config = mta.config.display().to_string();
+    let listed = || {
+        let (_, out, _) = run_mta(
+            &mta.dir,
+            &[
+                "--config",
+                &config,
+                "message",
+                "list",
+                "--queue",
+                "delivery-mailbox",
+                "--json",
+            ],
+        );
+        serde_json::from_str::<Vec<serde_json::Value>>(&out).unwrap_or_default()
+    };
+    assert!(wait_until(WAIT, || listed().len() == 1), "{}", mta.log());
+    let waiting = &listed()[0];
+    assert_eq!(waiting["recipients"][0], "alice@example.test");
+    let reason = waiting["last_error"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("450 4.2.1"), "{reason}");
+    assert!(
+        !reason.chars().any(|c| c.is_control()),
+        "no control character survives: {reason:?}"
+    );
+    // Each line cut at 500 bytes, as every reply from outside is.
+    assert!(
+        reason.split(" / ").all(|l| l.len() <= 512) && !reason.contains(&"x".repeat(600)),
+        "bounded lines: {reason}"
+    );
+    let log = mta.log();
+    assert!(!log.contains("panicked") && !log.contains('\x07'), "{log}");
+}
