@@ -331,21 +331,13 @@ impl Session {
     /// This hop's Received field (RFC 5321 4.4), with the protocol names of RFC 3848 and 6531.
     fn received_field(&self) -> String {
         let smtputf8 = self.txn.as_ref().is_some_and(|t| t.item.envelope.smtputf8);
-        let base = match (self.config.lmtp, self.client.esmtp, smtputf8) {
-            (true, _, _) => "LMTP",
-            (false, false, _) => "SMTP",
-            (false, true, true) => "UTF8SMTP",
-            (false, true, false) => "ESMTP",
-        };
-        let suffix = match (
-            base != "SMTP" && self.client.tls,
-            base != "SMTP" && self.client.authenticated.is_some(),
-        ) {
-            (false, false) => "",
-            (true, false) => "S",
-            (false, true) => "A",
-            (true, true) => "SA",
-        };
+        let with = protocol_name(
+            self.config.lmtp,
+            self.client.esmtp,
+            smtputf8,
+            self.client.tls,
+            self.client.authenticated.is_some(),
+        );
         let id = self.txn.as_ref().map(|t| t.id.as_str()).unwrap_or("");
         let single = self
             .txn
@@ -355,7 +347,7 @@ impl Session {
                 _ => None,
             });
         let mut field = format!(
-            "from {} ([{}]) by {} with {base}{suffix} id {id}",
+            "from {} ([{}]) by {} with {with} id {id}",
             self.client.helo.as_deref().unwrap_or("unknown"),
             self.client.peer.ip(),
             self.config.hostname,
@@ -365,5 +357,61 @@ impl Session {
         }
         field.push_str(&format!("; {}", crate::message::date::rfc2822_now()));
         field
+    }
+}
+
+/// The `with` protocol name of a Received field: SMTP, ESMTP or UTF8SMTP (RFC 6531), with `S`
+/// for TLS and `A` for an authenticated client (RFC 3848); LMTP between this host's services.
+fn protocol_name(
+    lmtp: bool,
+    esmtp: bool,
+    smtputf8: bool,
+    tls: bool,
+    authenticated: bool,
+) -> String {
+    let base = match (lmtp, esmtp, smtputf8) {
+        (true, _, _) => "LMTP",
+        (false, false, _) => "SMTP",
+        (false, true, true) => "UTF8SMTP",
+        (false, true, false) => "ESMTP",
+    };
+    let extended = base != "SMTP";
+    let suffix = match (extended && tls, extended && authenticated) {
+        (false, false) => "",
+        (true, false) => "S",
+        (false, true) => "A",
+        (true, true) => "SA",
+    };
+    format!("{base}{suffix}")
+}
+
+#[cfg(test)]
+mod protocol_names {
+    use super::protocol_name;
+
+    #[test]
+    fn received_fields_name_the_protocol_as_rfc_3848_and_6531_say() {
+        // (lmtp, esmtp, smtputf8, tls, authenticated) -> with
+        let table = [
+            ((false, false, false, false, false), "SMTP"),
+            ((false, false, false, true, true), "SMTP"),
+            ((false, true, false, false, false), "ESMTP"),
+            ((false, true, false, true, false), "ESMTPS"),
+            ((false, true, false, false, true), "ESMTPA"),
+            ((false, true, false, true, true), "ESMTPSA"),
+            ((false, true, true, false, false), "UTF8SMTP"),
+            ((false, true, true, true, false), "UTF8SMTPS"),
+            ((false, true, true, false, true), "UTF8SMTPA"),
+            ((false, true, true, true, true), "UTF8SMTPSA"),
+            ((true, true, false, false, false), "LMTP"),
+            ((true, true, true, true, true), "LMTPSA"),
+        ];
+        for ((lmtp, esmtp, utf8, tls, auth), want) in table {
+            assert_eq!(
+                protocol_name(lmtp, esmtp, utf8, tls, auth),
+                want,
+                "{lmtp} {esmtp} {utf8} {tls} {auth}"
+            );
+        }
     }
 }
