@@ -191,6 +191,14 @@ fn queues_and_messages_are_steered_live_while_a_next_hop_is_down_and_then_up() {
         mta.log()
     );
     assert!(listed(&mta, QUEUE).is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    let redirected = |mta: &Mta| {
+        mta.maildir("bob")
+            .iter()
+            .filter(|m| m.contains("Subject: one"))
+            .count()
+    };
+    assert_eq!(redirected(&mta), 1, "delivered once");
     let (_, story, _) = mta_cmd(&mta, &["track", "--queue-id", &one]);
     assert!(story.contains("REDIRECT"), "{story}");
 
@@ -321,6 +329,15 @@ fn a_poison_message_is_released_once_its_agent_is_fixed_and_status_tells_the_ser
         mta.log()
     );
     assert!(listed(&mta, "poison").is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        mta.maildir("alice")
+            .iter()
+            .filter(|m| m.contains("Subject: poison me"))
+            .count(),
+        1,
+        "delivered once"
+    );
     let (_, story, _) = mta_cmd(&mta, &["track", "--queue-id", &id]);
     assert!(
         story.contains("POISONMESSAGE") && story.contains("RESUBMIT") && story.contains("DELIVER"),
