@@ -224,7 +224,19 @@ impl DeliveryQueues {
             files
                 .into_iter()
                 .filter_map(|(queue, state, dir, id)| {
-                    let (item, attempts) = dir.load(&id).ok()?;
+                    let (item, attempts) = match dir.load(&id) {
+                        Ok(found) => found,
+                        // A copy being delivered from memory has no file: it is listed by its
+                        // id alone rather than not at all.
+                        Err(_) if state == CopyState::InFlight => (
+                            MailItem {
+                                id,
+                                ..MailItem::default()
+                            },
+                            0,
+                        ),
+                        Err(_) => return None,
+                    };
                     Some(Located {
                         queue,
                         state,
