@@ -723,3 +723,52 @@ fn a_no_op_write_says_no_change_and_a_fixed_file_says_recovered() {
     assert!(wait_until(WAIT, || mta.generation("transport") == 3));
     assert_eq!(mta.log().matches("Agent pipeline recovered.").count(), 2);
 }
+
+#[test]
+fn a_library_written_in_place_is_read_again_even_at_the_same_size() {
+    let dir = TestDir::new("inplace");
+    let log = dir.path("probe.log");
+    let library = dir.path("agents/libprobe.so");
+    std::fs::create_dir_all(library.parent().unwrap()).unwrap();
+    let bytes = std::fs::read(lib("probe")).unwrap();
+    std::fs::write(&library, &bytes).unwrap();
+    let entry = |value: &str| {
+        Entry::probe("P", &log)
+            .param("stamp", "true")
+            .param("unused", value)
+            .assembly(&library)
+    };
+    let mta = start(&dir, &[entry("1")], 5000);
+    let image = || {
+        mta.status("transport")["agents"][0]["library_generation"]
+            .as_u64()
+            .unwrap()
+    };
+    let first = image();
+
+    // Only the agents file changes: the library, untouched, is the image already loaded.
+    rewrite(&dir, &[entry("2")], 5000);
+    assert!(wait_until(WAIT, || mta.generation("transport") == 2));
+    assert_eq!(image(), first);
+
+    // The same bytes written over it in place: read again, the same content, nothing to swap.
+    std::fs::write(&library, &bytes).unwrap();
+    assert!(mta.wait_log("No change.", 1, WAIT), "{}", mta.log());
+    assert_eq!(mta.generation("transport"), 2);
+    assert_eq!(image(), first);
+
+    // Other bytes of the same size, in place (same inode, same size): a new image.
+    let mut changed = bytes.clone();
+    *changed.last_mut().unwrap() ^= 0xff;
+    std::fs::write(&library, &changed).unwrap();
+    assert!(
+        wait_until(WAIT, || mta.generation("transport") == 3),
+        "{}",
+        mta.log()
+    );
+    assert!(image() > first, "{}", mta.log());
+    assert_eq!(
+        stamps(&deliver(&mta, &mut Smtp::ehlo(mta.transport))),
+        ["X-Probe-P: 1.0.0"]
+    );
+}
