@@ -772,3 +772,38 @@ fn a_library_written_in_place_is_read_again_even_at_the_same_size() {
         ["X-Probe-P: 1.0.0"]
     );
 }
+
+#[test]
+fn a_library_named_through_a_symlink_reloads_when_its_target_is_rebuilt() {
+    let dir = TestDir::new("symlink");
+    let log = dir.path("probe.log");
+    // The build's output in one directory, the agents file naming a link to it in another.
+    std::fs::create_dir_all(dir.path("build")).unwrap();
+    std::fs::create_dir_all(dir.path("agents")).unwrap();
+    std::fs::copy(lib("probe"), dir.path("build/libprobe.so")).unwrap();
+    let link = dir.path("agents/libprobe.so");
+    std::os::unix::fs::symlink("../build/libprobe.so", &link).unwrap();
+    let entry = Entry::probe("P", &log)
+        .param("stamp", "true")
+        .assembly(&link);
+    let mta = start(&dir, &[entry], 5000);
+    assert_eq!(
+        stamps(&deliver(&mta, &mut Smtp::ehlo(mta.transport))),
+        ["X-Probe-P: 1.0.0"]
+    );
+
+    // A rebuild replaces the target; the link never changes.
+    dir.replace(
+        "build/libprobe.so",
+        &std::fs::read(lib("probe-v2")).unwrap(),
+    );
+    assert!(
+        wait_until(WAIT, || mta.generation("transport") == 2),
+        "{}",
+        mta.log()
+    );
+    assert_eq!(
+        stamps(&deliver(&mta, &mut Smtp::ehlo(mta.transport))),
+        ["X-Probe-P: 2.0.0"]
+    );
+}

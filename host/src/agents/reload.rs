@@ -205,8 +205,22 @@ impl AgentHost {
         }
     }
 
-    /// Files whose change should trigger a reload: the agents file and every library it names.
+    /// Files whose change should trigger a reload: the agents file and every library it names,
+    /// and, for each of them that is a symlink, the file it resolves to (a library linked to
+    /// the output of a build elsewhere is rebuilt there, and the link itself never changes).
     fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = self.named_files();
+        let resolved: Vec<PathBuf> = files
+            .iter()
+            .filter_map(|f| std::fs::canonicalize(f).ok())
+            .filter(|real| !files.iter().any(|f| same_file(f, real)))
+            .collect();
+        files.extend(resolved);
+        files
+    }
+
+    /// The agents file and every library it names, as written.
+    fn named_files(&self) -> Vec<PathBuf> {
         let Some(path) = &self.file else {
             return Vec::new();
         };
