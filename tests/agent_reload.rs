@@ -530,3 +530,280 @@ fn a_reload_storm_under_load_fails_no_session_and_the_last_valid_file_wins() {
         mta.generation("transport")
     );
 }
+
+/// What a new SMTP session to Transport is told at MAIL FROM (the probe rejects there, naming
+/// itself, so the reply says which pipeline served the session).
+fn mail_reply(mta: &Mta) -> String {
+    let mut smtp = Smtp::ehlo(mta.transport);
+    let r = smtp.cmd("MAIL FROM:<x@elsewhere.test>");
+    smtp.quit();
+    format!("{} {}", r.code, r.text())
+}
+
+#[test]
+fn a_noisy_neighbour_file_neither_triggers_nor_delays_a_reload() {
+    let dir = TestDir::new("neighbour");
+    let log = dir.path("probe.log");
+    let rejecter = |name| Entry::probe(name, &log).param("reject", "OnMailCommand");
+    dir.write("agents.config", &agents_xml(5000, &[rejecter("A")]));
+    // The default debounce: the bound below is the one the documentation promises.
+    let mta = Mta::start(&dir, "[agents]\ntransport = \"agents.config\"\n", &[]);
+    assert_eq!(mail_reply(&mta), "550 5.7.1 probe A rejects");
+
+    // A log file beside agents.config, appended every 20-50 ms until told to stop.
+    let neighbour = |stop: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        let path = dir.path("neighbour.log");
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                writeln!(file, "line {n}").unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(20 + n % 4 * 10));
+            }
+        })
+    };
+
+    // The neighbour alone never reloads anything, while it writes or after it stops.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = neighbour(stop.clone());
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(mta.generation("transport"), 1);
+    let quiet = mta.log();
+    assert!(
+        !quiet.contains("Agent pipeline swapped.")
+            && !quiet.contains("No change.")
+            && !quiet.contains("reload failed"),
+        "{quiet}"
+    );
+    assert_eq!(mail_reply(&mta), "550 5.7.1 probe A rejects");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = neighbour(stop.clone());
+    // A rewrite while the neighbour keeps writing serves new sessions within the bound.
+    for (round, name) in ["B", "C", "D"].into_iter().enumerate() {
+        let written = Instant::now();
+        rewrite(&dir, &[rejecter(name)], 5000);
+        let expected = format!("550 5.7.1 probe {name} rejects");
+        assert!(
+            wait_until(WAIT, || mail_reply(&mta) == expected),
+            "{}",
+            mta.log()
+        );
+        let serving = written.elapsed();
+        assert!(
+            serving < Duration::from_secs(1),
+            "write to serving took {serving:?}\n{}",
+            mta.log()
+        );
+        assert!(wait_until(WAIT, || mta.generation("transport") == round as u64 + 2));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(mta.log().matches("Agent pipeline swapped.").count(), 3);
+}
+
+#[test]
+fn a_no_op_write_says_no_change_and_a_fixed_file_says_recovered() {
+    let dir = TestDir::new("recovered");
+    let log = dir.path("probe.log");
+    let good = agents_xml(5000, &[Entry::probe("A", &log).param("stamp", "true")]);
+    let mta = start(
+        &dir,
+        &[Entry::probe("A", &log).param("stamp", "true")],
+        5000,
+    );
+    let list = || {
+        let (code, out, err) = run_mta(
+            &dir.0,
+            &["--config", mta.config.to_str().unwrap(), "agent", "list"],
+        );
+        (code, format!("{out}{err}"))
+    };
+
+    // The same bytes again: nothing to swap, and the log says so.
+    dir.replace("agents.config", good.as_bytes());
+    assert!(mta.wait_log("No change.", 1, WAIT), "{}", mta.log());
+    let line = mta
+        .log()
+        .lines()
+        .find(|l| l.contains("No change."))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("service=transport") && line.contains("generation=1"),
+        "{line}"
+    );
+    assert_eq!(mta.generation("transport"), 1);
+    assert!(!mta.log().contains("Agent pipeline swapped."));
+    assert!(!mta.log().contains("Agent pipeline recovered."));
+
+    // A broken file, then the running file restored: the pipeline is healthy again, and the
+    // log, the status file and `mta agent list` say so at once.
+    let broken = good.replace("<agentList>", "<agentList><bogus/>");
+    dir.replace("agents.config", broken.as_bytes());
+    assert!(mta.wait_log("Agent pipeline reload failed", 1, WAIT));
+    assert!(wait_until(WAIT, || !mta.status("transport")["last_error"].is_null()));
+    let (code, text) = list();
+    assert!(
+        code != 0 && text.contains("unknown element <bogus>"),
+        "{text}"
+    );
+    dir.replace("agents.config", good.as_bytes());
+    assert!(
+        mta.wait_log("Agent pipeline recovered.", 1, WAIT),
+        "{}",
+        mta.log()
+    );
+    let line = mta
+        .log()
+        .lines()
+        .find(|l| l.contains("Agent pipeline recovered."))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("service=transport") && line.contains("generation=1"),
+        "{line}"
+    );
+    assert!(mta.status("transport")["last_error"].is_null());
+    let (code, text) = list();
+    assert!(
+        code == 0
+            && text.contains("(running, pipeline generation 1)")
+            && !text.contains("last reload failed"),
+        "{text}"
+    );
+    assert_eq!(mta.log().matches("No change.").count(), 1, "{}", mta.log());
+
+    // Fixed by a real change: swapped and recovered, with the new generation.
+    dir.replace("agents.config", broken.as_bytes());
+    assert!(mta.wait_log("Agent pipeline reload failed", 2, WAIT));
+    rewrite(
+        &dir,
+        &[
+            Entry::probe("A", &log).param("stamp", "true"),
+            Entry::probe("B", &log).param("stamp", "true"),
+        ],
+        5000,
+    );
+    assert!(
+        mta.wait_log("Agent pipeline recovered.", 2, WAIT),
+        "{}",
+        mta.log()
+    );
+    let line = mta
+        .log()
+        .lines()
+        .filter(|l| l.contains("Agent pipeline recovered."))
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert!(line.contains("generation=2"), "{line}");
+    assert_eq!(mta.generation("transport"), 2);
+    assert!(mta.status("transport")["last_error"].is_null());
+    assert_eq!(
+        stamps(&deliver(&mta, &mut Smtp::ehlo(mta.transport))),
+        ["X-Probe-A: 1.0.0", "X-Probe-B: 1.0.0"]
+    );
+
+    // A later successful reload is an ordinary one: no second recovery line.
+    rewrite(
+        &dir,
+        &[Entry::probe("B", &log).param("stamp", "true")],
+        5000,
+    );
+    assert!(wait_until(WAIT, || mta.generation("transport") == 3));
+    assert_eq!(mta.log().matches("Agent pipeline recovered.").count(), 2);
+}
+
+#[test]
+fn a_library_written_in_place_is_read_again_even_at_the_same_size() {
+    let dir = TestDir::new("inplace");
+    let log = dir.path("probe.log");
+    let library = dir.path("agents/libprobe.so");
+    std::fs::create_dir_all(library.parent().unwrap()).unwrap();
+    let bytes = std::fs::read(lib("probe")).unwrap();
+    std::fs::write(&library, &bytes).unwrap();
+    let entry = |value: &str| {
+        Entry::probe("P", &log)
+            .param("stamp", "true")
+            .param("unused", value)
+            .assembly(&library)
+    };
+    let mta = start(&dir, &[entry("1")], 5000);
+    let image = || {
+        mta.status("transport")["agents"][0]["library_generation"]
+            .as_u64()
+            .unwrap()
+    };
+    let first = image();
+
+    // Only the agents file changes: the library, untouched, is the image already loaded.
+    rewrite(&dir, &[entry("2")], 5000);
+    assert!(wait_until(WAIT, || mta.generation("transport") == 2));
+    assert_eq!(image(), first);
+
+    // The same bytes written over it in place: read again, the same content, nothing to swap.
+    std::fs::write(&library, &bytes).unwrap();
+    assert!(mta.wait_log("No change.", 1, WAIT), "{}", mta.log());
+    assert_eq!(mta.generation("transport"), 2);
+    assert_eq!(image(), first);
+
+    // Other bytes of the same size, in place (same inode, same size): a new image.
+    let mut changed = bytes.clone();
+    *changed.last_mut().unwrap() ^= 0xff;
+    std::fs::write(&library, &changed).unwrap();
+    assert!(
+        wait_until(WAIT, || mta.generation("transport") == 3),
+        "{}",
+        mta.log()
+    );
+    assert!(image() > first, "{}", mta.log());
+    assert_eq!(
+        stamps(&deliver(&mta, &mut Smtp::ehlo(mta.transport))),
+        ["X-Probe-P: 1.0.0"]
+    );
+}
+
+#[test]
+fn a_library_named_through_a_symlink_reloads_when_its_target_is_rebuilt() {
+    let dir = TestDir::new("symlink");
+    let log = dir.path("probe.log");
+    // The build's output in one directory, the agents file naming a link to it in another.
+    std::fs::create_dir_all(dir.path("build")).unwrap();
+    std::fs::create_dir_all(dir.path("agents")).unwrap();
+    std::fs::copy(lib("probe"), dir.path("build/libprobe.so")).unwrap();
+    let link = dir.path("agents/libprobe.so");
+    std::os::unix::fs::symlink("../build/libprobe.so", &link).unwrap();
+    let entry = Entry::probe("P", &log)
+        .param("stamp", "true")
+        .assembly(&link);
+    let mta = start(&dir, &[entry], 5000);
+    assert_eq!(
+        stamps(&deliver(&mta, &mut Smtp::ehlo(mta.transport))),
+        ["X-Probe-P: 1.0.0"]
+    );
+
+    // A rebuild replaces the target; the link never changes.
+    dir.replace(
+        "build/libprobe.so",
+        &std::fs::read(lib("probe-v2")).unwrap(),
+    );
+    assert!(
+        wait_until(WAIT, || mta.generation("transport") == 2),
+        "{}",
+        mta.log()
+    );
+    assert_eq!(
+        stamps(&deliver(&mta, &mut Smtp::ehlo(mta.transport))),
+        ["X-Probe-P: 2.0.0"]
+    );
+}

@@ -76,7 +76,10 @@ pub struct AgentsConfig {
     pub frontend: Option<PathBuf>,
     /// Refused if set: the Mailbox Transport service runs no agents.
     pub mailbox: Option<PathBuf>,
-    /// Quiet time after a change before reloading, in milliseconds.
+    /// Quiet time after a change to an agents file or one of its libraries before reloading,
+    /// in milliseconds. Short (50 by default): it is most of the time from a write to the new
+    /// pipeline serving, and a file replaced at once needs no more; a file written in place
+    /// holds the reload back until its writes stop.
     pub reload_debounce_ms: u64,
     /// Threads that run agent calls (their own, apart from the file I/O).
     pub pool_threads: usize,
@@ -91,7 +94,7 @@ impl Default for AgentsConfig {
             transport: None,
             frontend: None,
             mailbox: None,
-            reload_debounce_ms: 200,
+            reload_debounce_ms: 50,
             pool_threads: 16,
             quarantine_after_hung: 3,
         }

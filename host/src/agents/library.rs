@@ -152,7 +152,29 @@ pub fn print_full_reports() {
 pub struct Libraries {
     shadow_dir: PathBuf,
     loaded: Mutex<HashMap<(PathBuf, u64), Arc<Library>>>,
+    /// Each path's file as last read, and the fingerprint of what was read: a reload of the
+    /// agents file alone then costs a `stat` per library, not reading and hashing each one (a
+    /// release build of a sample agent is 7 MB).
+    stamps: Mutex<HashMap<PathBuf, (Stamp, u64)>>,
     count: AtomicU64,
+}
+
+/// What tells that a file was not written since it was read, without reading it: device,
+/// inode, size, and modification and change times to the nanosecond (a rebuild or a rename is a
+/// new inode; a write in place moves both times, and the change time cannot be set back).
+type Stamp = (u64, u64, u64, i64, i64, i64, i64);
+
+fn stamp(meta: &std::fs::Metadata) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    (
+        meta.dev(),
+        meta.ino(),
+        meta.size(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    )
 }
 
 impl Libraries {
@@ -177,6 +199,7 @@ impl Libraries {
         Self {
             shadow_dir,
             loaded: Mutex::new(HashMap::new()),
+            stamps: Mutex::new(HashMap::new()),
             count: AtomicU64::new(0),
         }
     }
@@ -193,6 +216,26 @@ impl Libraries {
                 return Err(LoadError::Insecure(why));
             }
         }
+        // Taken before the read: a write during the read leaves a stamp that no longer matches.
+        let before = std::fs::metadata(path).ok().map(|m| stamp(&m));
+        if let Some(before) = before {
+            let known = self
+                .stamps
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(path)
+                .filter(|(s, _)| *s == before)
+                .map(|(_, fingerprint)| *fingerprint);
+            if let Some(library) = known.and_then(|fingerprint| {
+                self.loaded
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&(path.to_path_buf(), fingerprint))
+                    .cloned()
+            }) {
+                return Ok(library);
+            }
+        }
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -202,8 +245,17 @@ impl Libraries {
         };
         let fingerprint = fingerprint(&bytes);
         let key = (path.to_path_buf(), fingerprint);
+        let remember = |fingerprint| {
+            if let Some(before) = before {
+                self.stamps
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(path.to_path_buf(), (before, fingerprint));
+            }
+        };
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(library) = loaded.get(&key) {
+            remember(fingerprint);
             return Ok(library.clone());
         }
         let generation = self.count.load(Ordering::Relaxed) + 1;
@@ -238,6 +290,7 @@ impl Libraries {
             factories,
         });
         loaded.insert(key, library.clone());
+        remember(fingerprint);
         Ok(library)
     }
 

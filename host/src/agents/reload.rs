@@ -132,10 +132,32 @@ impl AgentHost {
             empty.generation = next;
             Ok(empty)
         };
+        // Whether this attempt ends a run of failed ones: then the operator is told the pipeline
+        // is healthy again, whether the fix was a new pipeline or the running file restored.
+        let recovering = self.last_error().is_some();
         match built {
             Ok(pipeline) if pipeline.digest == old.digest => {
-                tracing::debug!(message = "Agents file and libraries unchanged; nothing to swap.", service = %self.service);
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                if recovering {
+                    // The status file still shows the error: clear it now, not at the next tick,
+                    // and before the log line, so whoever reads the line finds it cleared.
+                    self.write_status();
+                    tracing::info!(
+                        message = "Agent pipeline recovered.",
+                        service = %self.service,
+                        generation = old.generation,
+                        elapsed_us = started.elapsed().as_micros() as u64,
+                    );
+                } else {
+                    // Info, not debug: an operator who saved a file, touched a library or sent
+                    // SIGHUP sees that the host noticed and found nothing to swap.
+                    tracing::info!(
+                        message = "No change.",
+                        service = %self.service,
+                        generation = old.generation,
+                        elapsed_us = started.elapsed().as_micros() as u64,
+                    );
+                }
                 Ok(old.generation)
             }
             Ok(pipeline) => {
@@ -149,6 +171,8 @@ impl AgentHost {
                 self.current.store(Arc::new(pipeline));
                 self.generation.store(next, Ordering::Relaxed);
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                // Status file first: whoever reads a log line finds the file up to date.
+                self.write_status();
                 tracing::info!(
                     message = "Agent pipeline swapped.",
                     service = %self.service,
@@ -157,7 +181,13 @@ impl AgentHost {
                     libraries_loaded = self.libraries.loaded_count(),
                     elapsed_us = started.elapsed().as_micros() as u64,
                 );
-                self.write_status();
+                if recovering {
+                    tracing::info!(
+                        message = "Agent pipeline recovered.",
+                        service = %self.service,
+                        generation = next,
+                    );
+                }
                 Ok(next)
             }
             Err(diagnostics) => {
@@ -176,8 +206,22 @@ impl AgentHost {
         }
     }
 
-    /// Files whose change should trigger a reload: the agents file and every library it names.
+    /// Files whose change should trigger a reload: the agents file and every library it names,
+    /// and, for each of them that is a symlink, the file it resolves to (a library linked to
+    /// the output of a build elsewhere is rebuilt there, and the link itself never changes).
     fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = self.named_files();
+        let resolved: Vec<PathBuf> = files
+            .iter()
+            .filter_map(|f| std::fs::canonicalize(f).ok())
+            .filter(|real| !files.iter().any(|f| same_file(f, real)))
+            .collect();
+        files.extend(resolved);
+        files
+    }
+
+    /// The agents file and every library it names, as written.
+    fn named_files(&self) -> Vec<PathBuf> {
         let Some(path) = &self.file else {
             return Vec::new();
         };
@@ -296,7 +340,8 @@ pub struct ReloadController {
 }
 
 impl ReloadController {
-    /// Starts watching the files and libraries of `hosts`, reloading after `debounce` of quiet.
+    /// Starts watching the files and libraries of `hosts`, reloading after `debounce` of quiet
+    /// on them.
     pub fn start(hosts: Vec<Arc<AgentHost>>, debounce: Duration) -> notify::Result<Self> {
         let (sender, receiver) = mpsc::channel::<Trigger>();
         let events = sender.clone();
@@ -401,10 +446,16 @@ impl Control {
                     }
                     Trigger::Stop => false,
                 };
+            let first_event = Instant::now();
             if !absorb(first, &mut pending, &mut all) {
                 return;
             }
-            // Debounce: wait until nothing has arrived for `debounce`.
+            // Debounce: wait until nothing has arrived for `debounce`. A quiet period that
+            // restarts on every event, not a deadline counted from the first one: only events on
+            // the agents files and their libraries get here (the watcher drops the rest), and a
+            // file copied in place sends an event per write, so a deadline could load a library
+            // half written. A file replaced at once (an editor's save, a rename, cargo's hard
+            // link) sends its events within microseconds, and waits exactly `debounce`.
             loop {
                 self.tick();
                 match receiver.recv_timeout(debounce) {
@@ -417,6 +468,12 @@ impl Control {
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             }
+            tracing::debug!(
+                message = "Agent files changed; reloading.",
+                waited_us = first_event.elapsed().as_micros() as u64,
+                all,
+                paths = ?pending,
+            );
             for host in &self.hosts {
                 let watched = host.watched_files();
                 let relevant = all
