@@ -158,7 +158,12 @@ fn each_class_scaffolds_a_crate_that_tests_as_written_and_installs_live_in_three
             .contains("impl SmtpReceiveAgent for BlockSpam")
     );
 
-    // Commands two and three, as `mta agent new` printed them, against a running server.
+    // Commands two and three, as `mta agent new` printed them, against a running server; the
+    // build goes to the shared target directory, so it is run here instead of as printed.
+    assert!(
+        printed.contains("\n  cargo build --manifest-path block-spam/Cargo.toml\n"),
+        "{printed}"
+    );
     let crate_dir = outside.dir.join("block-spam");
     outside.cargo(&crate_dir, &["build"]);
     // The shared target directory stands in for the crate's own target/.
@@ -190,7 +195,7 @@ fn each_class_scaffolds_a_crate_that_tests_as_written_and_installs_live_in_three
         std::env::var("PATH").unwrap_or_default()
     );
     let out = Command::new("sh")
-        .current_dir(&crate_dir)
+        .current_dir(&outside.dir)
         .args(["-c", install])
         .env("PATH", path)
         .env("MTA_CONFIG", &running.config)

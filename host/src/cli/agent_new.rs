@@ -208,9 +208,17 @@ pub fn run(
     for (rel, _) in &files {
         println!("  {shown}/{rel}");
     }
-    println!("Next:");
-    println!("  cd {shown} && cargo test && cargo build");
-    println!("  {}", install_command(&names, class));
+    // Paths from where the command ran, so all three commands run in one directory (the
+    // server's, where mta.toml is).
+    let manifest = shell_word(&dir.join("Cargo.toml").display().to_string());
+    let library = dir.join("target/debug").join(&names.library);
+    println!("Next, from this directory: build it, then install it into the agents file:");
+    println!("  cargo build --manifest-path {manifest}");
+    println!(
+        "  {}",
+        install_command(&names, class, &library.display().to_string())
+    );
+    println!("(`cargo test --manifest-path {manifest}` runs its tests.)");
     Ok(())
 }
 
@@ -224,12 +232,12 @@ fn parameters(class: AgentClass) -> &'static [(&'static str, &'static str)] {
     }
 }
 
-fn install_command(names: &Names, class: AgentClass) -> String {
+fn install_command(names: &Names, class: AgentClass, library: &str) -> String {
     let mut out = format!(
-        "mta agent install --enable --name {} --factory {} --assembly target/debug/{}",
+        "mta agent install --enable --name {} --factory {} --assembly {}",
         shell_word(&names.agent),
         names.factory,
-        names.library
+        shell_word(library)
     );
     for (n, v) in parameters(class) {
         out.push_str(&format!(" --parameter {n}={v}"));
@@ -380,7 +388,9 @@ cargo build
 
 ## Install
 
-Into the agents file of the running server (it picks the change up without a restart):
+Into the agents file of the server whose configuration `mta` finds (`--config FILE`,
+`MTA_CONFIG`, or `mta.toml` in the current directory); a running server starts using the agent
+without a restart:
 
 ```sh
 {install}
@@ -401,7 +411,7 @@ message; it changes no file.
         krate = names.krate,
         factory = names.factory,
         library = names.library,
-        install = install_command(names, class),
+        install = install_command(names, class, &format!("target/debug/{}", names.library)),
         params = parameters(class)
             .iter()
             .map(|(n, v)| format!(" --parameter {n}={v}"))
