@@ -358,3 +358,84 @@ fn try_with_a_missing_factory_names_the_ones_the_library_exports() {
         )
     );
 }
+
+#[test]
+fn try_runs_the_smtp_events_in_order_drops_a_refused_recipient_and_reports_a_fault() {
+    let dir = TestDir::new("agent-try-probe");
+    let eml = dir.write(
+        "lunch.eml",
+        "From: carol@partner.test\nTo: Bob <bob@example.test>, dave@example.test\nSubject: Lunch\n\nAt noon?\n",
+    );
+    let probe = lib("probe");
+    let try_probe = |parameters: &[&str]| {
+        let mut args = vec![
+            "agent",
+            "try",
+            probe.to_str().unwrap(),
+            "--factory",
+            "Tests.ProbeFactory",
+            "--eml",
+            eml.to_str().unwrap(),
+        ];
+        for p in parameters {
+            args.extend(["--parameter", p]);
+        }
+        run_mta(&dir.0, &args)
+    };
+    let events = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.starts_with("On"))
+            .map(|l| l.to_string())
+            .collect()
+    };
+
+    let (code, out, err) = try_probe(&["reject_rcpt=bob@example.test", "stamp=true"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        events(&out),
+        [
+            "OnConnect",
+            "OnEhloCommand domain=client.example",
+            "OnMailCommand from=<carol@partner.test>",
+            "OnRcptCommand recipient=<bob@example.test>",
+            "OnRcptCommand recipient=<dave@example.test>",
+            "OnDataCommand",
+            "OnEndOfHeaders",
+            "OnEndOfData",
+            "OnDisconnect reason=quit",
+        ],
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "OnRcptCommand recipient=<bob@example.test>\n  reject: 550 5.7.1 probe probe rejects\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("Envelope now: from <carol@partner.test> to <dave@example.test>\n"),
+        "{out}"
+    );
+    assert!(out.contains("+X-Probe-probe: "), "{out}");
+
+    let (code, out, err) = try_probe(&["panic=OnMailCommand"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("OnMailCommand from=<carol@partner.test>\n  fault: agent panicked: probe probe panics in OnMailCommand"),
+        "{out}"
+    );
+    assert_eq!(
+        events(&out),
+        [
+            "OnConnect",
+            "OnEhloCommand domain=client.example",
+            "OnMailCommand from=<carol@partner.test>",
+            "OnDisconnect reason=quit",
+        ],
+        "{out}"
+    );
+    assert!(
+        err.ends_with("error: the agent faulted (see the fault above)\n"),
+        "{err}"
+    );
+}

@@ -136,6 +136,25 @@ pub fn run(args: TryArgs<'_>) -> anyhow::Result<ExitCode> {
         AgentClass::Delivery => trial.delivery(),
     }
 
+    let envelope = |m: &TestMessage| {
+        let to: Vec<String> = m
+            .recipients
+            .iter()
+            .map(|r| format!("<{}>", r.address))
+            .collect();
+        format!(
+            "from <{}> to {}",
+            m.from,
+            if to.is_empty() {
+                "nobody".into()
+            } else {
+                to.join(", ")
+            }
+        )
+    };
+    if envelope(&before) != envelope(&trial.message) {
+        println!("Envelope now: {}", envelope(&trial.message));
+    }
     let old = text(&before.to_mime());
     let new = text(&trial.message.to_mime());
     if old == new {
@@ -151,6 +170,7 @@ pub fn run(args: TryArgs<'_>) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(if trial.faulted {
+        eprintln!("error: the agent faulted (see the fault above)");
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -355,7 +375,9 @@ impl Trial<'_> {
         let mut lines: Vec<String> = host.actions.iter().map(describe).collect();
         lines.extend(changes(&before, &self.message));
         if let Err(fault) = &result {
-            lines.push(format!("fault: {fault} (the host would fail what the agent was doing with a temporary error)"));
+            lines.push(format!(
+                "fault: {fault} (the host would fail what the agent was doing, with a temporary error)"
+            ));
             self.faulted = true;
         }
         if lines.is_empty() {
