@@ -439,3 +439,42 @@ fn try_runs_the_smtp_events_in_order_drops_a_refused_recipient_and_reports_a_fau
         "{err}"
     );
 }
+
+#[test]
+fn try_gives_a_delivery_agent_one_connection_and_shows_its_acks() {
+    let dir = TestDir::new("agent-try-delivery");
+    let eml = dir.write("hello.eml", MESSAGE);
+    let spool = dir.path("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let (code, out, err) = run_mta(
+        &dir.0,
+        &[
+            "agent",
+            "try",
+            lib("text-messaging").to_str().unwrap(),
+            "--factory",
+            "Mta.Samples.TextMessagingFactory",
+            "--eml",
+            eml.to_str().unwrap(),
+            "--parameter",
+            &format!("spool={}", spool.display()),
+            "--to",
+            "+15551234567@mobile.example.test",
+            "--to",
+            "bob@mobile.example.test",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let expected = "OnOpenConnection next_hop_domain=mobile.example.test
+  register connection to sms-gateway: 250 2.0.0 SMS gateway spool ready
+OnDeliverMailItem next_hop_domain=mobile.example.test
+  ack +15551234567@mobile.example.test Success: 250 2.0.0 Text sent to the gateway
+  ack bob@mobile.example.test Fail: 550 5.1.3 bob@mobile.example.test is not a phone number
+OnCloseConnection next_hop_domain=mobile.example.test
+  unregister connection
+Message: unchanged
+";
+    assert!(out.ends_with(expected), "{out}");
+    // The agent's own work is real: it wrote its text to the spool.
+    assert_eq!(std::fs::read_dir(&spool).unwrap().count(), 1);
+}

@@ -729,4 +729,52 @@ mod tests {
         assert!(SdkSource::parse("/some/dir").is_err());
         assert!(SdkSource::parse("git:https://x.test/mta.git").is_err());
     }
+
+    #[test]
+    fn the_sdk_dependency_is_written_as_cargo_reads_it() {
+        let version = SdkSource::Version("0.1.0".into()).dependency().unwrap();
+        assert_eq!(version, "\"0.1.0\"");
+        let git = SdkSource::Git {
+            url: "https://x.test/mta.git".into(),
+            tag: "sdk-v0.1.0".into(),
+        };
+        assert_eq!(
+            git.dependency().unwrap(),
+            "{ git = \"https://x.test/mta.git\", tag = \"sdk-v0.1.0\" }"
+        );
+        // A path without a Cargo.toml is refused before anything is written.
+        assert!(SdkSource::Path("/nonexistent/agent-sdk".into())
+            .dependency()
+            .is_err());
+        // Every form parses as TOML, as the dependency of a manifest.
+        for dependency in [version, git.dependency().unwrap()] {
+            let manifest = format!("[dependencies]\nmta-agent-sdk = {dependency}\n");
+            assert!(
+                toml::from_str::<toml::Table>(&manifest).is_ok(),
+                "{manifest}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_sdk_is_the_version_this_host_was_built_with() {
+        let dir = std::env::temp_dir().join(format!("mta-agent-new-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        run("Stamp", AgentClass::Routing, Some(&dir), None).unwrap();
+        let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+        assert!(
+            manifest.contains(&format!(
+                "\nmta-agent-sdk = \"{}\"\n",
+                mta_agent_sdk::version::SDK_VERSION
+            )),
+            "{manifest}"
+        );
+        // A second run refuses the directory and leaves it as it was.
+        assert!(run("Stamp", AgentClass::SmtpReceive, Some(&dir), None).is_err());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("Cargo.toml")).unwrap(),
+            manifest
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
