@@ -377,7 +377,7 @@ fn readme(names: &Names, class: AgentClass) -> String {
 
 {what}
 
-Factory: `{factory}`. Written for mta's agent SDK, `mta-agent-sdk`.
+Factory: `{factory}`. An agent for the mta mail transfer agent, on its SDK `mta-agent-sdk`.
 
 ## Build and test
 
@@ -406,7 +406,7 @@ mta agent try target/debug/{library} --factory {factory} --eml message.eml{param
 ```
 
 runs the agent on `message.eml` in a throwaway host and prints what it did and the diff of the
-message; it changes no file.
+message; `mta` changes no file (what the agent does by itself is real).
 "#,
         krate = names.krate,
         factory = names.factory,
