@@ -191,8 +191,14 @@ pub fn run(
         );
     }
     let files = files(&names, class, &sdk.dependency()?);
-    std::fs::create_dir_all(dir.join("src"))
-        .with_context(|| format!("creating {}", dir.display()))?;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    // create_dir, not create_dir_all: it fails if the directory appeared since the check.
+    std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir(dir.join("src"))
+        .with_context(|| format!("creating {}", dir.join("src").display()))?;
     for (rel, text) in &files {
         std::fs::write(dir.join(rel), text)
             .with_context(|| format!("writing {}", dir.join(rel).display()))?;
