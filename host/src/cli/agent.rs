@@ -44,6 +44,52 @@ pub enum AgentCommand {
         /// given, and change no file.
         #[arg(long)]
         dry_run: bool,
+        /// Write the entry enabled, so a running host starts using the agent at once (the
+        /// entry is checked as `mta agent enable` checks it).
+        #[arg(long)]
+        enable: bool,
+    },
+    /// Write a new agent crate: Cargo.toml, src/lib.rs with one handler and its tests, an
+    /// agents.config entry (agent.xml) and a README. Then `cargo build` and `mta agent install`.
+    New {
+        /// The agent's name; the crate's name is made from it (`Block Spam` -> `block-spam`).
+        name: String,
+        /// smtp-receive, routing or delivery.
+        #[arg(long, value_parser = super::agent_new::parse_class)]
+        class: AgentClass,
+        /// The directory to create (default: the crate's name, in the current directory). It
+        /// must not exist.
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+        /// Where the crate takes mta-agent-sdk from: path:DIR, git:URL#TAG or version:X.Y.Z
+        /// (default: the version this host was built with, from the registry).
+        #[arg(long, value_name = "SOURCE", value_parser = super::agent_new::SdkSource::parse)]
+        sdk: Option<super::agent_new::SdkSource>,
+    },
+    /// Run one agent on one message in a throwaway host (no server, no file changed): prints
+    /// each event, what the agent did, and the diff of the message.
+    Try {
+        /// The agent library.
+        #[arg(value_name = "LIBRARY")]
+        library: PathBuf,
+        /// The factory's name inside the library (`classFactory`).
+        #[arg(long)]
+        factory: String,
+        /// The message, as a .eml file (RFC 5322).
+        #[arg(long, value_name = "FILE")]
+        eml: PathBuf,
+        /// Raise only this event (repeat for several; default: every event of the class).
+        #[arg(long = "event", value_name = "EVENT", value_parser = super::agent_try::parse_event)]
+        events: Vec<Event>,
+        /// A parameter for the agent, `NAME=VALUE` (repeat for several).
+        #[arg(long = "parameter", value_name = "NAME=VALUE", value_parser = parse_parameter)]
+        parameters: Vec<(String, String)>,
+        /// Envelope sender (default: the address of the From field).
+        #[arg(long, value_name = "ADDRESS")]
+        from: Option<String>,
+        /// Envelope recipient (repeat for several; default: the addresses of the To field).
+        #[arg(long, value_name = "ADDRESS")]
+        to: Vec<String>,
     },
     /// Remove an agent's entry (Uninstall-TransportAgent).
     Uninstall {
@@ -103,6 +149,7 @@ pub fn run(config: &HostConfig, command: AgentCommand) -> anyhow::Result<ExitCod
             parameters,
             service,
             dry_run,
+            enable,
         } => {
             let assembly = assembly.or(library).context("no library given")?;
             match (name, factory) {
@@ -113,11 +160,36 @@ pub fn run(config: &HostConfig, command: AgentCommand) -> anyhow::Result<ExitCod
                     &factory,
                     &assembly,
                     &parameters,
-                    dry_run,
+                    Mode { dry_run, enable },
                 ),
                 (None, None) if dry_run => dry_run_library(&assembly),
                 _ => bail!("--name and --factory go together"),
             }
+        }
+        AgentCommand::New {
+            name,
+            class,
+            path,
+            sdk,
+        } => super::agent_new::run(&name, class, path.as_deref(), sdk),
+        AgentCommand::Try {
+            library,
+            factory,
+            eml,
+            events,
+            parameters,
+            from,
+            to,
+        } => {
+            return super::agent_try::run(super::agent_try::TryArgs {
+                library: &library,
+                factory: &factory,
+                eml: &eml,
+                events: &events,
+                parameters: &parameters,
+                from: from.as_deref(),
+                to: &to,
+            })
         }
         AgentCommand::Uninstall { name, service } => {
             edit_entry(config, service, &name, |f, e| Ok(edit::remove(f, e)))
@@ -190,6 +262,13 @@ fn parse_parameter(value: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{value:?} is not NAME=VALUE"))
 }
 
+/// How `install` writes: not at all (`--dry-run`), and the entry enabled or not (`--enable`).
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    dry_run: bool,
+    enable: bool,
+}
+
 fn install(
     config: &HostConfig,
     service: Service,
@@ -197,7 +276,7 @@ fn install(
     factory: &str,
     assembly: &Path,
     parameters: &[(String, String)],
-    dry_run: bool,
+    Mode { dry_run, enable }: Mode,
 ) -> anyhow::Result<()> {
     refuse_mailbox(service)?;
     let path = agents_file_for(config, service);
@@ -281,16 +360,34 @@ fn install(
         &assembly.display().to_string(),
         parameters,
     );
+    let entry = if enable {
+        // entry_xml escapes every value, so this attribute text occurs once, as the attribute.
+        entry.replacen(" enabled=\"false\"", " enabled=\"true\"", 1)
+    } else {
+        entry
+    };
     let text = edit::append(&parsed, &entry)?;
+    if enable {
+        verify(&path, &text, service)?;
+    }
+    let state = if enable { "enabled" } else { "disabled" };
     if dry_run {
         println!(
-            "Would install agent {name:?} ({}, factory {factory:?}) in {} as disabled.\nDry run: no file was changed.",
+            "Would install agent {name:?} ({}, factory {factory:?}) in {} as {state}.\nDry run: no file was changed.",
             info.class,
             path.display()
         );
         return Ok(());
     }
     edit::commit(&path, text)?;
+    if enable {
+        println!(
+            "Installed agent {name:?} ({}, factory {factory:?}) in {} as enabled.",
+            info.class,
+            path.display()
+        );
+        return Ok(());
+    }
     println!(
         "Installed agent {name:?} ({}, factory {factory:?}) in {} as disabled; enable it with `mta agent enable {name:?}{}`.",
         info.class,

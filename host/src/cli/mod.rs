@@ -2,6 +2,8 @@
 //! `mta message ...`, `mta track`, `mta user ...`, `mta config check`.
 
 mod agent;
+mod agent_new;
+mod agent_try;
 mod check;
 mod connector;
 mod control;
