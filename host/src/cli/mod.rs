@@ -106,6 +106,9 @@ enum ConfigCommand {
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        quiet_on_closed_output();
+    }
     let mut config = match load_config(&cli) {
         Ok(c) => c,
         Err(message) => {
@@ -171,6 +174,25 @@ fn load_config(cli: &Cli) -> Result<HostConfig, String> {
     }
     config.log.format = cli.log_format.unwrap_or(config.log.format);
     Ok(config)
+}
+
+/// `mta queue list | head` closes the pipe early: the command ends there quietly (status
+/// 141, as a shell reports SIGPIPE) instead of printing a panic. The server keeps the
+/// default hook: its panics are always reported.
+fn quiet_on_closed_output() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        report(info);
+    }));
 }
 
 /// The embedded defaults with the top-level `data_dir` of a configuration file that does not
