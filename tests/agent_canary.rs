@@ -13,21 +13,26 @@ const MESSAGE: &str =
     "From: a@elsewhere.test\nTo: alice@example.test\nSubject: canary test\n\nbody\n";
 const WAIT: Duration = Duration::from_secs(20);
 
-/// An agents file with probe `Cur` and its canary `Can` serving `percent`; `bad` parameters
-/// for the canary make it misbehave.
-fn agents(log: &std::path::Path, percent: &str, bad: &[(&str, &str)]) -> String {
+/// An agents file with probe `Cur`, probe `Mid` when `mid`, and `Cur`'s canary `Can` (listed
+/// last) serving `percent`; `bad` parameters for the canary make it misbehave.
+fn agents_with(log: &std::path::Path, percent: &str, bad: &[(&str, &str)], mid: bool) -> String {
     let mut canary = Entry::probe("Can", log).param("stamp", "true");
     for (n, v) in bad {
         canary = canary.param(n, v);
     }
-    agents_xml(
-        5000,
-        &[Entry::probe("Cur", log).param("stamp", "true"), canary],
-    )
-    .replace(
+    let mut entries = vec![Entry::probe("Cur", log).param("stamp", "true")];
+    if mid {
+        entries.push(Entry::probe("Mid", log).param("stamp", "true"));
+    }
+    entries.push(canary);
+    agents_xml(5000, &entries).replace(
         "<agent name=\"Can\"",
         &format!("<agent name=\"Can\" canaryOf=\"Cur\" canary=\"{percent}\""),
     )
+}
+
+fn agents(log: &std::path::Path, percent: &str, bad: &[(&str, &str)]) -> String {
+    agents_with(log, percent, bad, false)
 }
 
 fn start(dir: &TestDir, text: &str, extra: &str) -> Mta {
@@ -98,12 +103,20 @@ fn a_canary_serves_its_share_of_new_sessions_and_rollback_removes_it() {
     let port = free_port();
     let mta = start(
         &dir,
-        &agents(&log, "50", &[]),
+        &agents_with(&log, "50", &[], true),
         &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
     );
     let stamped = sessions(&mta, 20);
-    // Each session saw exactly one of the two.
-    assert!(stamped.iter().all(|s| s.len() == 1), "{stamped:?}");
+    // Each session saw exactly one of the two, at the current agent's priority (before Mid,
+    // though the canary is listed after it).
+    let stamped: Vec<Vec<String>> = stamped
+        .into_iter()
+        .map(|mut s| {
+            assert_eq!(s.len(), 2, "{s:?}");
+            assert_eq!(s.pop().unwrap(), "X-Probe-Mid");
+            s
+        })
+        .collect();
     let (cur, can) = (
         count(&stamped, "X-Probe-Cur"),
         count(&stamped, "X-Probe-Can"),
@@ -145,7 +158,10 @@ fn a_canary_serves_its_share_of_new_sessions_and_rollback_removes_it() {
         .contains("Can"));
     assert!(wait_until(WAIT, || mta.generation("transport") > generation));
     let stamped = sessions(&mta, 6);
-    assert_eq!(count(&stamped, "X-Probe-Cur"), 6, "{stamped:?}");
+    assert!(
+        stamped.iter().all(|s| s == &["X-Probe-Cur", "X-Probe-Mid"]),
+        "{stamped:?}"
+    );
 }
 
 #[test]

@@ -477,6 +477,26 @@ impl Pipeline {
         if !errors.is_empty() {
             return Err(errors);
         }
+        // A canary takes its agent's place in the order: whichever of the two a session gets
+        // runs at the agent's priority.
+        let mut ordered: Vec<PipelineAgent> = Vec::with_capacity(agents.len());
+        let (mut canaries_of, others): (Vec<_>, Vec<_>) =
+            agents.into_iter().partition(|a| a.canary_of.is_some());
+        for agent in others {
+            let name = agent.name.clone();
+            let priority = agent.priority;
+            ordered.push(agent);
+            if let Some(i) = canaries_of.iter().position(|c| {
+                c.canary_of
+                    .as_ref()
+                    .is_some_and(|(of, _)| of.eq_ignore_ascii_case(&name))
+            }) {
+                let mut canary = canaries_of.swap_remove(i);
+                canary.priority = priority;
+                ordered.push(canary);
+            }
+        }
+        let agents = ordered;
         let canaries = agents
             .iter()
             .enumerate()
