@@ -340,3 +340,69 @@ fn install_canary_writes_the_entry_and_bad_values_are_positioned() {
         "{out}{err}"
     );
 }
+
+#[test]
+fn a_routing_canary_serves_its_share_of_mail_items() {
+    let dir = TestDir::new("canary-routing");
+    let (cur_log, can_log, smtp_log) = (
+        dir.path("cur.log"),
+        dir.path("can.log"),
+        dir.path("smtp.log"),
+    );
+    let route = |name: &'static str, log: &std::path::Path| Entry {
+        name,
+        base_type: "RoutingAgent",
+        factory: "Tests.RouteProbeFactory",
+        assembly: lib("route-probe").display().to_string(),
+        enabled: true,
+        params: vec![("log", log.display().to_string())],
+    };
+    // An SMTP receive pair beside the routing pair, as a Transport file would have both.
+    let text = agents_xml(
+        5000,
+        &[
+            Entry::probe("Cur", &smtp_log),
+            Entry::probe("Can", &smtp_log),
+            route("Route", &cur_log),
+            route("Route.next", &can_log),
+        ],
+    )
+    .replace(
+        "<agent name=\"Can\"",
+        "<agent name=\"Can\" canaryOf=\"Cur\" canary=\"50\"",
+    )
+    .replace(
+        "<agent name=\"Route.next\"",
+        "<agent name=\"Route.next\" canaryOf=\"Route\" canary=\"50\"",
+    );
+    let mta = start(&dir, &text, "");
+    let subjects: Vec<String> = (0..10).map(|i| format!("item{i}")).collect();
+    for subject in &subjects {
+        let mut smtp = Smtp::ehlo(mta.transport);
+        let r = smtp.send_mail(
+            "a@elsewhere.test",
+            &["alice@example.test"],
+            &format!("Subject: {subject}\n\nbody\n"),
+        );
+        assert_eq!(r.code, 250, "{r:?}");
+        smtp.quit();
+    }
+    assert!(
+        wait_until(WAIT, || mta.maildir("alice").len() == 10),
+        "{}",
+        mta.log()
+    );
+    let submitted = |log: &std::path::Path, subject: &str| {
+        probe_log(log)
+            .iter()
+            .filter(|l| l.starts_with(&format!("OnSubmittedMessage subject={subject} ")))
+            .count()
+    };
+    let mut to_canary = 0;
+    for subject in &subjects {
+        let (cur, can) = (submitted(&cur_log, subject), submitted(&can_log, subject));
+        assert_eq!(cur + can, 1, "{subject}: current {cur}, canary {can}");
+        to_canary += can;
+    }
+    assert!((4..=6).contains(&to_canary), "canary had {to_canary} of 10");
+}
