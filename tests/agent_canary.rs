@@ -162,6 +162,11 @@ fn a_canary_serves_its_share_of_new_sessions_and_rollback_removes_it() {
         stamped.iter().all(|s| s == &["X-Probe-Cur", "X-Probe-Mid"]),
         "{stamped:?}"
     );
+    let metrics = curl(port);
+    assert!(
+        metrics.contains("mta_agent_canary_share{service=\"transport\",agent=\"Can\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[test]

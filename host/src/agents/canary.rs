@@ -77,11 +77,28 @@ impl Canaries {
     }
 
     /// A new pipeline is serving: forgets the canaries whose entry or library changed (they
-    /// are in the pipeline again, or gone), and publishes the shares of its canaries.
-    pub fn swapped(&self, pipeline: &Pipeline) {
+    /// are in the pipeline again, or gone), and publishes the shares of its canaries (0 for
+    /// those of `previous` it no longer has, promoted or removed).
+    pub fn swapped(&self, previous: Option<&Pipeline>, pipeline: &Pipeline) {
         self.lock()
             .retain(|key, _| pipeline.quarantined.iter().any(|(_, k)| k == key));
         let metrics = &crate::metrics::global().agents;
+        for gone in previous
+            .into_iter()
+            .flat_map(|p| {
+                p.canaries
+                    .iter()
+                    .map(move |pair| &p.agents[pair.canary].name)
+            })
+            .filter(|name| {
+                !pipeline
+                    .canaries
+                    .iter()
+                    .any(|pair| &pipeline.agents[pair.canary].name == *name)
+            })
+        {
+            metrics.canary_share(pipeline.service, gone, 0);
+        }
         for pair in &pipeline.canaries {
             metrics.canary_share(
                 pipeline.service,

@@ -82,7 +82,7 @@ impl AgentHost {
             generation,
             agents = host.pipeline().agents.len(),
         );
-        host.canary.swapped(&host.pipeline());
+        host.canary.swapped(None, &host.pipeline());
         host.write_status();
         Ok(host)
     }
@@ -150,7 +150,7 @@ impl AgentHost {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .retain(|key, _| pipeline.quarantined.iter().any(|(_, k)| k == key));
-                self.canary.swapped(&pipeline);
+                self.canary.swapped(Some(&old), &pipeline);
                 log_warnings(&pipeline, Some(&old));
                 let agents = pipeline.agents.len();
                 self.current.store(Arc::new(pipeline));
