@@ -411,3 +411,33 @@ fn a_routing_canary_serves_its_share_of_mail_items() {
     }
     assert!((4..=6).contains(&to_canary), "canary had {to_canary} of 10");
 }
+
+#[test]
+fn a_slow_canary_is_rolled_back_though_its_sessions_succeed() {
+    let dir = TestDir::new("canary-slow");
+    let log = dir.path("probe.log");
+    // 150 ms against a 100 ms limit: too slow, but it returns (abandoned only past 200 ms).
+    let text = agents(
+        &log,
+        "50",
+        &[("sleep", "OnMailCommand"), ("sleep_ms", "150")],
+    )
+    .replace(
+        "timeLimitInMilliseconds=\"5000\"",
+        "timeLimitInMilliseconds=\"100\"",
+    );
+    let mta = start(
+        &dir,
+        &text,
+        "canary_min_calls = 8\ncanary_margin_percent = 10\n",
+    );
+    let generation = mta.generation("transport");
+    let stamped = sessions(&mta, 12);
+    assert!(count(&stamped, "X-Probe-Can") > 0, "{stamped:?}");
+    assert!(mta.wait_log("Canary rolled back", 1, WAIT), "{}", mta.log());
+    // The pipeline without the canary is serving.
+    assert!(wait_until(WAIT, || mta.generation("transport") > generation));
+    assert!(mta.log().contains("Agent too slow."));
+    let stamped = sessions(&mta, 6);
+    assert_eq!(count(&stamped, "X-Probe-Cur"), 6, "{stamped:?}");
+}
