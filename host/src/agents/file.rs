@@ -631,3 +631,86 @@ fn raw_len(text: &str, at: usize) -> usize {
         .position(|&b| b == quote)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(agents: &str) -> Vec<String> {
+        let text = format!(
+            "<configuration><mexRuntime><monitoring><agentExecution timeLimitInMilliseconds=\"5\"/></monitoring><agentList>\n{agents}\n</agentList></mexRuntime></configuration>"
+        );
+        match parse(Path::new("/etc/mta/agents.config"), text) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    fn entry(name: &str, class: &str, extra: &str) -> String {
+        format!(
+            r#"<agent name="{name}" baseType="{class}" classFactory="F" assemblyPath="a.so" enabled="true"{extra} />"#
+        )
+    }
+
+    #[test]
+    fn canary_attributes_are_checked_at_their_position() {
+        let a = entry("A", "SmtpReceiveAgent", "");
+        let ok = entry("B", "SmtpReceiveAgent", r#" canaryOf="a" canary="10%""#);
+        assert_eq!(errors(&format!("{a}\n{ok}")), Vec::<String>::new());
+        let text = format!("{a}\n{ok}");
+        let parsed = parse(
+            Path::new("/x"),
+            format!("<configuration><mexRuntime><monitoring><agentExecution timeLimitInMilliseconds=\"5\"/></monitoring><agentList>{text}</agentList></mexRuntime></configuration>"),
+        )
+        .unwrap();
+        let c = parsed.agents[1].canary.as_ref().unwrap();
+        assert_eq!((c.of.value.as_str(), c.percent.value), ("a", 10));
+        assert!(parsed.agents[0].canary.is_none());
+
+        let cases = [
+            (
+                entry("B", "SmtpReceiveAgent", r#" canary="10""#),
+                "canary=\"...\" without canaryOf",
+            ),
+            (
+                entry("B", "SmtpReceiveAgent", r#" canaryOf="A""#),
+                "canaryOf=\"...\" without canary",
+            ),
+            (
+                entry("B", "SmtpReceiveAgent", r#" canaryOf="A" canary="101""#),
+                "canary=\"101\" is not valid",
+            ),
+            (
+                entry("B", "SmtpReceiveAgent", r#" canaryOf="B" canary="5""#),
+                "cannot be a canary of itself",
+            ),
+            (
+                entry("B", "RoutingAgent", r#" canaryOf="A" canary="5""#),
+                "a canary is of the same class",
+            ),
+            (
+                format!(
+                    "{ok}\n{}",
+                    entry("C", "SmtpReceiveAgent", r#" canaryOf="B" canary="5""#)
+                ),
+                "is itself a canary",
+            ),
+            (
+                format!(
+                    "{ok}\n{}",
+                    entry("C", "SmtpReceiveAgent", r#" canaryOf="A" canary="5""#)
+                ),
+                "is already its canary (one canary per agent)",
+            ),
+        ];
+        for (entries, expected) in cases {
+            let got = errors(&format!("{a}\n{entries}"));
+            assert!(
+                got.len() == 1
+                    && got[0].contains(expected)
+                    && got[0].starts_with("/etc/mta/agents.config:"),
+                "{expected}: {got:?}"
+            );
+        }
+    }
+}
