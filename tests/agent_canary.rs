@@ -441,3 +441,69 @@ fn a_slow_canary_is_rolled_back_though_its_sessions_succeed() {
     let stamped = sessions(&mta, 6);
     assert_eq!(count(&stamped, "X-Probe-Cur"), 6, "{stamped:?}");
 }
+
+#[test]
+fn a_delivery_canary_serves_its_share_of_delivery_connections() {
+    let dir = TestDir::new("canary-delivery");
+    let (cur_log, can_log) = (dir.path("cur.log"), dir.path("can.log"));
+    let delivery = |name: &'static str, log: &std::path::Path| Entry {
+        name,
+        base_type: "DeliveryAgent",
+        factory: "Tests.DeliveryProbeFactory",
+        assembly: lib("route-probe").display().to_string(),
+        enabled: true,
+        params: vec![("log", log.display().to_string())],
+    };
+    let text = agents_xml(
+        5000,
+        &[
+            Entry {
+                name: "Probe Router",
+                base_type: "RoutingAgent",
+                factory: "Mta.Samples.RecipientRouterFactory",
+                assembly: lib("recipient-router").display().to_string(),
+                enabled: true,
+                params: vec![
+                    ("pattern", "*@probe.test".into()),
+                    ("routing_domain", "PROBE".into()),
+                ],
+            },
+            delivery("Delivery", &cur_log),
+            delivery("Delivery.next", &can_log),
+        ],
+    )
+    .replace(
+        "<agent name=\"Delivery.next\"",
+        "<agent name=\"Delivery.next\" canaryOf=\"Delivery\" canary=\"50\"",
+    );
+    // One item per connection, so each item is a new connection and a new choice.
+    let mta = start(
+        &dir,
+        &text,
+        "[[delivery_agent_connectors]]\nname = \"Probe\"\naddress_spaces = [\"PROBE:*;1\"]\ndelivery_protocol = \"PROBE\"\nmax_concurrent_connections = 1\nmax_messages_per_connection = 1\n",
+    );
+    let delivered = |log: &std::path::Path| {
+        probe_log(log)
+            .iter()
+            .filter(|l| l.starts_with("OnDeliverMailItem"))
+            .count()
+    };
+    for i in 0..8 {
+        let mut smtp = Smtp::ehlo(mta.transport);
+        let r = smtp.send_mail(
+            "alice@example.test",
+            &["x@probe.test"],
+            &format!("Subject: d{i}\n\nhi\n"),
+        );
+        assert_eq!(r.code, 250, "{r:?}");
+        smtp.quit();
+        // One at a time: the connection of the previous item is closed before the next opens.
+        assert!(
+            wait_until(WAIT, || delivered(&cur_log) + delivered(&can_log) == i + 1),
+            "{}",
+            mta.log()
+        );
+    }
+    let (cur, can) = (delivered(&cur_log), delivered(&can_log));
+    assert!((3..=5).contains(&can), "current {cur}, canary {can}");
+}
