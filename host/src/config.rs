@@ -86,6 +86,11 @@ pub struct AgentsConfig {
     /// Hung calls (abandoned past twice the time limit) after which an agent is quarantined:
     /// left out of new pipelines until its library or its entry changes.
     pub quarantine_after_hung: u64,
+    /// A canary is rolled back when its fault-or-timeout rate exceeds its current agent's by
+    /// more than this many percentage points.
+    pub canary_margin_percent: f64,
+    /// Calls into a canary before its rate is judged (fewer calls say little).
+    pub canary_min_calls: u64,
 }
 
 impl Default for AgentsConfig {
@@ -97,6 +102,8 @@ impl Default for AgentsConfig {
             reload_debounce_ms: 50,
             pool_threads: 16,
             quarantine_after_hung: 3,
+            canary_margin_percent: 5.0,
+            canary_min_calls: 100,
         }
     }
 }

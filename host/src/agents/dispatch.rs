@@ -59,6 +59,8 @@ pub struct AgentSet {
     clock: Arc<CallClock>,
     /// Raise events to this agent only.
     only: Option<usize>,
+    /// The agents this set does not get: one of each canary pair, chosen once here.
+    skip: Option<Box<[bool]>>,
 }
 
 impl AgentSet {
@@ -66,18 +68,24 @@ impl AgentSet {
     pub fn new(pipeline: Arc<Pipeline>, class: AgentClass) -> Self {
         let n = pipeline.agents.len();
         Self {
-            pipeline,
             class,
             instances: (0..n).map(|_| None).collect(),
             clock: Arc::new(CallClock::new()),
             only: None,
+            skip: pipeline.choose_canaries(class),
+            pipeline,
         }
     }
 
     /// The same set, raising events to the agent at `index` only (the delivery agent of a
     /// Delivery Agent connector's queue).
     pub fn restricted_to(mut self, index: usize) -> Self {
-        self.only = Some(index);
+        // A delivery connection chosen for the canary goes to the canary.
+        let skipped = self.skip.as_ref().is_some_and(|s| s[index]);
+        self.only = Some(match self.pipeline.canary_partner(index) {
+            Some(partner) if skipped => partner,
+            _ => index,
+        });
         self
     }
 
@@ -113,7 +121,9 @@ impl AgentSet {
             None
         };
         for (index, agent) in pipeline.agents_for(event) {
-            if self.only.is_some_and(|only| only != index) {
+            if self.only.is_some_and(|only| only != index)
+                || self.skip.as_ref().is_some_and(|skip| skip[index])
+            {
                 continue;
             }
             let fault = |message: String| Fault {

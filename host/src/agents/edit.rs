@@ -25,6 +25,9 @@ pub enum EditError {
     /// No agent of that name.
     #[error("no agent named {0:?} in {1}")]
     NoSuchAgent(String, String),
+    /// The agent has no canary.
+    #[error("agent {0:?} has no canary (no entry with canaryOf={0:?})")]
+    NoCanary(String),
     /// The name is taken.
     #[error("an agent named {0:?} is already installed (names are unique ignoring case)")]
     NameTaken(String),
@@ -76,6 +79,86 @@ pub fn entry_xml(
     }
     out.push_str("</agent>");
     out
+}
+
+/// Text of a canary entry of `of`, serving `percent` of new sessions or mail items; enabled as
+/// its current agent is, since the point of a canary is to serve at once.
+#[allow(clippy::too_many_arguments)]
+pub fn canary_entry_xml(
+    name: &str,
+    class: AgentClass,
+    factory: &str,
+    assembly: &str,
+    parameters: &[(String, String)],
+    of: &str,
+    percent: u32,
+    enabled: bool,
+) -> String {
+    entry_xml(name, class, factory, assembly, parameters).replacen(
+        r#" enabled="false""#,
+        &format!(
+            r#" enabled="{enabled}" canaryOf="{}" canary="{percent}""#,
+            escape(of)
+        ),
+        1,
+    )
+}
+
+/// The canary entry of the agent named `name` (or the canary named `name`): (current, canary).
+pub fn find_canary<'a>(
+    file: &'a AgentsFile,
+    name: &str,
+) -> Result<(&'a AgentEntry, &'a AgentEntry), EditError> {
+    let (_, named) = find(file, name)?;
+    let current = match &named.canary {
+        Some(c) => find(file, &c.of.value)?.1,
+        None => named,
+    };
+    file.agents
+        .iter()
+        .find(|e| {
+            e.canary
+                .as_ref()
+                .is_some_and(|c| c.of.value.eq_ignore_ascii_case(&current.name.value))
+        })
+        .map(|canary| (current, canary))
+        .ok_or_else(|| EditError::NoCanary(current.name.value.clone()))
+}
+
+/// Promotes a canary: its entry, without `canaryOf` and `canary` and under the current agent's
+/// name, takes the current entry's place (and priority); the canary's own entry goes.
+pub fn promote(file: &AgentsFile, current: &AgentEntry, canary: &AgentEntry) -> String {
+    let text = &file.text;
+    let attrs = canary.canary.as_ref().expect("a canary entry");
+    let mut cuts: Vec<(std::ops::Range<usize>, &str)> =
+        attrs.attributes.iter().map(|r| (r.clone(), "")).collect();
+    let escaped = escape(&current.name.value);
+    cuts.push((attrs.name_value.clone(), escaped.as_str()));
+    cuts.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
+    let mut promoted = text[canary.span.clone()].to_string();
+    for (range, with) in cuts {
+        let r = range.start - canary.span.start..range.end - canary.span.start;
+        promoted.replace_range(r, with);
+    }
+    let removed = whole_lines(text, canary.span.clone());
+    let replaced = current.span.clone();
+    if removed.0 > replaced.start {
+        format!(
+            "{}{}{}{}",
+            &text[..replaced.start],
+            promoted,
+            &text[replaced.end..removed.0],
+            &text[removed.1..]
+        )
+    } else {
+        format!(
+            "{}{}{}{}",
+            &text[..removed.0],
+            &text[removed.1..replaced.start],
+            promoted,
+            &text[replaced.end..]
+        )
+    }
 }
 
 /// Appends an entry at the end of `agentList`.
@@ -286,5 +369,43 @@ mod tests {
             .collect();
         assert_eq!(names, ["A", "B"]);
         assert!(move_to(&f, &f.agents[0], 3).is_err());
+    }
+
+    #[test]
+    fn canary_append_promote_and_rollback() {
+        let f = parse(TWO);
+        let entry = canary_entry_xml(
+            "A.canary",
+            AgentClass::SmtpReceive,
+            "F2",
+            "a2.so",
+            &[("p".into(), "2".into())],
+            "A",
+            10,
+            true,
+        );
+        let g = parse(&append(&f, &entry).unwrap());
+        let c = g.agents[2].canary.as_ref().unwrap();
+        assert_eq!((c.of.value.as_str(), c.percent.value), ("A", 10));
+        assert!(g.agents[2].enabled.value);
+
+        let (current, canary) = find_canary(&g, "A").unwrap();
+        assert_eq!(canary.name.value, "A.canary");
+        assert_eq!(find_canary(&g, "a.CANARY").unwrap().0.name.value, "A");
+        assert!(matches!(find_canary(&g, "B"), Err(EditError::NoCanary(_))));
+
+        let text = promote(&g, current, canary);
+        let h = parse(&text);
+        let names: Vec<_> = h.agents.iter().map(|e| e.name.value.as_str()).collect();
+        assert_eq!(names, ["A", "B"], "{text}");
+        assert_eq!(h.agents[0].assembly_raw.value, "a2.so");
+        assert_eq!(h.agents[0].factory.value, "F2");
+        assert_eq!(h.agents[0].parameters, [("p".to_string(), "2".to_string())]);
+        assert!(h.agents[0].canary.is_none());
+        assert!(!text.contains("canary"), "{text}");
+        assert!(text.contains("<!-- keep me -->"));
+
+        let text = remove(&g, canary);
+        assert_eq!(parse(&text).agents.len(), 2);
     }
 }

@@ -5,6 +5,7 @@
 //! monitoring > agentExecution @timeLimitInMilliseconds, messageSnapshot? @enabled
 //! agentList  > agent* @name @baseType @classFactory @assemblyPath @enabled
 //! agent      > parameter* @name @value                       (our extension)
+//!              @canaryOf @canary                             (our extension: canary rollout)
 //! settings   > disposeAgents?
 //! ```
 //!
@@ -65,6 +66,23 @@ pub struct AgentEntry {
     pub span: Range<usize>,
     /// Bytes of the `enabled` attribute's value, for edits.
     pub enabled_value: Range<usize>,
+    /// `canaryOf` and `canary`: this entry is a canary of the entry named, serving that
+    /// percentage of new sessions or mail items beside it. Both or neither (checked).
+    pub canary: Option<Canary>,
+}
+
+/// The canary attributes of an entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Canary {
+    /// `canaryOf`: the name of the entry it is a canary of.
+    pub of: Located<String>,
+    /// `canary`: the percentage of new sessions or mail items it serves, 0 to 100.
+    pub percent: Located<u32>,
+    /// Bytes of the two attributes (with their leading space) and of the `name` value, so that
+    /// `mta agent promote` can drop the former and rename the entry.
+    pub attributes: Vec<Range<usize>>,
+    /// Bytes of the `name` attribute's value.
+    pub name_value: Range<usize>,
 }
 
 impl AgentEntry {
@@ -322,6 +340,9 @@ impl<'a> Parser<'a> {
         }
         self.check_names();
         if self.errors.is_empty() {
+            self.check_canaries();
+        }
+        if self.errors.is_empty() {
             Ok(self.out)
         } else {
             Err(self.errors)
@@ -432,6 +453,7 @@ impl<'a> Parser<'a> {
         }
         let enabled_value = enabled.1..enabled.1 + raw_len(self.text, enabled.1);
         let enabled_bool = self.boolean(&enabled.0, enabled.1, "enabled")?;
+        let canary = self.canary(tag, tag_at, name.1);
         let resolved = {
             let p = PathBuf::from(&assembly.0);
             if p.is_absolute() {
@@ -455,7 +477,97 @@ impl<'a> Parser<'a> {
             at: loc(path, text, (), tag_at),
             span: tag_at..tag_end,
             enabled_value,
+            canary,
         })
+    }
+
+    /// `canaryOf` and `canary`: both or neither; the percentage a whole number from 0 to 100.
+    /// Whether `canaryOf` names a suitable entry is checked once all entries are read.
+    fn canary(&mut self, tag: &BytesStart<'_>, tag_at: usize, name_at: usize) -> Option<Canary> {
+        let of = self.attr(tag, "canaryOf", tag_at, false);
+        let percent = self.attr(tag, "canary", tag_at, false);
+        let (of, percent) = match (of, percent) {
+            (None, None) => return None,
+            (Some(of), Some(percent)) => (of, percent),
+            (Some((_, at)), None) => {
+                self.error(at, "canaryOf=\"...\" without canary=\"PERCENT\": expected both, e.g. canary=\"10\" for 10 % of new sessions or mail items");
+                return None;
+            }
+            (None, Some((_, at))) => {
+                self.error(at, "canary=\"...\" without canaryOf=\"NAME\": expected the name of the agent this entry is a canary of");
+                return None;
+            }
+        };
+        let value = match percent.0.trim().trim_end_matches('%').parse::<u32>() {
+            Ok(v) if v <= 100 => v,
+            _ => {
+                self.error(
+                    percent.1,
+                    format!(
+                        "canary=\"{}\" is not valid: expected a whole percentage from 0 to 100",
+                        percent.0
+                    ),
+                );
+                return None;
+            }
+        };
+        let (path, text) = (self.path, self.text);
+        Some(Canary {
+            attributes: vec![attribute_span(text, of.1), attribute_span(text, percent.1)],
+            of: Located::new(of.0, Position::at(path, text, of.1)),
+            percent: Located::new(value, Position::at(path, text, percent.1)),
+            name_value: name_at..name_at + raw_len(text, name_at),
+        })
+    }
+
+    /// A canary names an enabled-or-not entry of the same class that is not itself a canary,
+    /// and an entry has at most one canary: anything else would make the share ambiguous.
+    fn check_canaries(&mut self) {
+        let mut problems = Vec::new();
+        for (i, entry) in self.out.agents.iter().enumerate() {
+            let Some(canary) = &entry.canary else {
+                continue;
+            };
+            let of = &canary.of.value;
+            let target = self
+                .out
+                .agents
+                .iter()
+                .find(|e| e.name.value.eq_ignore_ascii_case(of));
+            let problem = match target {
+                None => Some(format!("canaryOf=\"{of}\": no agent of that name in this file")),
+                Some(t) if std::ptr::eq(t, entry) => {
+                    Some(format!("canaryOf=\"{of}\": an agent cannot be a canary of itself"))
+                }
+                Some(t) if t.canary.is_some() => Some(format!(
+                    "canaryOf=\"{of}\": agent {:?} is itself a canary; name the agent it is a canary of",
+                    t.name.value
+                )),
+                Some(t) if t.class.value != entry.class.value => Some(format!(
+                    "canaryOf=\"{of}\": agent {:?} is a {}, this entry a {}; a canary is of the same class",
+                    t.name.value, t.class.value, entry.class.value
+                )),
+                Some(_) => self.out.agents[..i]
+                    .iter()
+                    .find(|e| {
+                        e.canary
+                            .as_ref()
+                            .is_some_and(|c| c.of.value.eq_ignore_ascii_case(of))
+                    })
+                    .map(|first| {
+                        format!(
+                            "canaryOf=\"{of}\": agent {:?} at line {} is already its canary (one canary per agent)",
+                            first.name.value, first.name.at.line
+                        )
+                    }),
+            };
+            if let Some(message) = problem {
+                problems.push((canary.of.at.clone(), message));
+            }
+        }
+        for (position, message) in problems {
+            self.errors.push(Diagnostic::new(&position, message));
+        }
     }
 
     /// Names: 1 to 64 letters, digits, space, `.`, `_`, `-`; unique ignoring case.
@@ -491,6 +603,19 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// Bytes of a whole attribute, ` name="value"` with its leading whitespace, from the offset of
+/// its value.
+fn attribute_span(text: &str, value_at: usize) -> Range<usize> {
+    let end = value_at + raw_len(text, value_at) + 1;
+    let before = text[..value_at.saturating_sub(1)].trim_end();
+    let before = before.strip_suffix('=').unwrap_or(before).trim_end();
+    let name_start = before
+        .rfind(|c: char| c.is_whitespace())
+        .map_or(0, |i| i + 1);
+    let start = text[..name_start].trim_end().len();
+    start..end.min(text.len())
+}
+
 /// Length of an attribute value starting at `at` (up to the closing quote).
 fn raw_len(text: &str, at: usize) -> usize {
     let quote_at = at
@@ -505,4 +630,87 @@ fn raw_len(text: &str, at: usize) -> usize {
         .iter()
         .position(|&b| b == quote)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(agents: &str) -> Vec<String> {
+        let text = format!(
+            "<configuration><mexRuntime><monitoring><agentExecution timeLimitInMilliseconds=\"5\"/></monitoring><agentList>\n{agents}\n</agentList></mexRuntime></configuration>"
+        );
+        match parse(Path::new("/etc/mta/agents.config"), text) {
+            Ok(_) => Vec::new(),
+            Err(d) => d.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    fn entry(name: &str, class: &str, extra: &str) -> String {
+        format!(
+            r#"<agent name="{name}" baseType="{class}" classFactory="F" assemblyPath="a.so" enabled="true"{extra} />"#
+        )
+    }
+
+    #[test]
+    fn canary_attributes_are_checked_at_their_position() {
+        let a = entry("A", "SmtpReceiveAgent", "");
+        let ok = entry("B", "SmtpReceiveAgent", r#" canaryOf="a" canary="10%""#);
+        assert_eq!(errors(&format!("{a}\n{ok}")), Vec::<String>::new());
+        let text = format!("{a}\n{ok}");
+        let parsed = parse(
+            Path::new("/x"),
+            format!("<configuration><mexRuntime><monitoring><agentExecution timeLimitInMilliseconds=\"5\"/></monitoring><agentList>{text}</agentList></mexRuntime></configuration>"),
+        )
+        .unwrap();
+        let c = parsed.agents[1].canary.as_ref().unwrap();
+        assert_eq!((c.of.value.as_str(), c.percent.value), ("a", 10));
+        assert!(parsed.agents[0].canary.is_none());
+
+        let cases = [
+            (
+                entry("B", "SmtpReceiveAgent", r#" canary="10""#),
+                "canary=\"...\" without canaryOf",
+            ),
+            (
+                entry("B", "SmtpReceiveAgent", r#" canaryOf="A""#),
+                "canaryOf=\"...\" without canary",
+            ),
+            (
+                entry("B", "SmtpReceiveAgent", r#" canaryOf="A" canary="101""#),
+                "canary=\"101\" is not valid",
+            ),
+            (
+                entry("B", "SmtpReceiveAgent", r#" canaryOf="B" canary="5""#),
+                "cannot be a canary of itself",
+            ),
+            (
+                entry("B", "RoutingAgent", r#" canaryOf="A" canary="5""#),
+                "a canary is of the same class",
+            ),
+            (
+                format!(
+                    "{ok}\n{}",
+                    entry("C", "SmtpReceiveAgent", r#" canaryOf="B" canary="5""#)
+                ),
+                "is itself a canary",
+            ),
+            (
+                format!(
+                    "{ok}\n{}",
+                    entry("C", "SmtpReceiveAgent", r#" canaryOf="A" canary="5""#)
+                ),
+                "is already its canary (one canary per agent)",
+            ),
+        ];
+        for (entries, expected) in cases {
+            let got = errors(&format!("{a}\n{entries}"));
+            assert!(
+                got.len() == 1
+                    && got[0].contains(expected)
+                    && got[0].starts_with("/etc/mta/agents.config:"),
+                "{expected}: {got:?}"
+            );
+        }
+    }
 }

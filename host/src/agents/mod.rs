@@ -4,11 +4,13 @@
 //! - [`library`] loads agent libraries from shadow copies and checks their SDK;
 //! - [`pipeline`] builds an immutable snapshot of a service's agents;
 //! - [`reload`] swaps snapshots live when a file or library changes;
+//! - [`canary`] judges canaries (a new version serving a share beside the current one);
 //! - [`dispatch`] raises events to agents, containing faults and enforcing time limits;
 //! - [`snapshot`] records the item as each agent left it, when the agents file asks for it;
 //! - [`edit`] changes a file for the `mta agent` commands; [`status`] tells other processes
 //!   what a running host has loaded.
 
+pub mod canary;
 pub mod context;
 pub mod diagnostic;
 pub mod dispatch;

@@ -42,8 +42,35 @@ pub struct Pipeline {
     /// Digest of the file's text and the loaded libraries' contents: equal digests are equal
     /// pipelines, so a reload that changes neither swaps nothing.
     pub digest: u64,
-    /// Enabled entries left out because they are quarantined: (name, factory key).
+    /// Enabled entries left out because they are quarantined or their canary was rolled back:
+    /// (name, factory key).
     pub quarantined: Vec<(String, String)>,
+    /// Agents served beside a canary, each to its share of new sessions or mail items.
+    pub canaries: Vec<CanaryPair>,
+}
+
+/// An agent and its canary in one pipeline. Which of the two a session, mail item or delivery
+/// connection gets is chosen once, when its [`AgentSet`](super::dispatch::AgentSet) is made.
+#[derive(Debug)]
+pub struct CanaryPair {
+    /// Index in `agents` of the current agent.
+    pub current: usize,
+    /// Index in `agents` of its canary.
+    pub canary: usize,
+    /// The canary's share of new sets, in percent.
+    pub percent: u32,
+    /// Sets made so far from this pipeline: the n-th gets the canary when the running total
+    /// `n * percent / 100` steps up, which spreads the share evenly (50: every other one).
+    made: AtomicU64,
+}
+
+impl CanaryPair {
+    /// Whether the next set gets the canary.
+    fn next_is_canary(&self) -> bool {
+        let n = self.made.fetch_add(1, Ordering::Relaxed);
+        let p = u64::from(self.percent);
+        (n + 1) * p / 100 > n * p / 100
+    }
 }
 
 /// One agent of a pipeline.
@@ -69,6 +96,8 @@ pub struct PipelineAgent {
     pub factory: Arc<Factory>,
     /// Its metrics handles, per event (made here, once per build, so a call only counts).
     pub metrics: crate::metrics::AgentCalls,
+    /// For a canary, the name of the agent it is a canary of, and its share in percent.
+    pub canary_of: Option<(String, u32)>,
 }
 
 /// A factory built from an entry's parameters, with its counters. Dropping the last reference
@@ -132,7 +161,43 @@ impl Pipeline {
             warnings: Vec::new(),
             digest: 0,
             quarantined: Vec::new(),
+            canaries: Vec::new(),
         }
+    }
+
+    /// For a new session, mail item or delivery connection: the agents it does *not* get, one
+    /// of each canary pair (`None` when the pipeline has no canary, the common case).
+    /// Only the pairs of `class` count a new set: a mail item's routing agents do not take a
+    /// turn from the SMTP sessions' share.
+    pub fn choose_canaries(&self, class: AgentClass) -> Option<Box<[bool]>> {
+        if self.canaries.is_empty() {
+            return None;
+        }
+        let mut skip = vec![false; self.agents.len()].into_boxed_slice();
+        for pair in &self.canaries {
+            if self.agents[pair.current].class != class {
+                continue;
+            }
+            if pair.next_is_canary() {
+                skip[pair.current] = true;
+            } else {
+                skip[pair.canary] = true;
+            }
+        }
+        Some(skip)
+    }
+
+    /// The other agent of `index`'s canary pair, if it has one.
+    pub fn canary_partner(&self, index: usize) -> Option<usize> {
+        self.canaries.iter().find_map(|p| {
+            if p.current == index {
+                Some(p.canary)
+            } else if p.canary == index {
+                Some(p.current)
+            } else {
+                None
+            }
+        })
     }
 
     /// The agents that handle `event`, in priority order.
@@ -174,6 +239,28 @@ impl Pipeline {
         previous: Option<&Pipeline>,
         generation: u64,
         quarantined: &HashSet<String>,
+    ) -> Result<Pipeline, Vec<Diagnostic>> {
+        Self::build_excluding(
+            file,
+            service,
+            libraries,
+            previous,
+            generation,
+            quarantined,
+            &HashSet::new(),
+        )
+    }
+
+    /// Like [`build_without`](Self::build_without), also leaving out the canaries whose factory
+    /// key is in `rolled_back` (their current agent then serves every new session again).
+    pub fn build_excluding(
+        file: &AgentsFile,
+        service: Service,
+        libraries: &Libraries,
+        previous: Option<&Pipeline>,
+        generation: u64,
+        quarantined: &HashSet<String>,
+        rolled_back: &HashSet<String>,
     ) -> Result<Pipeline, Vec<Diagnostic>> {
         let mut errors = Vec::new();
         if service == Service::Mailbox {
@@ -262,7 +349,10 @@ impl Pipeline {
                     continue;
                 }
                 let protocol = info.delivery_protocol.to_ascii_uppercase();
-                if let Some(first) = protocols.get(&protocol) {
+                // A canary shares its current agent's protocol: it serves some of its connections.
+                if entry.canary.is_some() {
+                    // (checked below, once the current agent is known)
+                } else if let Some(first) = protocols.get(&protocol) {
                     errors.push(Diagnostic::new(
                         &entry.at.at,
                         format!(
@@ -271,8 +361,9 @@ impl Pipeline {
                         ),
                     ));
                     continue;
+                } else {
+                    protocols.insert(protocol, entry);
                 }
-                protocols.insert(protocol, entry);
             }
             let mut events = EventSet::EMPTY;
             for event in info.events.iter() {
@@ -289,6 +380,14 @@ impl Pipeline {
             if quarantined.contains(&key) {
                 warnings.push(format!(
                     "agent {:?} is quarantined and left out of the pipeline until its library or its entry changes",
+                    entry.name.value
+                ));
+                left_out.push((entry.name.value.clone(), key));
+                continue;
+            }
+            if rolled_back.contains(&key) {
+                warnings.push(format!(
+                    "canary {:?} was rolled back and is left out of the pipeline until its library or its entry changes",
                     entry.name.value
                 ));
                 left_out.push((entry.name.value.clone(), key));
@@ -328,11 +427,92 @@ impl Pipeline {
                 delivery_protocol: info.delivery_protocol.clone(),
                 library,
                 factory,
+                canary_of: entry
+                    .canary
+                    .as_ref()
+                    .map(|c| (c.of.value.clone(), c.percent.value)),
             });
         }
         if !errors.is_empty() {
             return Err(errors);
         }
+        // A canary serves beside its current agent only: without it (disabled, quarantined)
+        // there is no share to take from, and the canary waits.
+        let mut dropped = Vec::new();
+        agents.retain(|a| {
+            let Some((of, _)) = &a.canary_of else {
+                return true;
+            };
+            let beside = agents_named(&file.agents, of).is_some_and(|current| {
+                current.enabled.value && !left_out.iter().any(|(n, _)| n == &current.name.value)
+            });
+            if !beside {
+                dropped.push(format!(
+                    "canary {:?} is left out: the agent it is a canary of, {of:?}, is not in the pipeline",
+                    a.name
+                ));
+            }
+            beside
+        });
+        warnings.extend(dropped);
+        for a in agents.iter().filter(|a| a.canary_of.is_some()) {
+            if a.class == AgentClass::Delivery {
+                let current = agents
+                    .iter()
+                    .find(|c| Some(&c.name) == a.canary_of.as_ref().map(|(of, _)| of));
+                if current.is_some_and(|c| {
+                    !c.delivery_protocol
+                        .eq_ignore_ascii_case(&a.delivery_protocol)
+                }) {
+                    errors.push(Diagnostic::file(
+                        &file.path,
+                        format!(
+                            "canary {:?} delivers {:?}, its current agent another protocol; a delivery canary serves its current agent's connections",
+                            a.name, a.delivery_protocol
+                        ),
+                    ));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        // A canary takes its agent's place in the order: whichever of the two a session gets
+        // runs at the agent's priority.
+        let mut ordered: Vec<PipelineAgent> = Vec::with_capacity(agents.len());
+        let (mut canaries_of, others): (Vec<_>, Vec<_>) =
+            agents.into_iter().partition(|a| a.canary_of.is_some());
+        for agent in others {
+            let name = agent.name.clone();
+            let priority = agent.priority;
+            ordered.push(agent);
+            if let Some(i) = canaries_of.iter().position(|c| {
+                c.canary_of
+                    .as_ref()
+                    .is_some_and(|(of, _)| of.eq_ignore_ascii_case(&name))
+            }) {
+                let mut canary = canaries_of.swap_remove(i);
+                canary.priority = priority;
+                ordered.push(canary);
+            }
+        }
+        let agents = ordered;
+        let canaries = agents
+            .iter()
+            .enumerate()
+            .filter_map(|(canary, a)| {
+                let (of, percent) = a.canary_of.as_ref()?;
+                let current = agents
+                    .iter()
+                    .position(|c| c.name.eq_ignore_ascii_case(of))?;
+                Some(CanaryPair {
+                    current,
+                    canary,
+                    percent: *percent,
+                    made: AtomicU64::new(0),
+                })
+            })
+            .collect();
         let by_event = Event::ALL
             .iter()
             .map(|&event| {
@@ -365,8 +545,15 @@ impl Pipeline {
             by_event,
             warnings,
             quarantined: left_out,
+            canaries,
         })
     }
+}
+
+fn agents_named<'a>(entries: &'a [AgentEntry], name: &str) -> Option<&'a AgentEntry> {
+    entries
+        .iter()
+        .find(|e| e.name.value.eq_ignore_ascii_case(name))
 }
 
 /// What identifies an entry's factory: rebuilt only when this changes.

@@ -36,6 +36,8 @@ pub struct AgentHost {
     quarantine_after: u64,
     /// Quarantined entries by factory key: name and reason.
     quarantined: Mutex<HashMap<String, (String, String)>>,
+    /// Canary rollout rules and rolled-back canaries ([`super::canary`]).
+    canary: super::canary::Canaries,
 }
 
 impl AgentHost {
@@ -72,6 +74,7 @@ impl AgentHost {
             reload_lock: Mutex::new(()),
             quarantine_after,
             quarantined: Mutex::new(HashMap::new()),
+            canary: super::canary::Canaries::default(),
         });
         tracing::info!(
             message = "Agent pipeline loaded.",
@@ -79,6 +82,7 @@ impl AgentHost {
             generation,
             agents = host.pipeline().agents.len(),
         );
+        host.canary.swapped(None, &host.pipeline());
         host.write_status();
         Ok(host)
     }
@@ -115,15 +119,17 @@ impl AgentHost {
             .keys()
             .cloned()
             .collect();
+        let rolled_back = self.canary.rolled_back_keys();
         let built = if path.exists() {
             file::read(path).and_then(|parsed| {
-                Pipeline::build_without(
+                Pipeline::build_excluding(
                     &parsed,
                     self.service,
                     &self.libraries,
                     Some(&old),
                     next,
                     &quarantined,
+                    &rolled_back,
                 )
             })
         } else {
@@ -166,6 +172,7 @@ impl AgentHost {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .retain(|key, _| pipeline.quarantined.iter().any(|(_, k)| k == key));
+                self.canary.swapped(Some(&old), &pipeline);
                 log_warnings(&pipeline, Some(&old));
                 let agents = pipeline.agents.len();
                 self.current.store(Arc::new(pipeline));
@@ -271,6 +278,19 @@ impl AgentHost {
         }
     }
 
+    /// Sets the canary rollout rules (`[agents] canary_margin_percent`, `canary_min_calls`).
+    pub fn set_canary_rules(&self, margin_percent: f64, min_calls: u64) {
+        self.canary.set_rules(margin_percent, min_calls);
+    }
+
+    /// Rolls back the canaries that fault or time out more than their current agents, and
+    /// swaps in a pipeline without them.
+    pub fn check_canaries(&self) {
+        if self.canary.judge(&self.pipeline()) {
+            let _ = self.reload();
+        }
+    }
+
     /// The error of the last reload, if it failed (the running pipeline is older).
     pub fn last_error(&self) -> Option<String> {
         self.last_error
@@ -306,6 +326,7 @@ impl AgentHost {
                 error.as_deref(),
                 self.libraries.loaded_count(),
                 &self.quarantined(),
+                &self.canary.rolled_back(),
             ) {
                 tracing::warn!(message = "Could not write the agents status file.", path = %path.display(), error = %e);
             }
@@ -420,6 +441,7 @@ impl Control {
         self.last_status = Instant::now();
         for host in &self.hosts {
             host.check_hung();
+            host.check_canaries();
             host.write_status();
         }
     }

@@ -25,6 +25,20 @@ pub struct Status {
     /// Agents left out of the pipeline because they hung: name and reason.
     #[serde(default)]
     pub quarantined: Vec<Quarantined>,
+    /// Canaries rolled back for faulting or timing out more than their current agent.
+    #[serde(default)]
+    pub rolled_back: Vec<RolledBack>,
+}
+
+/// A canary rolled back automatically.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RolledBack {
+    /// The canary's name.
+    pub name: String,
+    /// The agent it is a canary of.
+    pub canary_of: String,
+    /// Why: both rates and the margin.
+    pub reason: String,
 }
 
 /// A quarantined agent.
@@ -62,6 +76,12 @@ pub struct AgentStatus {
     /// Calls abandoned past twice the time limit (their threads hung).
     #[serde(default)]
     pub hung: u64,
+    /// For a canary, the agent it is a canary of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_of: Option<String>,
+    /// For a canary, its share of new sessions or mail items, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_percent: Option<u32>,
 }
 
 /// Writes the status atomically (temporary file, then rename).
@@ -71,6 +91,7 @@ pub fn write(
     last_error: Option<&str>,
     libraries_loaded: u64,
     quarantined: &[(String, String)],
+    rolled_back: &[RolledBack],
 ) -> std::io::Result<()> {
     let status = Status {
         service: pipeline.service.to_string(),
@@ -93,6 +114,8 @@ pub fn write(
                 faults: a.factory.faults.load(Ordering::Relaxed),
                 too_slow: a.factory.too_slow.load(Ordering::Relaxed),
                 hung: a.factory.hung.load(Ordering::Relaxed),
+                canary_of: a.canary_of.as_ref().map(|(of, _)| of.clone()),
+                canary_percent: a.canary_of.as_ref().map(|(_, p)| *p),
             })
             .collect(),
         quarantined: quarantined
@@ -102,6 +125,7 @@ pub fn write(
                 reason: reason.clone(),
             })
             .collect(),
+        rolled_back: rolled_back.to_vec(),
     };
     let json = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
     crate::fsutil::replace(path, &json)

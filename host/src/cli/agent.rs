@@ -48,6 +48,14 @@ pub enum AgentCommand {
         /// entry is checked as `mta agent enable` checks it).
         #[arg(long)]
         enable: bool,
+        /// Install the library as a canary of the agent --name names: a new entry (enabled as
+        /// that agent is) serving PERCENT of new sessions or mail items beside it, rolled back
+        /// automatically if it faults or times out more. See `promote` and `rollback`.
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(0..=100))]
+        canary: Option<u32>,
+        /// The canary entry's name (default: NAME.canary).
+        #[arg(long, value_name = "NAME", requires = "canary")]
+        canary_name: Option<String>,
     },
     /// Write a new agent crate: Cargo.toml, src/lib.rs with one handler and its tests, an
     /// agents.config entry (agent.xml) and a README. Then `cargo build` and `mta agent install`.
@@ -90,6 +98,23 @@ pub enum AgentCommand {
         /// Envelope recipient (repeat for several; default: the addresses of the To field).
         #[arg(long, value_name = "ADDRESS")]
         to: Vec<String>,
+    },
+    /// Make an agent's canary the only one: its library, factory and parameters replace the
+    /// agent's own entry, which then serves every new session or mail item.
+    Promote {
+        /// The agent's name (or its canary's).
+        name: String,
+        /// transport or frontend.
+        #[arg(long, default_value = "transport", value_parser = parse_service)]
+        service: Service,
+    },
+    /// Remove an agent's canary entry: the agent serves every new session or mail item again.
+    Rollback {
+        /// The agent's name (or its canary's).
+        name: String,
+        /// transport or frontend.
+        #[arg(long, default_value = "transport", value_parser = parse_service)]
+        service: Service,
     },
     /// Remove an agent's entry (Uninstall-TransportAgent).
     Uninstall {
@@ -150,8 +175,14 @@ pub fn run(config: &HostConfig, command: AgentCommand) -> anyhow::Result<ExitCod
             service,
             dry_run,
             enable,
+            canary,
+            canary_name,
         } => {
             let assembly = assembly.or(library).context("no library given")?;
+            let canary = canary.map(|percent| CanaryOf {
+                percent,
+                name: canary_name,
+            });
             match (name, factory) {
                 (Some(name), Some(factory)) => install(
                     config,
@@ -161,6 +192,7 @@ pub fn run(config: &HostConfig, command: AgentCommand) -> anyhow::Result<ExitCod
                     &assembly,
                     &parameters,
                     Mode { dry_run, enable },
+                    canary,
                 ),
                 (None, None) if dry_run => dry_run_library(&assembly),
                 _ => bail!("--name and --factory go together"),
@@ -212,6 +244,8 @@ pub fn run(config: &HostConfig, command: AgentCommand) -> anyhow::Result<ExitCod
         } => edit_entry(config, service, &name, |f, e| edit::move_to(f, e, priority)).map(|_| {
             println!("Agent {name:?} now has priority {priority} in the {service} service.")
         }),
+        AgentCommand::Promote { name, service } => edit_canary(config, service, &name, true),
+        AgentCommand::Rollback { name, service } => edit_canary(config, service, &name, false),
         AgentCommand::List { service } => list(config, service),
         AgentCommand::Pipeline { service } => pipeline(config, service),
     }
@@ -254,6 +288,40 @@ fn edit_entry(
     Ok(())
 }
 
+/// `install --canary PERCENT [--canary-name NAME]`.
+struct CanaryOf {
+    percent: u32,
+    name: Option<String>,
+}
+
+/// `promote` (the canary replaces the agent's entry) or `rollback` (the canary entry goes).
+fn edit_canary(
+    config: &HostConfig,
+    service: Service,
+    name: &str,
+    promote: bool,
+) -> anyhow::Result<()> {
+    refuse_mailbox(service)?;
+    let path = agents_file_for(config, service);
+    let parsed = read_existing(&path)?;
+    let (current, canary) = edit::find_canary(&parsed, name)?;
+    let text = if promote {
+        let text = edit::promote(&parsed, current, canary);
+        verify(&parsed.path, &text, service)?;
+        text
+    } else {
+        edit::remove(&parsed, canary)
+    };
+    edit::commit(&path, text)?;
+    let (current, canary) = (&current.name.value, &canary.name.value);
+    if promote {
+        println!("Promoted canary {canary:?}: agent {current:?} now runs its library for every new session or mail item in the {service} service.");
+    } else {
+        println!("Rolled back canary {canary:?}: agent {current:?} serves every new session or mail item in the {service} service again.");
+    }
+    Ok(())
+}
+
 fn parse_parameter(value: &str) -> Result<(String, String), String> {
     value
         .split_once('=')
@@ -269,6 +337,7 @@ struct Mode {
     enable: bool,
 }
 
+#[allow(clippy::too_many_arguments)] // the command's options, passed through as they are
 fn install(
     config: &HostConfig,
     service: Service,
@@ -277,6 +346,7 @@ fn install(
     assembly: &Path,
     parameters: &[(String, String)],
     Mode { dry_run, enable }: Mode,
+    canary: Option<CanaryOf>,
 ) -> anyhow::Result<()> {
     refuse_mailbox(service)?;
     let path = agents_file_for(config, service);
@@ -286,9 +356,22 @@ fn install(
         file::parse(&path, edit::EMPTY_FILE.to_string())
             .map_err(|d| anyhow::anyhow!(crate::agents::diagnostic::render(&d)))?
     };
-    if edit::find(&parsed, name).is_ok() {
-        return Err(EditError::NameTaken(name.to_string()).into());
+    // A canary goes beside an installed agent (`name`), under a name of its own.
+    let current = match &canary {
+        Some(_) => Some(edit::find(&parsed, name)?.1),
+        None => None,
+    };
+    let entry_name = match (&canary, current) {
+        (Some(c), Some(current)) => c
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}.canary", current.name.value)),
+        _ => name.to_string(),
+    };
+    if edit::find(&parsed, &entry_name).is_ok() {
+        return Err(EditError::NameTaken(entry_name).into());
     }
+    let name = entry_name.as_str();
     let assembly = std::path::absolute(assembly).context("resolving --assembly")?;
     let libraries = Libraries::for_command();
     let library = libraries
@@ -324,11 +407,11 @@ fn install(
         if info.delivery_protocol.trim().is_empty() {
             bail!("factory {factory:?} is a delivery agent without a delivery protocol");
         }
-        for other in parsed
-            .agents
-            .iter()
-            .filter(|e| e.class.value == AgentClass::Delivery)
-        {
+        for other in parsed.agents.iter().filter(|e| {
+            e.class.value == AgentClass::Delivery
+                && e.canary.is_none()
+                && !current.is_some_and(|c| std::ptr::eq(c, *e))
+        }) {
             let Ok(lib) = libraries.load(&other.assembly) else {
                 continue;
             };
@@ -353,20 +436,64 @@ fn install(
     if let Err(message) = info.instantiate(parameters) {
         bail!("agent {name:?} refuses these parameters: {message}");
     }
-    let entry = edit::entry_xml(
-        name,
-        info.class,
-        factory,
-        &assembly.display().to_string(),
-        parameters,
-    );
-    let entry = if enable {
+    let entry = match (&canary, current) {
+        (Some(c), Some(current)) => {
+            if current.class.value != info.class {
+                bail!(
+                    "factory {factory:?} creates a {}, but agent {:?} is a {}; a canary is of the same class",
+                    info.class,
+                    current.name.value,
+                    current.class.value
+                );
+            }
+            edit::canary_entry_xml(
+                name,
+                info.class,
+                factory,
+                &assembly.display().to_string(),
+                parameters,
+                &current.name.value,
+                c.percent,
+                current.enabled.value,
+            )
+        }
         // entry_xml escapes every value, so this attribute text occurs once, as the attribute.
-        entry.replacen(" enabled=\"false\"", " enabled=\"true\"", 1)
-    } else {
-        entry
+        _ if enable => edit::entry_xml(
+            name,
+            info.class,
+            factory,
+            &assembly.display().to_string(),
+            parameters,
+        )
+        .replacen(" enabled=\"false\"", " enabled=\"true\"", 1),
+        _ => edit::entry_xml(
+            name,
+            info.class,
+            factory,
+            &assembly.display().to_string(),
+            parameters,
+        ),
     };
     let text = edit::append(&parsed, &entry)?;
+    if let (Some(c), Some(current)) = (&canary, current) {
+        verify(&path, &text, service)?;
+        if dry_run {
+            println!("Would install canary {name:?} of agent {:?} in {}, serving {}% of new sessions or mail items.\nDry run: no file was changed.", current.name.value, path.display(), c.percent);
+            return Ok(());
+        }
+        edit::commit(&path, text)?;
+        println!(
+            "Installed canary {name:?} of agent {:?} ({}, factory {factory:?}) in {}: it serves {}% of new sessions or mail items{}. Promote it with `mta agent promote {:?}`, remove it with `mta agent rollback {:?}`.",
+            current.name.value,
+            info.class,
+            path.display(),
+            c.percent,
+            if current.enabled.value { "" } else { " once the agent is enabled" },
+            current.name.value,
+            current.name.value,
+        );
+        return Ok(());
+    }
     if enable {
         verify(&path, &text, service)?;
     }
@@ -499,8 +626,15 @@ fn list(config: &HostConfig, only: Option<Service>) -> anyhow::Result<()> {
                 })
                 .map(|a| format!("gen {}", s_gen(running.as_ref(), a)))
                 .unwrap_or_else(|| {
+                    let rolled_back = running.as_ref().is_some_and(|s| {
+                        s.rolled_back
+                            .iter()
+                            .any(|r| r.name.eq_ignore_ascii_case(&entry.name.value))
+                    });
                     if quarantined {
                         "quarantined".into()
+                    } else if rolled_back {
+                        "rolled back".into()
                     } else {
                         "-".into()
                     }
@@ -513,6 +647,20 @@ fn list(config: &HostConfig, only: Option<Service>) -> anyhow::Result<()> {
                 entry.enabled.value,
                 loaded,
                 entry.assembly.display()
+            );
+        }
+        for a in running.iter().flat_map(|s| &s.agents) {
+            if let (Some(of), Some(percent)) = (&a.canary_of, a.canary_percent) {
+                println!(
+                    "  canary: {} serves {percent}% of new sessions or mail items beside {of} ({} calls, {} faults, {} too slow)",
+                    a.name, a.calls, a.faults, a.too_slow
+                );
+            }
+        }
+        for r in running.iter().flat_map(|s| &s.rolled_back) {
+            println!(
+                "  rolled back: canary {} of {} ({}); left out until its library or its entry changes",
+                r.name, r.canary_of, r.reason
             );
         }
         for q in running.iter().flat_map(|s| &s.quarantined) {

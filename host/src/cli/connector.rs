@@ -49,7 +49,8 @@ pub fn run(config: &HostConfig, command: ConnectorCommand) -> anyhow::Result<Exi
                 for a in pipeline
                     .agents
                     .iter()
-                    .filter(|a| a.class == AgentClass::Delivery)
+                    // A canary serves some of its agent's connections; the agent names the protocol.
+                    .filter(|a| a.class == AgentClass::Delivery && a.canary_of.is_none())
                 {
                     protocols.push((a.delivery_protocol.to_ascii_uppercase(), a.name.clone()));
                 }

@@ -105,6 +105,10 @@ pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
             config.agents.quarantine_after_hung,
         )
         .map_err(|d| anyhow::anyhow!("{}", crate::agents::diagnostic::render(&d)))?;
+        host.set_canary_rules(
+            config.agents.canary_margin_percent,
+            config.agents.canary_min_calls,
+        );
         by_service.insert(service, Arc::clone(&host));
         hosts.push(host);
     }

@@ -22,6 +22,12 @@ struct CallLabels {
     event: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AgentLabels {
+    service: &'static str,
+    agent: String,
+}
+
 type Latency = Family<CallLabels, Histogram, fn() -> Histogram>;
 
 /// The agent metrics.
@@ -36,6 +42,8 @@ pub struct Agents {
     pub(super) generation: Family<ServiceLabel, Gauge>,
     /// Set at each scrape from the agents' thread pool.
     pub(super) hung_threads: Gauge,
+    canary_share: Family<AgentLabels, Gauge>,
+    canary_rolled_back: Family<AgentLabels, Counter>,
 }
 
 /// From 10 µs (an agent that looks at a header) to about 10 s (past any sensible time limit).
@@ -54,6 +62,8 @@ impl Agents {
             reload_failures: Family::default(),
             generation: Family::default(),
             hung_threads: Gauge::default(),
+            canary_share: Family::default(),
+            canary_rolled_back: Family::default(),
         };
         registry.register(
             "agent_calls",
@@ -96,7 +106,37 @@ impl Agents {
             "Agent threads held by abandoned calls that have not returned",
             this.hung_threads.clone(),
         );
+        registry.register(
+            "agent_canary_share",
+            "The percentage of new sessions or mail items a canary serves (0 once rolled back)",
+            this.canary_share.clone(),
+        );
+        registry.register(
+            "agent_canary_rolled_back",
+            "Canaries rolled back automatically for faulting or timing out more than their current agent",
+            this.canary_rolled_back.clone(),
+        );
         this
+    }
+
+    /// `agent` of `service` is a canary serving `percent` of new sessions or mail items.
+    pub fn canary_share(&self, service: Service, agent: &str, percent: u32) {
+        self.canary_share
+            .get_or_create(&AgentLabels {
+                service: service.as_str(),
+                agent: agent.to_string(),
+            })
+            .set(i64::from(percent));
+    }
+
+    /// The canary `agent` of `service` was rolled back.
+    pub fn canary_rolled_back(&self, service: Service, agent: &str) {
+        let labels = AgentLabels {
+            service: service.as_str(),
+            agent: agent.to_string(),
+        };
+        self.canary_rolled_back.get_or_create(&labels).inc();
+        self.canary_share.get_or_create(&labels).set(0);
     }
 
     /// A reload of `service`'s pipeline failed.

@@ -152,6 +152,7 @@ impl AgentConnectors {
         let pipeline = host.pipeline();
         let Some(index) = pipeline.agents.iter().position(|a| {
             a.class == AgentClass::Delivery
+                && a.canary_of.is_none()
                 && a.delivery_protocol
                     .eq_ignore_ascii_case(&connector.delivery_protocol)
         }) else {
