@@ -433,3 +433,31 @@ fn another_local_user_cannot_use_the_control_socket() {
             .contains("delivery-mailbox")
     );
 }
+
+#[test]
+fn agent_commands_edit_the_agents_file_the_running_server_serves() {
+    let dir = TestDir::new("control-agents-files");
+    let log = dir.path("probe.log");
+    // The server is told its agents file on its command line, not in mta.toml.
+    dir.write(
+        "elsewhere/transport-agents.xml",
+        &agents_xml(5000, &[Entry::probe("Probe", &log)]),
+    );
+    let served = dir.path("elsewhere/transport-agents.xml");
+    let mta = Mta::start(&dir, "", &["--agents-config", served.to_str().unwrap()]);
+    let (code, out, err) = mta_cmd(&mta, &["agent", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("elsewhere/transport-agents.xml") && out.contains("Probe"),
+        "{out}"
+    );
+    let (code, out, err) = mta_cmd(&mta, &["agent", "disable", "Probe"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(std::fs::read_to_string(&served)
+        .unwrap()
+        .contains("enabled=\"false\""));
+    assert!(
+        !dir.path("agents.config").exists(),
+        "no file was made beside mta.toml"
+    );
+}
