@@ -5,6 +5,7 @@
 //! - [`pipeline`] builds an immutable snapshot of a service's agents;
 //! - [`reload`] swaps snapshots live when a file or library changes;
 //! - [`dispatch`] raises events to agents, containing faults and enforcing time limits;
+//! - [`log`] writes agents' log lines into the host's log, rate-limited per agent;
 //! - [`snapshot`] records the item as each agent left it, when the agents file asks for it;
 //! - [`edit`] changes a file for the `mta agent` commands; [`status`] tells other processes
 //!   what a running host has loaded.
@@ -15,6 +16,7 @@ pub mod dispatch;
 pub mod edit;
 pub mod file;
 pub mod library;
+pub mod log;
 pub mod pipeline;
 pub mod pool;
 pub mod reload;

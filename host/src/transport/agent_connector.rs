@@ -390,6 +390,7 @@ fn nobody(item: &MailItem) -> Outcomes {
 }
 
 fn fault(item: &MailItem, f: &Fault) -> Outcomes {
+    tracing::warn!(message = "Delivery agent fault.", agent = %f.agent, library = %f.library, event = %f.event, error = ?f.message, queue_id = %item.id);
     all(
         item,
         Outcome::retry(
