@@ -28,33 +28,41 @@ struct Timer(Mutex<mpsc::Sender<(Instant, Job)>>);
 impl Timer {
     fn start() -> Self {
         let (sender, receiver) = mpsc::channel::<(Instant, Job)>();
-        std::thread::spawn(move || {
-            let mut due: Vec<(Instant, Job)> = Vec::new();
-            loop {
-                let next = due.iter().map(|(at, _)| *at).min();
-                let received = match next {
-                    Some(at) => receiver.recv_timeout(at.saturating_duration_since(Instant::now())),
-                    None => receiver
-                        .recv()
-                        .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
-                };
-                match received {
-                    Ok(job) => due.push(job),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(mpsc::RecvTimeoutError::Disconnected) if due.is_empty() => return,
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        std::thread::sleep(Duration::from_millis(1))
+        // Named: an unnamed thread would inherit the name of the host's thread that started it.
+        let spawned = std::thread::Builder::new()
+            .name("probe-timer".into())
+            .spawn(move || {
+                let mut due: Vec<(Instant, Job)> = Vec::new();
+                loop {
+                    let next = due.iter().map(|(at, _)| *at).min();
+                    let received = match next {
+                        Some(at) => {
+                            receiver.recv_timeout(at.saturating_duration_since(Instant::now()))
+                        }
+                        None => receiver
+                            .recv()
+                            .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                    };
+                    match received {
+                        Ok(job) => due.push(job),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) if due.is_empty() => return,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            std::thread::sleep(Duration::from_millis(1))
+                        }
+                    }
+                    let now = Instant::now();
+                    let (ready, later): (Vec<_>, Vec<_>) =
+                        due.drain(..).partition(|(at, _)| *at <= now);
+                    due = later;
+                    for (_, job) in ready {
+                        job();
                     }
                 }
-                let now = Instant::now();
-                let (ready, later): (Vec<_>, Vec<_>) =
-                    due.drain(..).partition(|(at, _)| *at <= now);
-                due = later;
-                for (_, job) in ready {
-                    job();
-                }
-            }
-        });
+            });
+        if let Err(e) = spawned {
+            eprintln!("probe: cannot start its timer thread: {e}");
+        }
         Timer(Mutex::new(sender))
     }
 
