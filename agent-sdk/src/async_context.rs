@@ -170,3 +170,49 @@ macro_rules! async_context {
     };
 }
 pub(crate) use async_context;
+
+#[cfg(test)]
+mod tests {
+    use crate::prelude::*;
+    use crate::testing::{self, TestHost};
+
+    /// Completes in two steps: the completion itself goes async again before it rejects.
+    #[derive(Clone)]
+    struct TwoSteps;
+
+    #[agent]
+    impl SmtpReceiveAgent for TwoSteps {
+        fn create(_: &Parameters) -> Result<Self, AgentError> {
+            Ok(TwoSteps)
+        }
+
+        fn on_mail_command(&mut self, event: &mut MailCommandEvent<'_>) -> AgentResult {
+            let first = event.async_context()?;
+            assert!(event.async_context().is_err(), "once per handler");
+            std::thread::spawn(move || {
+                first.complete(|event| {
+                    agent_info!(event, "first step");
+                    let second = event.async_context()?;
+                    std::thread::spawn(move || {
+                        second.complete(|event| {
+                            event.reject(&SmtpResponse::new(450, "4.7.1", "Try later")?)
+                        })
+                    });
+                    Ok(())
+                })
+            });
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_completion_may_go_async_again_and_the_harness_waits_for_both() {
+        let mut agent = testing::create::<TwoSteps>(&[]).unwrap();
+        let mut host = TestHost::smtp("192.0.2.1:5000").with_arg("from", "a@b.test");
+        testing::run(&mut agent, Event::OnMailCommand, &mut host).unwrap();
+        assert_eq!(host.rejection().unwrap().code(), 450);
+        assert_eq!(host.log_lines().len(), 1);
+        // Nothing is left waiting on this thread for the next handler.
+        assert!(super::take_waiting().is_none());
+    }
+}

@@ -103,15 +103,17 @@ impl<A: Exportable> AgentInstance for Instance<A> {
         if !A::EVENTS.contains(event) {
             return RResult::ROk(());
         }
-        let result = guarded(|| self.0 .0.dispatch(event, &mut host));
-        // The handler went async on a host that cannot wait without a thread: wait here.
-        if let Some(waiting) = crate::async_context::take_waiting() {
-            if result.is_ok() {
-                return match waiting.recv() {
-                    Ok(rest) => guarded(|| rest(&mut host)).into(),
-                    Err(_) => RResult::RErr("the async context was lost without completing".into()),
-                };
+        let mut result = guarded(|| self.0 .0.dispatch(event, &mut host));
+        // The handler (or its completion, again) went async on a host that cannot wait without
+        // a thread: wait here. A fault drops the wait.
+        while let Some(waiting) = crate::async_context::take_waiting() {
+            if result.is_err() {
+                break;
             }
+            result = match waiting.recv() {
+                Ok(rest) => guarded(|| rest(&mut host)),
+                Err(_) => Err("the async context was lost without completing".into()),
+            };
         }
         result.into()
     }

@@ -133,6 +133,10 @@
 
 #![warn(missing_docs)]
 
+// The macros name `::mta_agent_sdk`; the crate's own tests use them too.
+#[cfg(test)]
+extern crate self as mta_agent_sdk;
+
 pub mod abi;
 mod action;
 mod async_context;

@@ -235,8 +235,17 @@ impl AgentSet {
                     .map_err(RString::into_string),
                 None => Err("the agent's async context was dropped without completing".into()),
             };
+            let pending = cx.take_pending();
             if self.clock.leave() {
                 return Step::Done(Err(self.fault(index, event, "abandoned".into())));
+            }
+            if let (Ok(()), Some(completion)) = (&result, pending) {
+                // The completion went async again: same call, same clock.
+                return Step::Pending {
+                    index,
+                    started,
+                    completion,
+                };
             }
             if let After::Stop(result) =
                 self.after_call(index, event, cx, result, started.elapsed(), progress)
