@@ -11,7 +11,7 @@
 //! of the process; [`Libraries::loaded_count`] says how many. Loading the same content again
 //! (same path, same bytes) reuses the image already loaded.
 
-use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
+use abi_stable::library::{lib_header_from_path, LibHeader, LibraryError, RootModule};
 use abi_stable::std_types::{RVec, Tuple2};
 use mta_agent_sdk::abi::{AgentFactoryBox, AgentLibraryRef};
 use mta_agent_sdk::{AgentClass, EventSet};
@@ -283,29 +283,52 @@ fn load_root_module(path: &Path, shadow: &Path) -> Result<(AgentLibraryRef, Stri
     })?;
     let expected = AgentLibraryRef::VERSION_STRINGS.version.to_string();
     let found = header.version_strings().version.to_string();
-    let module = header
-        .init_root_module::<AgentLibraryRef>()
-        .map_err(|e| match e {
-            LibraryError::IncompatibleVersionNumber {
-                expected_version,
-                actual_version,
-                ..
-            } => LoadError::IncompatibleSdk {
-                path: path.to_path_buf(),
-                expected: expected_version.to_string(),
-                found: actual_version.to_string(),
-            },
-            LibraryError::AbiInstability(detail) => LoadError::IncompatibleLayout {
-                path: path.to_path_buf(),
-                expected: expected.clone(),
-                found: found.clone(),
-                detail: detail.to_string().trim().to_string(),
-            },
-            other => {
-                LoadError::NotLoadable(path.to_path_buf(), other.to_string().trim().to_string())
-            }
-        })?;
+    let module = init_root_module(header).map_err(|e| match e {
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => LoadError::IncompatibleSdk {
+            path: path.to_path_buf(),
+            expected: expected_version.to_string(),
+            found: actual_version.to_string(),
+        },
+        LibraryError::AbiInstability(detail) => LoadError::IncompatibleLayout {
+            path: path.to_path_buf(),
+            expected: expected.clone(),
+            found: found.clone(),
+            detail: detail.to_string().trim().to_string(),
+        },
+        other => LoadError::NotLoadable(path.to_path_buf(), other.to_string().trim().to_string()),
+    })?;
     Ok((module, found))
+}
+
+/// abi_stable's own check refuses a library whose prefix types (vtables, root module) have
+/// fewer fields than the host's: it assumes the library is at least as new as the host. This
+/// boundary has prefix types in both directions: the library provides its root module and agent
+/// vtables, the host provides `EventHost` and what it hands out, and the SDK appends methods to
+/// the latter. So the layout is accepted when it is compatible either way: the library newer
+/// than the host, or older. Fields past a prefix are read through accessors that check, at run
+/// time, whether the provider's vtable has them (the SDK's default bodies answer otherwise), so
+/// either way nothing reads past what its provider has. Each check starts from fresh globals:
+/// only this library against this host, whatever other libraries were seen.
+fn init_root_module(header: &LibHeader) -> Result<AgentLibraryRef, LibraryError> {
+    use abi_stable::abi_stability::abi_checking::{
+        check_layout_compatibility_with_globals as check, CheckingGlobals,
+    };
+    if let Some(library) = header.layout() {
+        let host = <AgentLibraryRef as abi_stable::StableAbi>::LAYOUT;
+        if let Err(errors) = check(host, library, &CheckingGlobals::new()) {
+            if check(library, host, &CheckingGlobals::new()).is_err() {
+                return Err(LibraryError::AbiInstability(
+                    abi_stable::std_types::RBoxError::new(errors),
+                ));
+            }
+        }
+    }
+    // SAFETY: the layout was checked just above (abi_stable's version check still runs).
+    unsafe { header.init_root_module_with_unchecked_layout::<AgentLibraryRef>() }
 }
 
 /// A content hash: the same bytes reuse the same image.
