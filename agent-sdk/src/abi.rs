@@ -19,12 +19,17 @@
 //!
 //! ## Growing the boundary without breaking agents
 //! Every trait object's vtable and the root module are prefix types: a later SDK appends methods
-//! after the one marked `#[sabi(last_prefix_field)]`, never moves or changes one before. An agent
-//! built against an older SDK sees only the prefix it knows, so it loads in a newer host of the
-//! same minor version. A method appended to [`EventHost`] has a default body: a newer agent in an
-//! older host, whose vtable lacks the method, gets that default (no logger, no async context) and
-//! the SDK falls back (logging is dropped; an async handler waits on the host's thread, as a
-//! synchronous one would).
+//! after the one marked `#[sabi(last_prefix_field)]`, never moves or changes one before. Some are
+//! provided by the library (the root module, [`AgentFactory`], [`AgentInstance`],
+//! [`Continuation`]), others by the host ([`EventHost`], [`LogSink`], [`Completion`]), so a
+//! growth may leave either side with the longer one; the host accepts a library whose layout is
+//! compatible in either direction (abi_stable alone accepts only libraries at least as new as the
+//! host). An agent built against an older SDK sees only the prefix it knows, so it loads in a
+//! newer host (`tests/agent_abi_growth.rs` builds the probe against the SDK before
+//! [`EventHost::logger`] and [`EventHost::begin_async`] were appended). A method appended to a
+//! host-provided vtable has a default body: a newer agent in an older host, whose vtable lacks
+//! the method, gets that default (no logger, no async context) and the SDK falls back (logging
+//! is dropped; an async handler waits on the host's thread, as a synchronous one would).
 
 // `#[sabi_trait]` implements abi_stable's traits inside a generated constant, and casts the
 // receiver of a by-value method (`Continuation::resume`) to the type it already has.
