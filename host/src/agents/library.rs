@@ -317,6 +317,18 @@ fn init_root_module(header: &LibHeader) -> Result<AgentLibraryRef, LibraryError>
     use abi_stable::abi_stability::abi_checking::{
         check_layout_compatibility_with_globals as check, CheckingGlobals,
     };
+    // The version first, as abi_stable's own loading does: an old SDK is named as such, not
+    // as a layout difference.
+    let version = |strings| abi_stable::sabi_types::VersionNumber::new(strings);
+    let expected = version(AgentLibraryRef::VERSION_STRINGS)?;
+    let actual = version(header.version_strings())?;
+    if expected.major != actual.major || (expected.major == 0 && expected.minor > actual.minor) {
+        return Err(LibraryError::IncompatibleVersionNumber {
+            library_name: AgentLibraryRef::NAME,
+            expected_version: expected,
+            actual_version: actual,
+        });
+    }
     if let Some(library) = header.layout() {
         let host = <AgentLibraryRef as abi_stable::StableAbi>::LAYOUT;
         if let Err(errors) = check(host, library, &CheckingGlobals::new()) {
