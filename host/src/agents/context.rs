@@ -346,6 +346,7 @@ impl EventHost for CallContext {
                     CallLog {
                         log: Arc::clone(log),
                         event: self.event,
+                        span: tracing::Span::current(),
                     },
                     TD_Opaque,
                 )

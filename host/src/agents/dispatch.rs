@@ -378,7 +378,11 @@ where
     let mut progress = Progress::default();
     let mut resume = None;
     loop {
+        // The agents run under the caller's span (the session, the mail item), so their log
+        // lines and the host's lines about them say which session or item they belong to.
+        let span = tracing::Span::current();
         let mut task = pool.run(Arc::clone(&clock.abandoned), move || {
+            let _in_caller = span.enter();
             let step = set.run(event, &mut cx, &mut progress, resume);
             (set, cx, progress, step)
         });

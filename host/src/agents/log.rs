@@ -168,6 +168,9 @@ pub struct CallLog {
     pub log: std::sync::Arc<AgentLog>,
     /// The event being raised.
     pub event: Event,
+    /// The span of the call (the session's or mail item's): lines the agent writes later, from
+    /// its own threads, still carry it.
+    pub span: tracing::Span,
 }
 
 impl LogSink for CallLog {
@@ -176,6 +179,7 @@ impl LogSink for CallLog {
     }
 
     fn log(&self, level: LogLevel, message: RStr<'_>) {
+        let _in_call = self.span.enter();
         self.log.write(level, self.event, message.as_str());
     }
 }
