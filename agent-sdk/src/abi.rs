@@ -12,9 +12,27 @@
 //!   it an [`AgentInstance`] per session, mail item or delivery connection;
 //! - for each event the host passes an [`EventHost`] object: the callbacks through which the agent
 //!   reads the session and mail item and asks for actions. Nothing else is shared.
+//! - through the [`EventHost`] an agent may get a [`LogSink`] (its log lines, into the host's log)
+//!   and a [`Completion`] (Exchange's `GetAgentAsyncContext`: the handler returns at once and the
+//!   agent hands the host a [`Continuation`] later, from its own thread).
+//!
+//! ## Growing the boundary without breaking agents
+//! Every trait object's vtable and the root module are prefix types: a later SDK appends methods
+//! after the one marked `#[sabi(last_prefix_field)]`, never moves or changes one before. Some are
+//! provided by the library (the root module, [`AgentFactory`], [`AgentInstance`],
+//! [`Continuation`]), others by the host ([`EventHost`], [`LogSink`], [`Completion`]), so a
+//! growth may leave either side with the longer one; the host accepts a library whose layout is
+//! compatible in either direction (abi_stable alone accepts only libraries at least as new as the
+//! host). An agent built against an older SDK sees only the prefix it knows, so it loads in a
+//! newer host (`tests/agent_abi_growth.rs` builds the probe against the SDK before
+//! [`EventHost::logger`] and [`EventHost::begin_async`] were appended). A method appended to a
+//! host-provided vtable has a default body: a newer agent in an older host, whose vtable lacks
+//! the method, gets that default (no logger, no async context) and the SDK falls back (logging
+//! is dropped; an async handler waits on the host's thread, as a synchronous one would).
 
-// `#[sabi_trait]` implements abi_stable's traits inside a generated constant.
-#![allow(non_local_definitions)]
+// `#[sabi_trait]` implements abi_stable's traits inside a generated constant, and casts the
+// receiver of a by-value method (`Continuation::resume`) to the type it already has.
+#![allow(non_local_definitions, clippy::unnecessary_cast)]
 
 use crate::event::{AgentClass, Event, EventSet};
 use abi_stable::{
@@ -240,7 +258,7 @@ pub struct FfiSession {
     pub service: RString,
 }
 
-/// The host's callbacks for one event. Methods that need something the event lacks (a mail item
+/// The host callbacks for one event. Methods that need something the event lacks (a mail item
 /// at OnConnect) answer empty values or errors; the SDK never offers them there.
 #[sabi_trait]
 pub trait EventHost {
@@ -283,6 +301,75 @@ pub trait EventHost {
     /// Replaces the whole message.
     #[sabi(last_prefix_field)]
     fn set_mime(&mut self, mime: RVec<u8>) -> RResult<(), RString>;
+
+    // Appended after the first 0.1 release: hosts built before answer with these defaults.
+
+    /// The log of the agent being called: its lines go to the host's log with the agent's name,
+    /// service and event. `RNone` from a host that predates agent logging.
+    fn logger(&self) -> ROption<LogSinkBox> {
+        ROption::RNone
+    }
+
+    /// Makes the call asynchronous: after the handler returns, the host waits (holding none of
+    /// its threads) until the agent passes a [`Continuation`] to the returned [`Completion`].
+    /// `RNone` from a host that predates async handlers (the SDK then waits on the host's thread).
+    fn begin_async(&mut self) -> ROption<CompletionBox> {
+        ROption::RNone
+    }
+}
+
+/// How important a log line is; the host maps it onto its own log levels.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LogLevel {
+    /// Something failed and needs an operator.
+    Error = 0,
+    /// Something is wrong but the agent carries on.
+    Warn = 1,
+    /// What an operator wants to see in normal operation.
+    Info = 2,
+    /// Detail for finding a problem.
+    Debug = 3,
+    /// Very detailed tracing.
+    Trace = 4,
+}
+
+/// A log as the agent holds it: owned, so it can be kept and used from the agent's own threads.
+pub type LogSinkBox = LogSink_TO<'static, RBox<()>>;
+
+/// Where an agent's log lines go: implemented by the host for one agent's call, rate-limited
+/// there (per agent), so the agent needs no global logger and cannot flood the host's log.
+#[sabi_trait]
+pub trait LogSink: Send + Sync {
+    /// Whether a line at `level` would be written (so the agent can skip formatting it).
+    fn enabled(&self, level: LogLevel) -> bool;
+    /// Writes one line. The host knows which agent, service and event the sink was made for.
+    #[sabi(last_prefix_field)]
+    fn log(&self, level: LogLevel, message: RStr<'_>);
+}
+
+/// The host's side of a pending asynchronous call, held by the agent until it completes.
+pub type CompletionBox = Completion_TO<'static, RBox<()>>;
+
+/// Implemented by the host: the agent completes a pending call through it, once.
+#[sabi_trait]
+pub trait Completion: Send + Sync {
+    /// Hands the host what is left of the handler; the host runs it with the event's callbacks
+    /// (on one of its agent threads, briefly) and then raises the event to the next agent.
+    /// A second call is ignored.
+    #[sabi(last_prefix_field)]
+    fn complete(&self, continuation: ContinuationBox);
+}
+
+/// The rest of an asynchronous handler, as the host holds it.
+pub type ContinuationBox = Continuation_TO<'static, RBox<()>>;
+
+/// Implemented by the SDK around the agent's completion closure.
+#[sabi_trait]
+pub trait Continuation: Send {
+    /// Runs the rest of the handler against the event. `RErr` is a fault, as for a handler.
+    #[sabi(last_prefix_field)]
+    fn resume(self, host: EventHostRef<'_>) -> RResult<(), RString>;
 }
 
 impl From<&crate::SmtpResponse> for FfiResponse {

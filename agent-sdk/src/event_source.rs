@@ -1,15 +1,33 @@
 //! What every event offers, whatever its class: the host link, action requests and submission.
 
 use crate::abi::{EventHost, FfiResponse, HostAction};
-use crate::{AgentError, SmtpResponse};
+use crate::{AgentError, Logger, SmtpResponse};
 use abi_stable::std_types::{RString, RVec};
 
 /// The host side of one event, shared by the event types of all classes.
 pub(crate) struct Source<'a> {
     pub(crate) host: &'a mut (dyn EventHost + 'a),
+    /// Asked of the host once per handler, when the agent first logs.
+    logger: std::cell::OnceCell<Logger>,
+    /// Whether the handler took its async context (once only).
+    pub(crate) went_async: bool,
 }
 
 impl<'a> Source<'a> {
+    pub(crate) fn new(host: &'a mut (dyn EventHost + 'a)) -> Self {
+        Self {
+            host,
+            logger: std::cell::OnceCell::new(),
+            went_async: false,
+        }
+    }
+
+    pub(crate) fn logger(&self) -> Logger {
+        self.logger
+            .get_or_init(|| Logger::from_host(&*self.host))
+            .clone()
+    }
+
     pub(crate) fn act(&mut self, action: HostAction) -> Result<(), AgentError> {
         self.host.act(action).into_result().map_err(AgentError::msg)
     }

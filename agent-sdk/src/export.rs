@@ -60,11 +60,19 @@ extern "C" fn new_factory<A: Exportable>(
 
 /// Owns a value of agent code and drops it inside `catch_unwind`: a panic in an agent's `Drop`
 /// must not unwind into the host either.
-struct Contained<A>(ManuallyDrop<A>);
+pub(crate) struct Contained<A>(ManuallyDrop<A>);
 
 impl<A> Contained<A> {
-    fn new(value: A) -> Self {
+    pub(crate) fn new(value: A) -> Self {
         Self(ManuallyDrop::new(value))
+    }
+
+    /// The value, out of the guard (its drop is then the caller's business).
+    pub(crate) fn into_inner(mut self) -> A {
+        // SAFETY: taken exactly once; `forget` keeps `Drop` from dropping it again.
+        let value = unsafe { ManuallyDrop::take(&mut self.0) };
+        std::mem::forget(self);
+        value
     }
 }
 
@@ -95,13 +103,62 @@ impl<A: Exportable> AgentInstance for Instance<A> {
         if !A::EVENTS.contains(event) {
             return RResult::ROk(());
         }
-        guarded(|| self.0 .0.dispatch(event, &mut host)).into()
+        let mut result = guarded(|| self.0 .0.dispatch(event, &mut host));
+        // The handler (or its completion, again) went async on a host that cannot wait without
+        // a thread: wait here. A fault drops the wait.
+        while let Some(waiting) = crate::async_context::take_waiting() {
+            if result.is_err() {
+                break;
+            }
+            result = match waiting.recv() {
+                Ok(rest) => guarded(|| rest(&mut host)),
+                Err(_) => Err("the async context was lost without completing".into()),
+            };
+        }
+        result.into()
     }
 }
 
+std::thread_local! {
+    /// Set while this thread runs agent code inside [`guarded`]: the panic hook then records
+    /// where the agent panicked instead of printing it (the host logs the fault, naming the
+    /// agent and its library).
+    static PANICKED_AT: std::cell::RefCell<Option<Option<String>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Installs, once per library (each agent library has its own copy of std, so its own hook),
+/// a panic hook that records the location of panics raised inside agent calls and leaves every
+/// other panic to the hook that was there before.
+fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_call = PANICKED_AT.with(|p| {
+                let mut p = p.borrow_mut();
+                match p.as_mut() {
+                    Some(slot) => {
+                        *slot = info.location().map(|l| l.to_string());
+                        true
+                    }
+                    None => false,
+                }
+            });
+            if !in_call {
+                previous(info);
+            }
+        }));
+    });
+}
+
 /// Runs agent code, turning an error or a panic into the text of a fault.
-fn guarded<T>(f: impl FnOnce() -> AgentResult<T>) -> Result<T, RString> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> AgentResult<T>) -> Result<T, RString> {
+    install_panic_hook();
+    let outer = PANICKED_AT.with(|p| p.borrow_mut().replace(None));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    let location = PANICKED_AT.with(|p| std::mem::replace(&mut *p.borrow_mut(), outer));
+    match result {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(RString::from(error.message())),
         Err(payload) => {
@@ -110,7 +167,10 @@ fn guarded<T>(f: impl FnOnce() -> AgentResult<T>) -> Result<T, RString> {
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic payload".to_string());
-            Err(RString::from(format!("agent panicked: {text}")))
+            Err(RString::from(match location.flatten() {
+                Some(at) => format!("agent panicked at {at}: {text}"),
+                None => format!("agent panicked: {text}"),
+            }))
         }
     }
 }

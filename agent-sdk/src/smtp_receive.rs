@@ -303,9 +303,26 @@ pub type DisconnectEvent<'a> = SmtpEvent<'a, kind::Disconnect>;
 impl<'a, K> SmtpEvent<'a, K> {
     pub(crate) fn new(host: &'a mut (dyn EventHost + 'a)) -> Self {
         Self {
-            source: Source { host },
+            source: Source::new(host),
             _kind: PhantomData,
         }
+    }
+
+    /// This agent's log: lines go to the host's log with the agent's name, the service and
+    /// this event. Usually through the macros: `agent_info!(event, "...")`.
+    pub fn logger(&self) -> crate::Logger {
+        self.source.logger()
+    }
+
+    /// Makes this handler asynchronous (Exchange's `GetAgentAsyncContext`): return `Ok(())`
+    /// right after, do the work on your own thread or runtime, and call
+    /// [`AsyncContext::complete`] when it is done. The host holds none of its threads
+    /// meanwhile; the time limit runs until the completion. Once per handler.
+    pub fn async_context(&mut self) -> crate::AgentResult<AsyncContext<K>>
+    where
+        K: 'static,
+    {
+        crate::async_context::Pending::begin(&mut self.source).map(AsyncContext::new)
     }
 
     /// The session: endpoints, HELO domain, TLS, authenticated identity.
@@ -514,3 +531,5 @@ impl DisconnectEvent<'_> {
             .unwrap_or(DisconnectReason::Dropped)
     }
 }
+
+crate::async_context::async_context!(SmtpEvent);

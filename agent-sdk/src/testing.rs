@@ -27,13 +27,18 @@
 //! assert_eq!(host.message().unwrap().header("X-Stamp"), Some("yes"));
 //! ```
 
-use crate::abi::{EventHost, FfiRecipient, FfiSession, HostAction, PropertyScope};
+use crate::abi::{
+    EventHost, FfiRecipient, FfiSession, HostAction, LogLevel, LogSink, LogSinkBox, LogSink_TO,
+    PropertyScope,
+};
 use crate::export::{run_through_glue, Exportable};
 use crate::mail_item::Recipient;
 use crate::smtp_receive::SmtpSession;
 use crate::{Action, AgentError, Event, Parameters, SmtpResponse};
+use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec, Tuple2};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 pub use crate::export::Exportable as Agent;
 
@@ -43,7 +48,30 @@ pub fn create<A: Exportable>(parameters: &[(&str, &str)]) -> Result<A, AgentErro
 }
 
 /// Runs one event through the agent, through the boundary's glue. `Err` is the fault the host
-/// would see: the agent's error text, or `agent panicked: ...`.
+/// would see: the agent's error text, or `agent panicked at FILE:LINE:COL: ...`. A handler that
+/// went async is waited for: `run` returns after its completion ran.
+///
+/// ```
+/// use mta_agent_sdk::prelude::*;
+/// use mta_agent_sdk::testing::{self, TestHost};
+///
+/// #[derive(Clone)]
+/// struct Broken;
+///
+/// #[agent]
+/// impl SmtpReceiveAgent for Broken {
+///     fn create(_: &Parameters) -> Result<Self, AgentError> { Ok(Broken) }
+///     fn on_helo_command(&mut self, _: &mut HeloCommandEvent<'_>) -> AgentResult {
+///         panic!("no HELO today")
+///     }
+/// }
+///
+/// let mut agent = testing::create::<Broken>(&[]).unwrap();
+/// let fault = testing::run(&mut agent, Event::OnHeloCommand, &mut TestHost::smtp("192.0.2.1:1"));
+/// let fault = fault.unwrap_err();
+/// assert!(fault.starts_with("agent panicked at "), "{fault}");
+/// assert!(fault.ends_with(": no HELO today"), "{fault}");
+/// ```
 pub fn run<A: Exportable>(agent: &mut A, event: Event, host: &mut TestHost) -> Result<(), String> {
     host.event = Some(event);
     let result = run_through_glue(agent, event, host);
@@ -151,6 +179,25 @@ pub struct TestHost {
     /// The event being run (set by [`run`]): actions it does not allow are refused, as the
     /// host refuses them.
     pub event: Option<Event>,
+    /// Every line the agent logged, at every level, shared with the loggers it handed out
+    /// (lines logged from an async task land here too).
+    pub log: Arc<Mutex<Vec<(LogLevel, String)>>>,
+}
+
+/// The harness's log: keeps every line, rate-limits nothing.
+struct TestLog(Arc<Mutex<Vec<(LogLevel, String)>>>);
+
+impl LogSink for TestLog {
+    fn enabled(&self, _: LogLevel) -> bool {
+        true
+    }
+
+    fn log(&self, level: LogLevel, message: RStr<'_>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((level, message.to_string()));
+    }
 }
 
 impl TestHost {
@@ -192,6 +239,11 @@ impl TestHost {
     /// The mail item, as the agent left it.
     pub fn message(&self) -> Option<&TestMessage> {
         self.message.as_ref()
+    }
+
+    /// The lines the agent logged so far, in order.
+    pub fn log_lines(&self) -> Vec<(LogLevel, String)> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The response of the agent's reject, if it rejected.
@@ -438,6 +490,16 @@ impl EventHost for TestHost {
             })
             .into()
     }
+
+    fn logger(&self) -> ROption<LogSinkBox> {
+        ROption::RSome(LogSink_TO::from_value(
+            TestLog(Arc::clone(&self.log)),
+            TD_Opaque,
+        ))
+    }
+
+    // No `begin_async`: the harness, like a host without async support, lets the SDK wait for
+    // the completion on the calling thread, so `run` returns once the handler has completed.
 }
 
 /// The rule the host applies to header edits: a field name of printable ASCII without colon or

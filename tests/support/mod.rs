@@ -48,6 +48,8 @@ pub fn agents_dir() -> &'static Path {
                 "-p",
                 "connection-filter",
                 "-p",
+                "dnsbl",
+                "-p",
                 "recipient-router",
                 "-p",
                 "http-delivery",

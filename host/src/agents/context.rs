@@ -5,13 +5,20 @@
 //! back), and checks every action against the event: an action the event does not allow is
 //! refused with a message the agent sees as an error.
 
-use crate::agents::dispatch::EventContext;
+use crate::agents::dispatch::{EventContext, PendingCompletion};
+use crate::agents::log::{AgentLog, CallLog};
 use crate::message::{EnvelopeRecipient, MailItem, Message};
 use crate::service::Service;
+use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec, Tuple2};
-use mta_agent_sdk::abi::{EventHost, FfiRecipient, FfiSession, HostAction, PropertyScope};
+use mta_agent_sdk::abi::{
+    Completion, CompletionBox, Completion_TO, ContinuationBox, EventHost, FfiRecipient, FfiSession,
+    HostAction, LogSinkBox, LogSink_TO, PropertyScope,
+};
 use mta_agent_sdk::{Action, Event};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
 
 /// Everything one event exposes to agents, and what they asked for.
 #[derive(Debug)]
@@ -30,6 +37,23 @@ pub struct CallContext {
     pub session_properties: BTreeMap<String, String>,
     /// Actions, in the order asked.
     pub actions: Vec<Action>,
+    /// The log of the agent being called (set by the dispatcher before each call).
+    agent_log: Option<Arc<AgentLog>>,
+    /// The completion of the agent call that went async, until the dispatcher takes it.
+    pending: Option<PendingCompletion>,
+}
+
+/// The host's end of an async call: passes the agent's continuation to the waiting dispatcher.
+struct Completer(Mutex<Option<oneshot::Sender<ContinuationBox>>>);
+
+impl Completion for Completer {
+    fn complete(&self, continuation: ContinuationBox) {
+        let sender = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(sender) = sender {
+            // Nobody waits any more (abandoned past twice the time limit): dropped here.
+            let _ = sender.send(continuation);
+        }
+    }
 }
 
 impl CallContext {
@@ -43,6 +67,8 @@ impl CallContext {
             mail_item: None,
             session_properties: BTreeMap::new(),
             actions: Vec::new(),
+            agent_log: None,
+            pending: None,
         }
     }
 
@@ -80,6 +106,14 @@ impl EventContext for CallContext {
         self.mail_item
             .as_ref()
             .map(|i| (i, self.actions.as_slice()))
+    }
+
+    fn enter_agent(&mut self, log: &Arc<AgentLog>) {
+        self.agent_log = Some(Arc::clone(log));
+    }
+
+    fn take_pending(&mut self) -> Option<PendingCompletion> {
+        self.pending.take()
     }
 }
 
@@ -312,6 +346,31 @@ impl EventHost for CallContext {
             return RResult::RErr("the new MIME has no header block".into());
         }
         self.item_mut().map(|i| i.message = message).into()
+    }
+
+    fn logger(&self) -> ROption<LogSinkBox> {
+        self.agent_log
+            .as_ref()
+            .map(|log| {
+                LogSink_TO::from_value(
+                    CallLog {
+                        log: Arc::clone(log),
+                        event: self.event,
+                        span: tracing::Span::current(),
+                    },
+                    TD_Opaque,
+                )
+            })
+            .into()
+    }
+
+    fn begin_async(&mut self) -> ROption<CompletionBox> {
+        let (sender, receiver) = oneshot::channel();
+        self.pending = Some(PendingCompletion(receiver));
+        ROption::RSome(Completion_TO::from_value(
+            Completer(Mutex::new(Some(sender))),
+            TD_Opaque,
+        ))
     }
 }
 

@@ -11,7 +11,7 @@
 //! of the process; [`Libraries::loaded_count`] says how many. Loading the same content again
 //! (same path, same bytes) reuses the image already loaded.
 
-use abi_stable::library::{lib_header_from_path, LibraryError, RootModule};
+use abi_stable::library::{lib_header_from_path, LibHeader, LibraryError, RootModule};
 use abi_stable::std_types::{RVec, Tuple2};
 use mta_agent_sdk::abi::{AgentFactoryBox, AgentLibraryRef};
 use mta_agent_sdk::{AgentClass, EventSet};
@@ -387,40 +387,36 @@ fn load_root_module(path: &Path, shadow: &Path) -> Result<(AgentLibraryRef, Stri
             found,
         });
     }
-    let module = header
-        .init_root_module::<AgentLibraryRef>()
-        .map_err(|e| match e {
-            LibraryError::IncompatibleVersionNumber {
-                expected_version,
-                actual_version,
-                ..
-            } => LoadError::IncompatibleSdk {
+    let module = init_root_module(header).map_err(|e| match e {
+        LibraryError::IncompatibleVersionNumber {
+            expected_version,
+            actual_version,
+            ..
+        } => LoadError::IncompatibleSdk {
+            path: path.to_path_buf(),
+            expected: expected_version.to_string(),
+            found: actual_version.to_string(),
+        },
+        LibraryError::AbiInstability(detail) => {
+            let error = LoadError::IncompatibleLayout {
                 path: path.to_path_buf(),
-                expected: expected_version.to_string(),
-                found: actual_version.to_string(),
-            },
-            LibraryError::AbiInstability(detail) => {
-                let error = LoadError::IncompatibleLayout {
-                    path: path.to_path_buf(),
-                    expected: expected.clone(),
-                    found: found.clone(),
-                    difference: header
-                        .layout()
-                        .and_then(first_difference)
-                        .unwrap_or_else(|| "abi_stable reports a difference".into()),
-                    detail: detail.to_string().trim().to_string(),
-                };
-                tracing::debug!(
-                    message = "Agent library layout differs from the host's SDK.",
-                    library = %path.display(),
-                    report = %error.full_report().unwrap_or_default()
-                );
-                error
-            }
-            other => {
-                LoadError::NotLoadable(path.to_path_buf(), other.to_string().trim().to_string())
-            }
-        })?;
+                expected: expected.clone(),
+                found: found.clone(),
+                difference: header
+                    .layout()
+                    .and_then(first_difference)
+                    .unwrap_or_else(|| "abi_stable reports a difference".into()),
+                detail: detail.to_string().trim().to_string(),
+            };
+            tracing::debug!(
+                message = "Agent library layout differs from the host's SDK.",
+                library = %path.display(),
+                report = %error.full_report().unwrap_or_default()
+            );
+            error
+        }
+        other => LoadError::NotLoadable(path.to_path_buf(), other.to_string().trim().to_string()),
+    })?;
     Ok((module, found))
 }
 
@@ -525,6 +521,45 @@ fn first_difference(library: &'static abi_stable::type_layout::TypeLayout) -> Op
             .to_string(),
     };
     Some(format!("{place} has {how}"))
+}
+
+/// abi_stable's own check refuses a library whose prefix types (vtables, root module) have
+/// fewer fields than the host's: it assumes the library is at least as new as the host. This
+/// boundary has prefix types in both directions: the library provides its root module and agent
+/// vtables, the host provides `EventHost` and what it hands out, and the SDK appends methods to
+/// the latter. So the layout is accepted when it is compatible either way: the library newer
+/// than the host, or older. Fields past a prefix are read through accessors that check, at run
+/// time, whether the provider's vtable has them (the SDK's default bodies answer otherwise), so
+/// either way nothing reads past what its provider has. Each check starts from fresh globals:
+/// only this library against this host, whatever other libraries were seen.
+fn init_root_module(header: &LibHeader) -> Result<AgentLibraryRef, LibraryError> {
+    use abi_stable::abi_stability::abi_checking::{
+        check_layout_compatibility_with_globals as check, CheckingGlobals,
+    };
+    // The version first, as abi_stable's own loading does: an old SDK is named as such, not
+    // as a layout difference.
+    let version = |strings| abi_stable::sabi_types::VersionNumber::new(strings);
+    let expected = version(AgentLibraryRef::VERSION_STRINGS)?;
+    let actual = version(header.version_strings())?;
+    if expected.major != actual.major || (expected.major == 0 && expected.minor > actual.minor) {
+        return Err(LibraryError::IncompatibleVersionNumber {
+            library_name: AgentLibraryRef::NAME,
+            expected_version: expected,
+            actual_version: actual,
+        });
+    }
+    if let Some(library) = header.layout() {
+        let host = <AgentLibraryRef as abi_stable::StableAbi>::LAYOUT;
+        if let Err(errors) = check(host, library, &CheckingGlobals::new()) {
+            if check(library, host, &CheckingGlobals::new()).is_err() {
+                return Err(LibraryError::AbiInstability(
+                    abi_stable::std_types::RBoxError::new(errors),
+                ));
+            }
+        }
+    }
+    // SAFETY: the layout was checked just above (abi_stable's version check still runs).
+    unsafe { header.init_root_module_with_unchecked_layout::<AgentLibraryRef>() }
 }
 
 /// A content hash: the same bytes reuse the same image.

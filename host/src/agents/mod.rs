@@ -6,6 +6,7 @@
 //! - [`reload`] swaps snapshots live when a file or library changes;
 //! - [`canary`] judges canaries (a new version serving a share beside the current one);
 //! - [`dispatch`] raises events to agents, containing faults and enforcing time limits;
+//! - [`log`] writes agents' log lines into the host's log, rate-limited per agent;
 //! - [`snapshot`] records the item as each agent left it, when the agents file asks for it;
 //! - [`edit`] changes a file for the `mta agent` commands; [`status`] tells other processes
 //!   what a running host has loaded.
@@ -17,6 +18,7 @@ pub mod dispatch;
 pub mod edit;
 pub mod file;
 pub mod library;
+pub mod log;
 pub mod pipeline;
 pub mod pool;
 pub mod reload;

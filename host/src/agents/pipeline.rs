@@ -98,6 +98,8 @@ pub struct PipelineAgent {
     pub metrics: crate::metrics::AgentCalls,
     /// For a canary, the name of the agent it is a canary of, and its share in percent.
     pub canary_of: Option<(String, u32)>,
+    /// Its log lines' way into the host's log (one rate limit for all its instances).
+    pub log: Arc<crate::agents::log::AgentLog>,
 }
 
 /// A factory built from an entry's parameters, with its counters. Dropping the last reference
@@ -205,6 +207,11 @@ impl Pipeline {
         self.by_event[event as usize]
             .iter()
             .map(move |&i| (i, &self.agents[i]))
+    }
+
+    /// The index in `agents` of the `position`-th agent (in priority order) handling `event`.
+    pub fn handler_at(&self, event: Event, position: usize) -> Option<usize> {
+        self.by_event[event as usize].get(position).copied()
     }
 
     /// Whether any agent handles `event` (the host skips the event entirely otherwise).
@@ -425,6 +432,10 @@ impl Pipeline {
                 declared: info.events,
                 factory_name: info.name.clone(),
                 delivery_protocol: info.delivery_protocol.clone(),
+                log: Arc::new(crate::agents::log::AgentLog::new(
+                    &entry.name.value,
+                    service,
+                )),
                 library,
                 factory,
                 canary_of: entry

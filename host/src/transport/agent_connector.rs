@@ -359,7 +359,12 @@ async fn close(connection: Connection) {
 
 async fn close_set(set: AgentSet, next_hop: &str) {
     let cx = context(Event::OnCloseConnection, next_hop);
-    let _ = dispatch_blocking(set, Event::OnCloseConnection, cx).await;
+    // Nothing is left to fail or defer at close; a fault is only reported.
+    if let Blocking::Done(_, _, Err(f)) | Blocking::Abandoned(f) =
+        dispatch_blocking(set, Event::OnCloseConnection, cx).await
+    {
+        tracing::warn!(message = "Delivery agent fault.", agent = %f.agent, library = %f.library, event = %f.event, error = ?f.message, next_hop = %next_hop);
+    }
 }
 
 fn context(event: Event, next_hop: &str) -> CallContext {
@@ -391,6 +396,7 @@ fn nobody(item: &MailItem) -> Outcomes {
 }
 
 fn fault(item: &MailItem, f: &Fault) -> Outcomes {
+    tracing::warn!(message = "Delivery agent fault.", agent = %f.agent, library = %f.library, event = %f.event, error = ?f.message, queue_id = %item.id);
     all(
         item,
         Outcome::retry(

@@ -259,7 +259,7 @@ impl Categorizer {
                         self.reports
                             .notify(&item, std::mem::take(&mut failures), dsn::Kind::Failed)
                             .await;
-                        tracing::warn!(message = "Routing agent fault.", agent = %fault.agent, event = %fault.event, error = ?fault.message, queue_id = %id);
+                        tracing::warn!(message = "Routing agent fault.", agent = %fault.agent, library = %fault.library, event = %fault.event, error = ?fault.message, queue_id = %id);
                         return self.faulted(item, attempts, origin, &fault).await;
                     }
                     match self.apply(&mut item, &cx.actions).await {
@@ -285,7 +285,7 @@ impl Categorizer {
                 Blocking::Abandoned(fault) => {
                     // A call that did not return is a fault like any other: twice, and the
                     // item goes to Poison instead of hanging the categorizer again.
-                    tracing::warn!(message = "Routing agent abandoned.", agent = %fault.agent, event = %fault.event, queue_id = %id);
+                    tracing::warn!(message = "Routing agent abandoned.", agent = %fault.agent, library = %fault.library, event = %fault.event, queue_id = %id);
                     self.reports
                         .notify(&kept, std::mem::take(&mut failures), dsn::Kind::Failed)
                         .await;

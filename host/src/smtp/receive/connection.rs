@@ -338,7 +338,7 @@ impl Connection {
                 self.agents = Some(set);
                 self.session_properties = cx.session_properties;
                 let fault = result.err().map(|fault| {
-                    tracing::warn!(message = "Agent fault.", agent = %fault.agent, event = %fault.event, error = ?fault.message);
+                    tracing::warn!(message = "Agent fault.", agent = %fault.agent, library = %fault.library, event = %fault.event, error = ?fault.message);
                     fault.message
                 });
                 submit_agent_messages(&self.receiver, &cx.actions).await;
@@ -350,7 +350,7 @@ impl Connection {
                 }
             }
             Blocking::Abandoned(fault) => {
-                tracing::warn!(message = "Agent abandoned; closing the session.", agent = %fault.agent, event = %fault.event);
+                tracing::warn!(message = "Agent abandoned; closing the session.", agent = %fault.agent, library = %fault.library, event = %fault.event);
                 Raised {
                     abandoned: true,
                     fault: Some(fault.message),

@@ -7,10 +7,74 @@
 //! `sleep` (with `sleep_ms`), `submit` (at OnEndOfData, submit a new message to this address),
 //! `reject_rcpt` (reject RCPT TO for this address only), `rewrite_rcpt` (`from=to`, may be
 //! repeated: at OnRcptCommand, put `to` in place of the recipient `from`).
+//!
+//! Logging and async handlers, at OnMailCommand, OnRcptCommand and the commands without
+//! arguments: `log_levels` (one line at each level), `flood` (`flood_lines` info lines, default
+//! 1000), `async_sleep` (go async and complete after `sleep_ms` from the probe's timer thread;
+//! a `reject` of the same event then rejects in the completion), `async_drop` (drop the async
+//! context without completing), `async_never` (keep it and never complete).
 
 use mta_agent_sdk::prelude::*;
+use mta_agent_sdk::smtp_receive::{AsyncContext, Rejectable, SmtpEvent};
 use std::io::Write;
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// One thread that runs jobs at their time: the probe's own "runtime" for async completions,
+/// so a thousand pending calls cost one thread.
+struct Timer(Mutex<mpsc::Sender<(Instant, Job)>>);
+
+impl Timer {
+    fn start() -> Self {
+        let (sender, receiver) = mpsc::channel::<(Instant, Job)>();
+        // Named: an unnamed thread would inherit the name of the host's thread that started it.
+        let spawned = std::thread::Builder::new()
+            .name("probe-timer".into())
+            .spawn(move || {
+                let mut due: Vec<(Instant, Job)> = Vec::new();
+                loop {
+                    let next = due.iter().map(|(at, _)| *at).min();
+                    let received = match next {
+                        Some(at) => {
+                            receiver.recv_timeout(at.saturating_duration_since(Instant::now()))
+                        }
+                        None => receiver
+                            .recv()
+                            .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                    };
+                    match received {
+                        Ok(job) => due.push(job),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) if due.is_empty() => return,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            std::thread::sleep(Duration::from_millis(1))
+                        }
+                    }
+                    let now = Instant::now();
+                    let (ready, later): (Vec<_>, Vec<_>) =
+                        due.drain(..).partition(|(at, _)| *at <= now);
+                    due = later;
+                    for (_, job) in ready {
+                        job();
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("probe: cannot start its timer thread: {e}");
+        }
+        Timer(Mutex::new(sender))
+    }
+
+    fn after(&self, delay: Duration, job: Job) {
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send((Instant::now() + delay, job));
+    }
+}
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -20,6 +84,7 @@ pub struct Probe {
     log: Option<String>,
     stamp: bool,
     params: Parameters,
+    timer: Arc<OnceLock<Timer>>,
 }
 
 impl Probe {
@@ -55,6 +120,66 @@ impl Probe {
         Ok(self.wants("reject", event))
     }
 
+    /// Logs as the parameters ask: one line per level, or a flood.
+    fn speak(&self, event: Event, logger: &Logger) {
+        if self.wants("log_levels", event) {
+            agent_error!(logger, "probe {} error line in {}", self.name, event);
+            agent_warn!(logger, "probe {} warn line in {}", self.name, event);
+            agent_info!(logger, "probe {} info line in {}", self.name, event);
+            agent_debug!(logger, "probe {} debug line in {}", self.name, event);
+            agent_trace!(logger, "probe {} trace line in {}", self.name, event);
+        }
+        if self.wants("flood", event) {
+            let lines = self
+                .params
+                .parse::<u64>("flood_lines")
+                .ok()
+                .flatten()
+                .unwrap_or(1000);
+            for n in 0..lines {
+                agent_info!(logger, "probe {} flood line {n}", self.name);
+            }
+        }
+    }
+
+    /// Goes async as the parameters ask; true when it did (the completion then decides).
+    fn go_async<K: Rejectable + 'static>(
+        &self,
+        event: Event,
+        source: &mut SmtpEvent<'_, K>,
+        reject: bool,
+    ) -> AgentResult<bool> {
+        if self.wants("async_never", event) {
+            std::mem::forget(source.async_context()?);
+            return Ok(true);
+        }
+        if self.wants("async_drop", event) {
+            drop(source.async_context()?);
+            return Ok(true);
+        }
+        if !self.wants("async_sleep", event) {
+            return Ok(false);
+        }
+        let context: AsyncContext<K> = source.async_context()?;
+        let ms = self.params.parse::<u64>("sleep_ms")?.unwrap_or(1000);
+        let rejection = self.rejection()?;
+        let name = self.name.clone();
+        let timer = self.timer.get_or_init(Timer::start);
+        timer.after(
+            Duration::from_millis(ms),
+            Box::new(move || {
+                agent_debug!(context, "probe {name} completes {event} after {ms} ms");
+                context.complete(move |source| {
+                    if reject {
+                        source.reject(&rejection)?;
+                    }
+                    Ok(())
+                })
+            }),
+        );
+        Ok(true)
+    }
+
     fn rejection(&self) -> AgentResult<SmtpResponse> {
         Ok(SmtpResponse::new(
             550,
@@ -66,12 +191,17 @@ impl Probe {
 
 impl Probe {
     /// The handler of events whose only argument is the session.
-    fn simple<K: mta_agent_sdk::smtp_receive::Rejectable>(
+    fn simple<K: Rejectable + 'static>(
         &self,
         event: Event,
         source: &mut mta_agent_sdk::smtp_receive::SmtpEvent<'_, K>,
     ) -> AgentResult {
-        if self.visit(event, "")? {
+        let reject = self.visit(event, "")?;
+        self.speak(event, &source.logger());
+        if self.go_async(event, source, reject)? {
+            return Ok(());
+        }
+        if reject {
             source.reject(&self.rejection()?)?;
         }
         if self.wants("disconnect", event) {
@@ -89,6 +219,7 @@ impl SmtpReceiveAgent for Probe {
             log: parameters.get("log").map(str::to_string),
             stamp: parameters.get("stamp") == Some("true"),
             params: parameters.clone(),
+            timer: Arc::new(OnceLock::new()),
         })
     }
 
@@ -157,7 +288,12 @@ impl SmtpReceiveAgent for Probe {
             event.envid().unwrap_or_default(),
             event.ret().unwrap_or_default()
         );
-        if self.visit(Event::OnMailCommand, &detail)? {
+        let reject = self.visit(Event::OnMailCommand, &detail)?;
+        self.speak(Event::OnMailCommand, &event.logger());
+        if self.go_async(Event::OnMailCommand, event, reject)? {
+            return Ok(());
+        }
+        if reject {
             event.reject(&self.rejection()?)?;
         }
         Ok(())
@@ -174,7 +310,12 @@ impl SmtpReceiveAgent for Probe {
             .params
             .get("reject_rcpt")
             .is_some_and(|a| a.eq_ignore_ascii_case(&event.recipient()));
-        if self.visit(Event::OnRcptCommand, &detail)? || refused {
+        let reject = self.visit(Event::OnRcptCommand, &detail)? || refused;
+        self.speak(Event::OnRcptCommand, &event.logger());
+        if self.go_async(Event::OnRcptCommand, event, reject)? {
+            return Ok(());
+        }
+        if reject {
             event.reject(&self.rejection()?)?;
         }
         let to = self.params.get_all("rewrite_rcpt").find_map(|pair| {
