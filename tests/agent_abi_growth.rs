@@ -9,15 +9,18 @@ use std::process::Command;
 use std::time::Duration;
 use support::*;
 
-/// The last commit before EventHost grew.
-const BEFORE_GROWTH: &str = "67621db8477485ea69a17c27e1fc684014b6d56f";
+/// The last commit before EventHost grew (with `HostAction::SetRecipient`, which came before).
+const BEFORE_GROWTH: &str = "18843a656d5c449a6a39e975e18a1447c1c46a15";
 
 /// Builds the probe of `BEFORE_GROWTH` against that commit's SDK, once, in its own target dir.
 fn old_probe() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"))
-        .join("test-agents-before-growth");
+        .join(format!(
+            "test-agents-before-growth-{}",
+            &BEFORE_GROWTH[..12]
+        ));
     let src = target.join("src");
     if !src.join("Cargo.toml").exists() {
         std::fs::create_dir_all(&src).unwrap();

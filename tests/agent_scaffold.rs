@@ -421,7 +421,8 @@ fn try_runs_the_smtp_events_in_order_drops_a_refused_recipient_and_reports_a_fau
     let (code, out, err) = try_probe(&["panic=OnMailCommand"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
-        out.contains("OnMailCommand from=<carol@partner.test>\n  fault: agent panicked: probe probe panics in OnMailCommand"),
+        out.contains("OnMailCommand from=<carol@partner.test>\n  fault: agent panicked at ")
+            && out.contains(": probe probe panics in OnMailCommand"),
         "{out}"
     );
     assert_eq!(

@@ -520,6 +520,8 @@ fn a_live_reload_refused_for_its_sdk_logs_one_line() {
     )), "{}", failed[0]);
     assert!(failed[0].len() < 1000, "{}", failed[0]);
     assert_eq!(mta.generation("transport"), 1);
+    // The status file is rewritten every second too: wait for the one that has the error.
+    assert!(wait_until(WAIT, || mta.status("transport")["last_error"].is_string()));
     let status = mta.status("transport");
     assert_eq!(
         status["last_error"].as_str().unwrap().lines().count(),
