@@ -218,3 +218,58 @@ fn a_users_file_created_after_the_start_is_offered_after_mta_config_reload() {
     assert!(ehlo.text().contains("AUTH PLAIN LOGIN"), "{ehlo:?}");
     smtp.quit();
 }
+
+/// A certificate made with openssl for `cn`, written to `cert.pem` and `key.pem` in `dir`.
+fn certificate(dir: &TestDir, cn: &str) {
+    let status = std::process::Command::new("openssl")
+        .current_dir(&dir.0)
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-keyout", "key.pem.new", "-out", "cert.pem.new", "-subj"])
+        .arg(format!("/CN={cn}"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    // Replaced whole, as an operator's renewal tool does.
+    std::fs::rename(dir.path("key.pem.new"), dir.path("key.pem")).unwrap();
+    std::fs::rename(dir.path("cert.pem.new"), dir.path("cert.pem")).unwrap();
+}
+
+/// The subject of the certificate a new STARTTLS session on `port` is shown.
+fn presented(port: u16) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-starttls", "smtp", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find(|l| l.starts_with("subject="))
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn a_renewed_certificate_is_presented_after_mta_config_reload() {
+    let dir = TestDir::new("config-reload-tls");
+    certificate(&dir, "one.test");
+    let mta = Mta::start(
+        &dir,
+        "[tls]\ncertificate = \"cert.pem\"\nkey = \"key.pem\"\n",
+        &[],
+    );
+    assert!(
+        presented(mta.frontend).contains("one.test"),
+        "{}",
+        mta.log()
+    );
+    certificate(&dir, "two.test");
+    let (code, _, err) = mta_cmd(&mta, &["config", "reload"]);
+    assert_eq!(code, 0, "{err}");
+    let now = presented(mta.frontend);
+    assert!(now.contains("two.test"), "{now}");
+}
