@@ -496,17 +496,9 @@ impl Categorizer {
                 }
                 None => "Message expired while its routing was deferred".to_string(),
             };
-            let mut why = Diagnosis::local(reply(451, "4.4.7", &text));
-            why.status = Some("4.4.7".into());
-            let failures = item
-                .envelope
-                .recipients
-                .iter()
-                .map(|r| (r.clone(), why.clone()))
-                .collect();
             tracing::info!(message = "Deferred item expired.", queue_id = %id);
             self.reports
-                .notify(&item, failures, dsn::Kind::Failed)
+                .fail_all(&item, Diagnosis::expired(reply(451, "4.4.7", &text)))
                 .await;
             return self.release(&id, &origin).await;
         }

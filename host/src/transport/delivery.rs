@@ -31,6 +31,15 @@ pub struct Diagnosis {
 }
 
 impl Diagnosis {
+    /// This host's own reply for a message that ran out of time: reported as 4.4.7, a
+    /// persistent transient failure (RFC 3463), whatever the reply's own code.
+    pub fn expired(response: SmtpResponse) -> Self {
+        Self {
+            status: Some("4.4.7".into()),
+            ..Self::local(response)
+        }
+    }
+
     /// This host's own reply.
     pub fn local(response: SmtpResponse) -> Self {
         Self {

@@ -10,7 +10,6 @@
 
 use super::delivery::Diagnosis;
 use super::delivery_queue::operator::{CopyState, Taken};
-use super::dsn;
 use super::holds::is_copy_of;
 use super::submission_queue::QueueDir;
 use super::{journal, Transport, Work};
@@ -642,21 +641,8 @@ impl Transport {
         for t in taken {
             recipients += t.item.envelope.recipients.len();
             if ndr {
-                let why = Diagnosis::local(reply(
-                    550,
-                    "5.3.0",
-                    "Removed from the queue by the administrator",
-                ));
-                let failures: Vec<(EnvelopeRecipient, Diagnosis)> = t
-                    .item
-                    .envelope
-                    .recipients
-                    .iter()
-                    .map(|r| (r.clone(), why.clone()))
-                    .collect();
-                self.reports
-                    .notify(&t.item, failures, dsn::Kind::Failed)
-                    .await;
+                let why = reply(550, "5.3.0", "Removed from the queue by the administrator");
+                self.reports.fail_all(&t.item, Diagnosis::local(why)).await;
             } else {
                 Record::item(EventId::Drop, Service::Transport, &t.item)
                     .connector(t.queue.clone())

@@ -26,6 +26,17 @@ impl Reports {
         }
     }
 
+    /// Tells the sender that every recipient of `item` failed for `why`.
+    pub async fn fail_all(&self, item: &MailItem, why: Diagnosis) {
+        let failures = item
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| (r.clone(), why.clone()))
+            .collect();
+        self.notify(item, failures, dsn::Kind::Failed).await;
+    }
+
     /// Logs each failure (or delay) and tells the sender, if there is anything the sender
     /// asked to hear.
     pub async fn notify(

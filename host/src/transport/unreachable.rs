@@ -5,7 +5,6 @@
 //! that have a route now go on and the others are parked again.
 
 use super::delivery::{now_ms, Diagnosis};
-use super::dsn;
 use super::reports::Reports;
 use super::{Queues, Work};
 use crate::smtp::reply;
@@ -56,17 +55,9 @@ async fn sweep(
         };
         let age = Duration::from_millis(now_ms().saturating_sub(item.trace.received_ms));
         if age >= expiry {
-            let mut why =
-                Diagnosis::local(reply(550, "5.4.4", "No route to the recipient's domain"));
-            why.status = Some("4.4.7".into());
-            let failures = item
-                .envelope
-                .recipients
-                .iter()
-                .map(|r| (r.clone(), why.clone()))
-                .collect();
             tracing::info!(message = "Unreachable item expired.", queue_id = %id);
-            reports.notify(&item, failures, dsn::Kind::Failed).await;
+            let why = reply(550, "5.4.4", "No route to the recipient's domain");
+            reports.fail_all(&item, Diagnosis::expired(why)).await;
             let q = Arc::clone(queues);
             let _ = tokio::task::spawn_blocking(move || q.unreachable.remove(&id)).await;
         } else if let Some(work) = resubmit {

@@ -3,7 +3,7 @@
 //! or release them elsewhere). Copies being delivered are never touched: a command that names
 //! one says so, and the operator tries again when the attempt is over.
 
-use super::{lock, DeliveryQueues, Entry, NextHopQueue, Settle};
+use super::{lock, DeliveryQueues, Entry, NextHopQueue, Settle, State};
 use crate::message::MailItem;
 use crate::transport::holds::is_copy_of;
 use crate::transport::submission_queue::QueueDir;
@@ -89,6 +89,38 @@ impl Taken {
     }
 }
 
+impl State {
+    /// Takes the copies of the message `id` that wait in the queue (due now, or scheduled),
+    /// each with the time it was due (`now` for those due already).
+    fn waiting_copies_of(&mut self, id: &str, now: u64) -> Vec<(u64, Entry)> {
+        let (out, keep): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut self.ready)
+            .into_iter()
+            .partition(|e| is_copy_of(e.id(), id));
+        self.ready = keep.into();
+        let mut out: Vec<(u64, Entry)> = out.into_iter().map(|e| (now, e)).collect();
+        let due: Vec<(u64, u64)> = self
+            .scheduled
+            .iter()
+            .filter(|(_, e)| is_copy_of(e.id(), id))
+            .map(|(k, _)| *k)
+            .collect();
+        out.extend(
+            due.into_iter()
+                .filter_map(|k| self.scheduled.remove(&k).map(|e| (k.0, e))),
+        );
+        out
+    }
+
+    /// Takes the copies of the message `id` an operator suspended.
+    fn held_copies_of(&mut self, id: &str) -> Vec<(u64, Entry)> {
+        let (out, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|(_, e)| is_copy_of(e.id(), id));
+        self.held = keep;
+        out
+    }
+}
+
 impl DeliveryQueues {
     /// The running queue named `name` (as `mta queue list` prints it).
     pub fn queue_named(&self, name: &str) -> Option<Arc<NextHopQueue>> {
@@ -140,28 +172,11 @@ impl DeliveryQueues {
         for queue in self.all() {
             let mut s = lock(&queue.state);
             if suspended {
-                let (hold, keep): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut s.ready)
-                    .into_iter()
-                    .partition(|e| is_copy_of(e.id(), id));
-                s.ready = keep.into();
-                let due: Vec<(u64, u64)> = s
-                    .scheduled
-                    .iter()
-                    .filter(|(_, e)| is_copy_of(e.id(), id))
-                    .map(|(k, _)| *k)
-                    .collect();
-                moved += hold.len() + due.len();
-                s.held.extend(hold.into_iter().map(|e| (now, e)));
-                for k in due {
-                    if let Some(e) = s.scheduled.remove(&k) {
-                        s.held.push((k.0, e));
-                    }
-                }
+                let hold = s.waiting_copies_of(id, now);
+                moved += hold.len();
+                s.held.extend(hold);
             } else {
-                let (go, stay): (Vec<_>, Vec<_>) = std::mem::take(&mut s.held)
-                    .into_iter()
-                    .partition(|(_, e)| is_copy_of(e.id(), id));
-                s.held = stay;
+                let go = s.held_copies_of(id);
                 moved += go.len();
                 s.ready.extend(go.into_iter().map(|(_, e)| e));
             }
@@ -297,25 +312,10 @@ impl DeliveryQueues {
                     .filter(|i| is_copy_of(i, id))
                     .cloned(),
             );
-            let mut out: Vec<Entry> = Vec::new();
-            let (go, keep): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut s.ready)
-                .into_iter()
-                .partition(|e| is_copy_of(e.id(), id));
-            s.ready = keep.into();
-            out.extend(go);
-            let due: Vec<(u64, u64)> = s
-                .scheduled
-                .iter()
-                .filter(|(_, e)| is_copy_of(e.id(), id))
-                .map(|(k, _)| *k)
-                .collect();
-            out.extend(due.iter().filter_map(|k| s.scheduled.remove(k)));
-            let (go, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut s.held)
-                .into_iter()
-                .partition(|(_, e)| is_copy_of(e.id(), id));
-            s.held = keep;
-            out.extend(go.into_iter().map(|(_, e)| e));
-            for entry in out {
+            let now = super::now_ms();
+            let mut out = s.waiting_copies_of(id, now);
+            out.extend(s.held_copies_of(id));
+            for (_, entry) in out {
                 s.memory_bytes = s.memory_bytes.saturating_sub(entry.bytes());
                 match entry {
                     Entry::Memory { item, settle, .. } => taken.push(Taken {
