@@ -329,14 +329,10 @@ impl Writer {
                 Some((kind, None)) => io::Error::new(kind, "journal write failed"),
                 None => io::Error::other("journal write failed"),
             };
-            for ack in syncs {
-                let _ = ack.send(if failed.is_none() {
-                    Ok(())
-                } else {
-                    Err(error())
-                });
-            }
             if failed.is_some() {
+                for ack in syncs {
+                    let _ = ack.send(Err(error()));
+                }
                 // The batch is not on disk: its appends were refused (their clients get 4xx),
                 // so they are not live; its done records may be lost, which only means their
                 // items would be processed again after a crash. The segment is not written to
@@ -381,6 +377,11 @@ impl Writer {
             }
             for segment in finished {
                 self.release(segment);
+            }
+            // Answered once the batch is on disk and accounted for: whoever waited sees the
+            // load with its done records applied.
+            for ack in syncs {
+                let _ = ack.send(Ok(()));
             }
             if self.size >= self.segment_max {
                 self.rotate();
