@@ -461,3 +461,50 @@ fn agent_commands_edit_the_agents_file_the_running_server_serves() {
         "no file was made beside mta.toml"
     );
 }
+
+#[test]
+fn a_copy_being_delivered_is_never_taken_from_under_its_delivery() {
+    // A next hop that takes two seconds over each reply: the copy stays in flight meanwhile.
+    let peer = Peer::with(PeerConfig {
+        delay: Duration::from_secs(2),
+        ..PeerConfig::default()
+    });
+    let dir = TestDir::new("queue-in-flight");
+    let mta = Mta::start(
+        &dir,
+        &format!(
+            "[routing]\nretry_base_ms = 200\nretry_max_ms = 400\n[[send_connectors]]\nname = \"Out\"\naddress_spaces = [\"SMTP:*;1\"]\nsmart_hosts = [\"{}\"]\ntls = \"none\"\n",
+            peer.address()
+        ),
+        &[],
+    );
+    let id = send(&mta, "alice@example.test", &["carol@faraway.test"], "slow");
+    assert!(
+        wait_until(WAIT, || state_of(&mta, &id).as_deref() == Some("in-flight")),
+        "{}",
+        mta.log()
+    );
+    for refused in [
+        vec!["message", "remove", id.as_str()],
+        vec![
+            "message",
+            "redirect",
+            id.as_str(),
+            "--to",
+            "bob@example.test",
+        ],
+    ] {
+        let (code, _, err) = mta_cmd(&mta, &refused);
+        assert_eq!(code, 1, "{refused:?}");
+        assert!(err.contains("is being delivered right now"), "{err}");
+    }
+    // The attempt finishes as it began: delivered once, to its own recipient only.
+    assert!(
+        wait_until(WAIT, || subjects(&peer) == ["slow"]),
+        "{}",
+        mta.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(subjects(&peer), ["slow"]);
+    assert!(mta.maildir("bob").is_empty());
+}
