@@ -380,7 +380,7 @@ impl Transport {
         })
         .await
         .unwrap_or_default();
-        let copies = self.deliveries.copies(None).await;
+        let copies = self.deliveries.copies(None, false).await;
         for q in self.deliveries.status() {
             let mine: Vec<_> = copies.iter().filter(|c| c.queue == q.name).collect();
             let status = if q.suspended {
@@ -431,7 +431,7 @@ impl Transport {
     pub async fn message_list(&self, filter: &MessageFilter) -> Vec<MessageInfo> {
         let mut out: Vec<MessageInfo> = self
             .deliveries
-            .copies(filter.queue.as_deref())
+            .copies(filter.queue.as_deref(), true)
             .await
             .into_iter()
             .map(|c| {

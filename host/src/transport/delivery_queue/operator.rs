@@ -196,9 +196,10 @@ impl DeliveryQueues {
         self.holds.queue_suspended(name)
     }
 
-    /// Every copy in every queue (of `only`, if given). Reads queue files: blocking work is
-    /// done off the async threads.
-    pub async fn copies(&self, only: Option<&str>) -> Vec<Located> {
+    /// Every copy in every queue (of `only`, if given): with its message header block when
+    /// `headers` (for listings by Message-ID), else the envelope and trace only. Reads queue
+    /// files: blocking work is done off the async threads.
+    pub async fn copies(&self, only: Option<&str>, headers: bool) -> Vec<Located> {
         let mut found = Vec::new();
         let mut files = Vec::new();
         for queue in self.all() {
@@ -239,7 +240,12 @@ impl DeliveryQueues {
             files
                 .into_iter()
                 .filter_map(|(queue, state, dir, id)| {
-                    let (item, attempts) = match dir.load(&id) {
+                    let read = if headers {
+                        dir.load(&id)
+                    } else {
+                        dir.load_meta(&id)
+                    };
+                    let (item, attempts) = match read {
                         Ok(found) => found,
                         // A copy being delivered from memory has no file: it is listed by its
                         // id alone rather than not at all.
