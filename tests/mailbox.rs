@@ -149,10 +149,16 @@ fn outbox_recipients_transport_refuses_come_back_as_a_report() {
     assert!(report.contains("bob@example.test"), "{report}");
     assert!(report.contains("probe T rejects"), "{report}");
     assert!(mta.maildir("bob").is_empty());
-    let sent = std::fs::read_dir(dir.path("mta-data/mailboxes/alice/.Sent/cur"))
-        .unwrap()
-        .count();
-    assert_eq!(sent, 1, "the message moved to Sent");
+    // The report is written before the message leaves the outbox: wait for the move.
+    let sent = || {
+        std::fs::read_dir(dir.path("mta-data/mailboxes/alice/.Sent/cur"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(WAIT, || sent() == 1),
+        "the message moved to Sent"
+    );
 }
 
 #[test]
