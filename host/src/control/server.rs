@@ -72,12 +72,7 @@ impl Control {
         status.pipelines = pipelines;
         status.configuration = self.reconfiguration.state();
         if let Some(transport) = &self.transport {
-            status.queues = transport
-                .queue_list()
-                .await
-                .into_iter()
-                .map(|q| (q.name, q.items))
-                .collect();
+            status.queues = transport.queue_totals().await;
             status.back_pressure = Some(transport.sink.0.pressure.pressure());
         }
         status

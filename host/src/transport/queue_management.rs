@@ -347,6 +347,31 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl Transport {
+    /// Items per queue, counted without reading any item (for `mta status`).
+    pub async fn queue_totals(&self) -> Vec<(String, usize)> {
+        let queues = Arc::clone(&self.queues);
+        let mut out = blocking(move || {
+            let mut out = vec![(
+                "submission".to_string(),
+                queues.journal.load().items() as usize,
+            )];
+            for name in DIRECTORY_QUEUES {
+                let count = queues.directory(name).ids().map_or(0, |ids| ids.len());
+                out.push((name.to_string(), count));
+            }
+            out
+        })
+        .await
+        .unwrap_or_default();
+        out.extend(
+            self.deliveries
+                .status()
+                .into_iter()
+                .map(|q| (q.name, q.active + q.retry + q.held)),
+        );
+        out
+    }
+
     /// Every queue, live.
     pub async fn queue_list(&self) -> Vec<QueueInfo> {
         let queues = Arc::clone(&self.queues);
