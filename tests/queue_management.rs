@@ -311,6 +311,13 @@ fn a_poison_message_is_released_once_its_agent_is_fixed_and_status_tells_the_ser
     let (code, out, err) = mta_cmd(&mta, &["agent", "disable", "Route Probe"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
+        out.ends_with(&format!(
+            "The running server (pid {}) now runs transport pipeline generation 2, 0 agents.\n",
+            mta.pid()
+        )),
+        "{out}"
+    );
+    assert!(
         wait_until(WAIT, || mta_cmd(&mta, &["status"])
             .1
             .contains("generation 2, 0 agents")),
@@ -453,6 +460,15 @@ fn agent_commands_edit_the_agents_file_the_running_server_serves() {
     );
     let (code, out, err) = mta_cmd(&mta, &["agent", "disable", "Probe"]);
     assert_eq!(code, 0, "{out}{err}");
+    // The command waits for the running server's reload and reports it.
+    assert_eq!(
+        out,
+        format!(
+            "Disabled agent \"Probe\" in the transport service.\nThe running server (pid {}) now runs transport pipeline generation 2, 0 agents.\n",
+            mta.pid()
+        ),
+        "{err}"
+    );
     assert!(std::fs::read_to_string(&served)
         .unwrap()
         .contains("enabled=\"false\""));

@@ -112,6 +112,82 @@ fn agents_are_not_run_as_root_unless_allowed() {
     assert!(!log.exists(), "no agent was loaded");
 }
 
+/// The attack: a server started as root with no agents file yet, then a file written later
+/// (by `mta agent install`, or by hand). Its libraries must not be opened in the root process.
+#[test]
+fn an_agents_file_written_after_a_root_start_is_refused_too() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = TestDir::new("root-agents-later");
+    let log = dir.path("probe.log");
+    let mta = Mta::start(
+        &dir,
+        "allow_root_agents = false\n[agents]\ntransport = \"agents.config\"\n",
+        &[],
+    );
+    assert!(mta.log().contains("No agents file yet"), "{}", mta.log());
+    dir.write(
+        "agents.config",
+        &agents_xml(5000, &[Entry::probe("P", &log)]),
+    );
+    assert!(
+        mta.wait_log("refusing to run agents as root (\"P\" is enabled)", 1, WAIT),
+        "{}",
+        mta.log()
+    );
+    assert!(
+        !mta.log().contains("Agent pipeline swapped."),
+        "{}",
+        mta.log()
+    );
+    // The server keeps serving, without the agent.
+    let mut smtp = Smtp::ehlo(mta.transport);
+    let r = smtp.send_mail(
+        "a@elsewhere.test",
+        &["alice@example.test"],
+        "Subject: later\n\nx\n",
+    );
+    assert_eq!(r.code, 250, "{r:?} {}", mta.log());
+    smtp.quit();
+    assert!(
+        wait_until(WAIT, || mta.maildir("alice").len() == 1),
+        "{}",
+        mta.log()
+    );
+    // `mta agent install` says that the running server refused what it wrote, and fails.
+    let config = mta.config.display().to_string();
+    let (code, out, err) = run_mta(
+        &mta.dir,
+        &[
+            "--config",
+            &config,
+            "agent",
+            "install",
+            "--enable",
+            "--name",
+            "Q",
+            "--factory",
+            "Tests.ProbeFactory",
+            "--assembly",
+            lib("probe").to_str().unwrap(),
+            "--parameter",
+            &format!("log={}", log.display()),
+        ],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("Installed agent \"Q\""), "{out}");
+    assert!(
+        err.starts_with(&format!(
+            "error: the running server (pid {}) refused the change; its transport pipeline stays at generation 0:\n",
+        mta.pid()
+        )) && err.contains("refusing to run agents as root (\"P\" is enabled)"),
+        "{err}"
+    );
+    assert!(!log.exists(), "no agent was loaded");
+}
+
 #[test]
 fn mail_queues_and_keys_are_readable_by_the_mta_user_only() {
     let dir = TestDir::new("modes");

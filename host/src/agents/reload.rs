@@ -38,6 +38,12 @@ pub struct AgentHost {
     quarantined: Mutex<HashMap<String, (String, String)>>,
     /// Canary rollout rules and rolled-back canaries ([`super::canary`]).
     canary: super::canary::Canaries,
+    /// Set when the process is root and mta.toml does not allow agents as root: the hint to
+    /// give. A file with an enabled entry is then refused before any library is opened, at a
+    /// reload as at start-up, so an agents file written after start cannot run code as root.
+    root_refusal: Option<String>,
+    /// Reload attempts so far, whatever their outcome (in the status file).
+    attempts: AtomicU64,
 }
 
 impl AgentHost {
@@ -49,10 +55,12 @@ impl AgentHost {
         libraries: Arc<Libraries>,
         status_path: Option<PathBuf>,
         quarantine_after: u64,
+        root_refusal: Option<String>,
     ) -> Result<Arc<Self>, Vec<Diagnostic>> {
         let pipeline = match &file {
             Some(path) if path.exists() => {
                 let parsed = file::read(path)?;
+                refuse_as_root(&parsed, root_refusal.as_deref())?;
                 Pipeline::build(&parsed, service, &libraries, None, 1)?
             }
             Some(path) => {
@@ -75,6 +83,8 @@ impl AgentHost {
             quarantine_after,
             quarantined: Mutex::new(HashMap::new()),
             canary: super::canary::Canaries::default(),
+            root_refusal,
+            attempts: AtomicU64::new(0),
         });
         tracing::info!(
             message = "Agent pipeline loaded.",
@@ -122,6 +132,7 @@ impl AgentHost {
         let rolled_back = self.canary.rolled_back_keys();
         let built = if path.exists() {
             file::read(path).and_then(|parsed| {
+                refuse_as_root(&parsed, self.root_refusal.as_deref())?;
                 Pipeline::build_excluding(
                     &parsed,
                     self.service,
@@ -141,13 +152,16 @@ impl AgentHost {
         // Whether this attempt ends a run of failed ones: then the operator is told the pipeline
         // is healthy again, whether the fix was a new pipeline or the running file restored.
         let recovering = self.last_error().is_some();
+        // Counted before the outcome is stored; each branch writes the status file, so a
+        // command waiting for the count finds the outcome with it.
+        self.attempts.fetch_add(1, Ordering::Relaxed);
         match built {
             Ok(pipeline) if pipeline.digest == old.digest => {
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                // Written now, not at the next tick, and before the log line, so whoever reads
+                // the line finds it up to date (a recovered error cleared).
+                self.write_status();
                 if recovering {
-                    // The status file still shows the error: clear it now, not at the next tick,
-                    // and before the log line, so whoever reads the line finds it cleared.
-                    self.write_status();
                     tracing::info!(
                         message = "Agent pipeline recovered.",
                         service = %self.service,
@@ -327,11 +341,27 @@ impl AgentHost {
                 self.libraries.loaded_count(),
                 &self.quarantined(),
                 &self.canary.rolled_back(),
+                self.attempts.load(Ordering::Relaxed),
             ) {
                 tracing::warn!(message = "Could not write the agents status file.", path = %path.display(), error = %e);
             }
         }
     }
+}
+
+/// Refuses a file with an enabled entry when `refusal` (the hint) is set: the process is root.
+fn refuse_as_root(parsed: &file::AgentsFile, refusal: Option<&str>) -> Result<(), Vec<Diagnostic>> {
+    let (Some(hint), Some(entry)) = (refusal, parsed.agents.iter().find(|a| a.enabled.value))
+    else {
+        return Ok(());
+    };
+    Err(vec![Diagnostic::new(
+        &entry.enabled.at,
+        format!(
+            "refusing to run agents as root (\"{}\" is enabled): {hint}",
+            entry.name.value
+        ),
+    )])
 }
 
 fn log_warnings(pipeline: &Pipeline, previous: Option<&Pipeline>) {

@@ -18,6 +18,10 @@ pub struct Status {
     pub generation: u64,
     /// The error of the last reload, if it failed (the running pipeline is older).
     pub last_error: Option<String>,
+    /// Reload attempts so far, whatever their outcome: a command that edited the agents file
+    /// waits for this to grow, then reports what the running host made of its edit.
+    #[serde(default)]
+    pub reload_attempts: u64,
     /// How many library images the process has loaded (never unloaded).
     pub libraries_loaded: u64,
     /// The agents of the running pipeline, in priority order.
@@ -92,12 +96,14 @@ pub fn write(
     libraries_loaded: u64,
     quarantined: &[(String, String)],
     rolled_back: &[RolledBack],
+    reload_attempts: u64,
 ) -> std::io::Result<()> {
     let status = Status {
         service: pipeline.service.to_string(),
         pid: std::process::id(),
         generation: pipeline.generation,
         last_error: last_error.map(str::to_string),
+        reload_attempts,
         libraries_loaded,
         agents: pipeline
             .agents

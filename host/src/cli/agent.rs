@@ -165,6 +165,24 @@ pub enum AgentCommand {
 }
 
 pub fn run(config: &HostConfig, command: AgentCommand) -> anyhow::Result<ExitCode> {
+    // A command that edits an agents file reports what the running server made of the edit.
+    let edited = match &command {
+        AgentCommand::Install {
+            service, dry_run, ..
+        } => (!dry_run).then_some(*service),
+        AgentCommand::Uninstall { service, .. }
+        | AgentCommand::Enable { service, .. }
+        | AgentCommand::Disable { service, .. }
+        | AgentCommand::SetPriority { service, .. }
+        | AgentCommand::Promote { service, .. }
+        | AgentCommand::Rollback { service, .. } => Some(*service),
+        _ => None,
+    };
+    let running = edited.and_then(|service| {
+        status::read(&config.agents_status_path(service))
+            .filter(|s| pid_alive(s.pid))
+            .map(|s| (service, s))
+    });
     match command {
         AgentCommand::Install {
             name,
@@ -248,8 +266,59 @@ pub fn run(config: &HostConfig, command: AgentCommand) -> anyhow::Result<ExitCod
         AgentCommand::Rollback { name, service } => edit_canary(config, service, &name, false),
         AgentCommand::List { service } => list(config, service),
         AgentCommand::Pipeline { service } => pipeline(config, service),
+    }?;
+    Ok(match running {
+        Some((service, before)) => follow_running(config, service, &before),
+        None => ExitCode::SUCCESS,
+    })
+}
+
+/// After an edit, waits (up to 5 s) for the running server to reload the file and says what it
+/// made of it: an operator learns here, not from the server's log, that it refused the change
+/// (a library that fails to load there, agents refused in a root process).
+fn follow_running(config: &HostConfig, service: Service, before: &status::Status) -> ExitCode {
+    let path = config.agents_status_path(service);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let pid = before.pid;
+    loop {
+        let now = status::read(&path)
+            .filter(|s| s.pid == pid && s.reload_attempts > before.reload_attempts);
+        if let Some(now) = now {
+            return match &now.last_error {
+                Some(error) => {
+                    eprintln!(
+                        "error: the running server (pid {pid}) refused the change; its {service} pipeline stays at generation {}:",
+                        now.generation
+                    );
+                    for line in error.lines() {
+                        eprintln!("  {line}");
+                    }
+                    ExitCode::FAILURE
+                }
+                None if now.generation == before.generation => {
+                    println!(
+                        "The running server (pid {pid}) read the change; nothing it runs changed: {service} pipeline generation {}, {}.",
+                        now.generation,
+                        agents(now.agents.len())
+                    );
+                    ExitCode::SUCCESS
+                }
+                None => {
+                    println!(
+                        "The running server (pid {pid}) now runs {service} pipeline generation {}, {}.",
+                        now.generation,
+                        agents(now.agents.len())
+                    );
+                    ExitCode::SUCCESS
+                }
+            };
+        }
+        if std::time::Instant::now() >= deadline || !pid_alive(pid) {
+            println!("The running server (pid {pid}) has not reloaded the file yet; `mta agent list` shows when it has.");
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    .map(|()| ExitCode::SUCCESS)
 }
 
 /// Refuses an edit that would leave a file the host cannot load (so that enabling an agent
@@ -680,6 +749,10 @@ fn list(config: &HostConfig, only: Option<Service>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn agents(n: usize) -> String {
+    format!("{n} agent{}", if n == 1 { "" } else { "s" })
 }
 
 fn s_gen(running: Option<&status::Status>, agent: &status::AgentStatus) -> String {

@@ -431,7 +431,10 @@ fn describe(action: &Action) -> String {
                 .unwrap_or_default()
         ),
         Action::Delete => "delete the mail item".into(),
-        Action::Fork(recipients) => format!("fork off: {}", recipients.join(", ")),
+        Action::Fork(recipients) => format!(
+            "fork: this item keeps {}; a copy takes the other recipients",
+            recipients.join(", ")
+        ),
         Action::SetRoutingOverride {
             recipient, domain, ..
         } => {

@@ -95,6 +95,9 @@ pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     let libraries = Arc::new(Libraries::new(config.run_dir().join("shadow")));
     let mut hosts = Vec::new();
     let mut by_service = std::collections::HashMap::new();
+    // Checked again at every reload: an agents file written after start is refused too.
+    let root_refusal = (crate::privileges::is_root() && !root_agents_allowed(&config))
+        .then(|| root_agents_hint(&config));
     for &service in roles.iter().filter(|s| **s != Service::Mailbox) {
         let file = config.agents_file(service).map(|p| p.to_path_buf());
         let host = AgentHost::start(
@@ -103,6 +106,7 @@ pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
             Arc::clone(&libraries),
             Some(config.agents_status_path(service)),
             config.agents.quarantine_after_hung,
+            root_refusal.clone(),
         )
         .map_err(|d| anyhow::anyhow!("{}", crate::agents::diagnostic::render(&d)))?;
         host.set_canary_rules(
@@ -173,20 +177,34 @@ fn refuse_root_agents(config: &HostConfig, roles: &[Service]) -> anyhow::Result<
     if with_agents.is_empty() {
         return Ok(());
     }
-    match config.allow_root_agents.unwrap_or(config.source.is_none()) {
+    match root_agents_allowed(config) {
         true => {
             tracing::warn!(message = "Agents run as root. Set user in mta.toml to run mta unprivileged.", agents_files = %with_agents.join(", "));
             Ok(())
         }
         false => bail!(
-            "refusing to run agents as root ({}): set user = \"mta\" in {} so mta switches to that user once its listeners are bound, or allow_root_agents = true",
+            "refusing to run agents as root ({}): {}",
             with_agents.join(", "),
-            config
-                .source
-                .as_deref()
-                .map_or("mta.toml".into(), |p| p.display().to_string())
+            root_agents_hint(config)
         ),
     }
+}
+
+/// Whether agents may run in a root process: `allow_root_agents`, by default only on the
+/// embedded defaults (no mta.toml).
+fn root_agents_allowed(config: &HostConfig) -> bool {
+    config.allow_root_agents.unwrap_or(config.source.is_none())
+}
+
+/// What the operator should do about agents in a root process.
+fn root_agents_hint(config: &HostConfig) -> String {
+    format!(
+        "set user = \"mta\" in {} so mta switches to that user once its listeners are bound, or allow_root_agents = true",
+        config
+            .source
+            .as_deref()
+            .map_or("mta.toml".into(), |p| p.display().to_string())
+    )
 }
 
 /// Passwords must not be readable by every user of the machine: mta.toml when it holds users,
