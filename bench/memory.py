@@ -110,12 +110,12 @@ class Mta:
         self.proc.wait(timeout=60)
 
 
-def wait_for(what, target, timeout):
+def wait_for(what, target, timeout, step=0.05):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if what() >= target:
             return True
-        time.sleep(0.05)
+        time.sleep(step)
     return False
 
 
@@ -202,26 +202,47 @@ def flood(mta_bin, work, sink, sessions, messages, extra):
     mta = Mta(mta_bin, work, sink.port, extra)
     base = sink.count()
     load = os.path.join(ROOT, "target", "release", "examples", "smtp_load")
+    # Both counters are sampled while the load runs, so the steady state (back pressure holding
+    # the backlog between its marks) can be told from the ramp-up and from the drain at the end.
+    samples, running = [], threading.Event()
+    running.set()
+
+    def sample():
+        while running.is_set():
+            samples.append((time.time(), mta.queued(), sink.count() - base))
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample)
     t0 = time.time()
+    sampler.start()
     source = subprocess.run(
         [load, f"127.0.0.1:{mta.ports['transport']}", str(sessions), str(messages), "5120",
          "to@sink.test"], capture_output=True, text=True)
     t1 = time.time()
     during = sink.count() - base
     accepted = mta.queued()
-    delivered = wait_for(lambda: sink.count() - base, accepted, 600)
+    delivered = wait_for(lambda: sink.count() - base, accepted, 600, step=0.01)
     t2 = time.time()
+    running.clear()
+    sampler.join()
     peak = mta.peak_kb()
     refused = open(mta.log.name).read().count("Back pressure: new mail is refused")
     mta.stop()
     got = sink.count() - base
     acc_rate, e2e_rate = accepted / (t1 - t0), got / (t2 - t0)
+    # Steady state: from the first sample past 20 % of the messages to the last sample taken.
+    start = next((s for s in samples if s[1] >= messages // 5), samples[0])
+    end = samples[-1]
+    span = max(end[0] - start[0], 1e-9)
+    ss_acc, ss_del = (end[1] - start[1]) / span, (end[2] - start[2]) / span
     deferred = source.stdout.split("deferred=")[1].split()[0] if "deferred=" in source.stdout else "?"
     ok = delivered and got >= accepted == messages and peak < 64 * 1024
     print(f"{'flood: ' + str(sessions) + ' sessions x 5 KB -> smtp-sink':<52} accepted {accepted} "
           f"({acc_rate:.0f}/s; {deferred} refused for now and sent again), delivered {got} "
-          f"({e2e_rate:.0f}/s end to end, {e2e_rate / acc_rate:.2f} of accepted; "
-          f"{during / (t1 - t0):.0f}/s while the load ran), back pressure engaged {refused}x, "
+          f"({e2e_rate:.0f}/s end to end, {e2e_rate / acc_rate:.2f} of accepted); "
+          f"steady state over {span:.1f} s: accepted {ss_acc:.0f}/s, delivered {ss_del:.0f}/s "
+          f"({ss_del / max(ss_acc, 1e-9):.3f}); backlog when the load ended {accepted - during}, "
+          f"drained in {t2 - t1:.2f} s; back pressure engaged {refused}x, "
           f"peak RSS {peak // 1024} MB (target < 64)  {'ok' if ok else 'MISSED'}")
     return ok
 

@@ -71,8 +71,11 @@ if ! postfix -c "$WORK/postfix" start >/dev/null 2>&1; then
 fi
 
 # --- mta configurations ---------------------------------------------------------------
+# The bench runs as root (it drives a private Postfix), and mta refuses to load agents as root
+# unless told to (it finds agents.config beside mta.toml): production sets `user = "mta"`.
 cat > "$WORK/mta.toml" <<EOF
 data_dir = "$WORK/mta-data"
+allow_root_agents = true
 [frontend]
 listen = "127.0.0.1:$MT_FE"
 max_connections_per_ip = 1000
@@ -86,6 +89,13 @@ trusted = ["127.0.0.1"]
 listen = "127.0.0.1:$MT_MB"
 [tls]
 starttls = false
+# smtp-source gives up at the first 452, and Postfix queues the whole run on disk: the marks are
+# raised so both take all N messages (bench/memory.py measures back pressure itself).
+[back_pressure]
+queued_items_high = 100000
+queued_items_low = 90000
+queued_mb_high = 4096
+queued_mb_low = 3072
 [[send_connectors]]
 name = "Sink"
 address_spaces = ["SMTP:*;1"]
