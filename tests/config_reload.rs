@@ -273,3 +273,36 @@ fn a_renewed_certificate_is_presented_after_mta_config_reload() {
     let now = presented(mta.frontend);
     assert!(now.contains("two.test"), "{now}");
 }
+
+/// A mailbox added by a reload sends from its outbox at once, as one present at start does.
+#[test]
+fn the_outbox_of_a_mailbox_added_by_a_reload_is_sent_without_a_restart() {
+    let dir = TestDir::new("config-reload-outbox");
+    let mta = Mta::start(&dir, "[directories]\npoll_interval_ms = 100\n", &[]);
+    append(
+        &mta,
+        "\n[organization]\nmailboxes = [\"alice\", \"bob\", \"postmaster\", \"sales\"]\n",
+    );
+    assert!(
+        mta.wait_log("Host configuration reloaded.", 1, WAIT),
+        "{}",
+        mta.log()
+    );
+    let outbox = dir.path("mta-data/mailboxes/sales/.Outbox");
+    assert!(outbox.join("new").is_dir(), "the reload made the mailbox");
+    std::fs::write(
+        outbox.join("tmp/1.msg"),
+        "From: sales@example.test\r\nTo: alice@example.test\r\nSubject: from the new outbox\r\n\r\nhello\r\n",
+    )
+    .unwrap();
+    std::fs::rename(outbox.join("tmp/1.msg"), outbox.join("new/1.msg")).unwrap();
+    assert!(
+        wait_until(WAIT, || mta
+            .maildir("alice")
+            .iter()
+            .any(|m| m.contains("Subject: from the new outbox")
+                && m.contains("From: sales@example.test"))),
+        "{}",
+        mta.log()
+    );
+}

@@ -81,6 +81,9 @@ pub struct Sinks {
     pub mailbox_deliveries: Arc<AtomicU64>,
     /// The Transport service's Submission queue, when this process runs Transport.
     pub transport: Option<TransportSink>,
+    /// The running generation's organization, for tasks that outlive generations (the outbox
+    /// poller): replaced at each reload.
+    pub organization: Arc<ArcSwap<Organization>>,
 }
 
 fn loopback() -> Vec<IpRange> {
@@ -466,6 +469,9 @@ impl Reconfiguration {
             running.store(next);
         }
         crate::agents::snapshot::configure(generation.config.snapshot_settings());
+        self.sinks
+            .organization
+            .store(Arc::clone(&generation.organization));
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(generation);
         *self.digest.lock().unwrap_or_else(|e| e.into_inner()) = digest;
         if reroute {

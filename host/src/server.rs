@@ -115,6 +115,7 @@ pub async fn run(
         mailbox: None,
         mailbox_deliveries: Default::default(),
         transport: None,
+        organization: Arc::new(ArcSwap::from(Arc::clone(&organization))),
     };
     let mut receivers = Vec::new();
     let mut serve = |service: Service,
@@ -141,8 +142,7 @@ pub async fn run(
         }
         let outbox = crate::mailbox::submission::OutboxSubmission {
             store: Arc::clone(&store),
-            mailboxes: organization.mailboxes(),
-            organization: Arc::clone(&organization),
+            organization: Arc::clone(&sinks.organization),
             transport: config.node_address(Service::Transport),
             hostname: config.hostname.clone(),
             progress: config.data_dir.join("queue").join("outbox"),

@@ -36,10 +36,9 @@ use std::time::Duration;
 pub struct OutboxSubmission {
     /// The mailboxes.
     pub store: Arc<MailboxStore>,
-    /// Mailbox names.
-    pub mailboxes: Vec<String>,
-    /// Our domains.
-    pub organization: Arc<Organization>,
+    /// Our domains and mailboxes, as the running configuration has them: a reload that adds a
+    /// mailbox has its outbox polled from the next pass.
+    pub organization: Arc<arc_swap::ArcSwap<Organization>>,
     /// Where Transport listens.
     pub transport: String,
     /// Our name, for EHLO and reports.
@@ -67,10 +66,10 @@ impl OutboxSubmission {
     /// Runs until shutdown, polling every `interval`.
     pub async fn run(self, interval: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         loop {
-            for mailbox in &self.mailboxes {
-                let outbox = self.store.maildir(mailbox).join(".Outbox");
+            for mailbox in self.organization.load().mailboxes() {
+                let outbox = self.store.maildir(&mailbox).join(".Outbox");
                 for path in pending(&outbox) {
-                    self.submit(mailbox, &path).await;
+                    self.submit(&mailbox, &path).await;
                 }
             }
             tokio::select! {
@@ -84,6 +83,7 @@ impl OutboxSubmission {
         format!(
             "{mailbox}@{}",
             self.organization
+                .load()
                 .domains()
                 .first()
                 .map(String::as_str)
@@ -113,7 +113,7 @@ impl OutboxSubmission {
         let from = addresses(&parsed, "From")
             .into_iter()
             .next()
-            .filter(|a| self.organization.mailbox_of(a).as_deref() == Some(mailbox))
+            .filter(|a| self.organization.load().mailbox_of(a).as_deref() == Some(mailbox))
             .unwrap_or_else(|| own.clone());
         let mut recipients: Vec<String> = Vec::new();
         for field in ["To", "Cc", "Bcc"] {
@@ -279,7 +279,7 @@ impl OutboxSubmission {
             refused,
             dsn::Kind::Failed,
             &self.hostname,
-            &self.organization.postmaster(),
+            &self.organization.load().postmaster(),
         ) else {
             return;
         };
