@@ -1,10 +1,11 @@
 //! The Front End proxies in real time: a refusal anywhere reaches the client at the command that
-//! caused it, a missing Transport node is refused at MAIL, and Transport's agents see the client
+//! caused it, a missing or busy Transport node makes way for the next at MAIL, and Transport's agents see the client
 //! behind the Front End.
 
 mod support;
 
 use std::time::Duration;
+use support::peer::{Peer, PeerConfig};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -109,5 +110,72 @@ fn a_client_transport_refuses_at_connect_is_refused_at_mail() {
         r.text().contains("probe T rejects"),
         "Transport's own reply: {r:?}"
     );
+    smtp.quit();
+}
+
+/// A Transport node under back pressure answers MAIL with 452 4.3.1: the Front End takes the
+/// client's transaction to the next node instead, and only when every node refuses for now is
+/// the refusal the client's.
+#[test]
+fn a_transport_node_that_refuses_mail_for_now_makes_way_for_the_next() {
+    let busy = Peer::with(PeerConfig {
+        mail_reply: "452 4.3.1 Insufficient system resources, try again later\r\n".into(),
+        ..PeerConfig::default()
+    });
+    let back_dir = TestDir::new("fe-busy-back");
+    let back = Mta::start(&back_dir, "", &["--roles", "transport,mailbox"]);
+    let front_dir = TestDir::new("fe-busy-front");
+    let front = Mta::start_with(
+        &front_dir,
+        &[(
+            "frontend",
+            &format!(
+                "transport_nodes = [\"{}\", \"127.0.0.1:{}\"]",
+                busy.address(),
+                back.transport
+            ),
+        )],
+        "",
+        &["--roles", "frontend"],
+    );
+    // Round-robin starts sessions at either node; each of them ends at the one that takes mail.
+    for i in 0..4 {
+        let mut smtp = Smtp::ehlo(front.frontend);
+        let r = smtp.send_mail(
+            "a@elsewhere.test",
+            &["alice@example.test"],
+            &format!("Subject: busy {i}\n\nx\n"),
+        );
+        assert_eq!(r.code, 250, "{r:?} {}", front.log());
+        smtp.quit();
+    }
+    assert!(
+        wait_until(WAIT, || back.maildir("alice").len() == 4),
+        "{}",
+        back.log()
+    );
+    assert!(
+        front
+            .log()
+            .contains("Transport node refused MAIL for now; trying the next."),
+        "{}",
+        front.log()
+    );
+
+    // With the busy node alone, its refusal is the client's, and the session goes on.
+    let alone_dir = TestDir::new("fe-busy-alone");
+    let alone = Mta::start_with(
+        &alone_dir,
+        &[(
+            "frontend",
+            &format!("transport_nodes = [\"{}\"]", busy.address()),
+        )],
+        "",
+        &["--roles", "frontend"],
+    );
+    let mut smtp = Smtp::ehlo(alone.frontend);
+    let r = smtp.cmd("MAIL FROM:<a@elsewhere.test>");
+    assert_eq!((r.code, r.enhanced()), (452, "4.3.1".into()), "{r:?}");
+    assert_eq!(smtp.cmd("NOOP").code, 250);
     smtp.quit();
 }

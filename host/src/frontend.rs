@@ -2,8 +2,9 @@
 //! real time, as Exchange's Front End does.
 //!
 //! At the client's first MAIL FROM the Front End opens an SMTP session with a node of its pool
-//! (round-robin, failing over to the next node that cannot be reached), names the client with
-//! XCLIENT when the node offers it, and relays MAIL. Each RCPT TO, DATA and the message are
+//! (round-robin, failing over to the next node that cannot be reached or that answers MAIL with
+//! a 4xx, as a node under back pressure does), names the client with XCLIENT when the node
+//! offers it, and relays MAIL. Each RCPT TO, DATA and the message are
 //! relayed as they come, and the client gets the node's own reply to each: a recipient that
 //! Transport (or one of its agents) refuses is refused to the client at RCPT, and a 250 after
 //! the data means a Transport node has the message durably. With no node reachable, MAIL gets
@@ -44,15 +45,23 @@ impl ProxySink {
         })
     }
 
-    /// A session with a node that answers, the client named to it with XCLIENT. A node that
-    /// refuses the client for good (its agents, at OnConnect or EHLO) gives the client that
-    /// refusal; one that cannot be reached, or refuses for now, makes way for the next.
-    async fn connect(&self, xclient: &str) -> Result<Client, SmtpResponse> {
+    /// A session with a node that answers, the client named to it with XCLIENT, and the node.
+    /// A node that refuses the client for good (its agents, at OnConnect or EHLO) gives the
+    /// client that refusal; one that cannot be reached, or refuses for now, makes way for the
+    /// next. Nodes in `avoid` (they refused this client's MAIL for now) are not tried.
+    async fn connect(
+        &self,
+        xclient: &str,
+        avoid: &[String],
+    ) -> Result<(Client, String), SmtpResponse> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..self.nodes.len() {
             let node = &self.nodes[(start + i) % self.nodes.len()];
+            if avoid.contains(node) {
+                continue;
+            }
             match Client::connect_naming(node, &self.hostname, TIMEOUT, xclient).await {
-                Ok(client) => return Ok(client),
+                Ok(client) => return Ok((client, node.clone())),
                 Err(SendError::Rejected(_, r)) if r.is_permanent() => {
                     tracing::info!(message = "Transport refused the client.", node = %node, reply = %r);
                     return Err(r);
@@ -75,6 +84,7 @@ impl Sink for FrontEndSink {
         Box::new(Relay {
             proxy: Arc::clone(&self.0),
             upstream: None,
+            node: String::new(),
             named: String::new(),
             in_data: false,
         })
@@ -93,6 +103,8 @@ impl Sink for FrontEndSink {
 struct Relay {
     proxy: Arc<ProxySink>,
     upstream: Option<Client>,
+    /// The node `upstream` is a session with.
+    node: String,
     /// The XCLIENT attributes the upstream session was opened with.
     named: String,
     /// DATA was accepted upstream and the message not sent yet.
@@ -175,28 +187,45 @@ impl Transactions for Relay {
                     old.quit().await;
                 }
             }
-            if self.upstream.is_none() {
-                self.upstream = Some(self.proxy.connect(&named).await?);
-                self.named = named;
-            }
-            let Some(client) = self.upstream.as_ref() else {
-                return Err(unavailable());
+            // A node that refuses MAIL for now (back pressure's 452 4.3.1, a 421 as it stops)
+            // makes way for the next node, as one that cannot be reached does: nothing of the
+            // transaction is upstream yet. The last node's refusal is the client's.
+            let mut refused_by: Vec<String> = Vec::new();
+            let r = loop {
+                if self.upstream.is_none() {
+                    let (client, node) = self.proxy.connect(&named, &refused_by).await?;
+                    self.upstream = Some(client);
+                    self.node = node;
+                    self.named = named.clone();
+                }
+                let Some(client) = self.upstream.as_ref() else {
+                    return Err(unavailable());
+                };
+                let envelope = Envelope {
+                    from: request.from.address.clone(),
+                    envid: request.from.envid.clone(),
+                    ret: request.from.ret,
+                    body_type: request.from.body,
+                    smtputf8: request.from.smtputf8,
+                    size: request.from.size,
+                    ..Envelope::default()
+                };
+                let line = format!(
+                    "MAIL FROM:<{}>{}",
+                    envelope.from,
+                    mail_parameters(client, &envelope)
+                );
+                let r = self.relay(&line).await?;
+                if r.is_transient() && refused_by.len() + 1 < self.proxy.nodes.len() {
+                    tracing::info!(message = "Transport node refused MAIL for now; trying the next.", node = %self.node, reply = %r);
+                    refused_by.push(std::mem::take(&mut self.node));
+                    if let Some(old) = self.upstream.take() {
+                        old.quit().await;
+                    }
+                    continue;
+                }
+                break r;
             };
-            let envelope = Envelope {
-                from: request.from.address.clone(),
-                envid: request.from.envid.clone(),
-                ret: request.from.ret,
-                body_type: request.from.body,
-                smtputf8: request.from.smtputf8,
-                size: request.from.size,
-                ..Envelope::default()
-            };
-            let line = format!(
-                "MAIL FROM:<{}>{}",
-                envelope.from,
-                mail_parameters(client, &envelope)
-            );
-            let r = self.relay(&line).await?;
             if !r.is_success() {
                 return Err(r);
             }

@@ -22,6 +22,8 @@ pub struct PeerConfig {
     pub max_recipients: usize,
     /// A recipient (lower case) and the whole reply it gets, CRLF-terminated lines included.
     pub rcpt_replies: Vec<(String, String)>,
+    /// The reply to MAIL FROM, CRLF-terminated (default `250 2.1.0 Ok`).
+    pub mail_reply: String,
     /// The reply after the message data.
     pub data_reply: String,
     /// How long to wait before each reply, the greeting included (a slow next hop).
@@ -44,6 +46,7 @@ impl Default for PeerConfig {
             .to_vec(),
             max_recipients: usize::MAX,
             rcpt_replies: Vec::new(),
+            mail_reply: "250 2.1.0 Ok\r\n".into(),
             data_reply: "250 2.0.0 Ok: queued\r\n".into(),
             delay: Duration::ZERO,
         }
@@ -213,7 +216,11 @@ fn serve(
                 multiline(250, &lines)
             }
             "HELO" => "250 peer.test\r\n".into(),
-            "MAIL" | "RSET" => {
+            "MAIL" => {
+                accepted.clear();
+                config.mail_reply.clone()
+            }
+            "RSET" => {
                 accepted.clear();
                 "250 2.1.0 Ok\r\n".into()
             }
@@ -245,6 +252,8 @@ fn serve(
                 });
                 config.data_reply.clone()
             }
+            // Not offered: as a server that does not know the command.
+            "XCLIENT" => "502 5.5.1 Command not recognized\r\n".into(),
             "QUIT" => {
                 record(&mut |c| c.quit = true);
                 let _ = out.write_all(b"221 2.0.0 Bye\r\n");
