@@ -89,6 +89,43 @@ fn transport_agents_see_the_client_behind_the_front_end_once() {
         connects[0].contains(&format!("remote=127.0.0.1:{port} ")),
         "the client's own address and port: {connects:?}"
     );
+    assert!(connects[0].ends_with("tls=false"), "{connects:?}");
+}
+
+/// A client that started TLS with the Front End is seen with TLS by Transport's agents, though
+/// the Front End's own session with Transport is not encrypted.
+#[test]
+fn transport_agents_see_the_tls_of_the_client_behind_the_front_end() {
+    let dir = TestDir::new("fe-xclient-tls");
+    let log = dir.path("probe.log");
+    let mta = Mta::start(
+        &dir,
+        &transport_probe(&dir, &log, "nobody@example.test"),
+        &[],
+    );
+    // A real TLS client: openssl's, after STARTTLS.
+    let script = "sleep 1; printf 'EHLO client.test\r\nMAIL FROM:<a@elsewhere.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n'; sleep 1; printf 'Subject: over tls\r\n\r\nhello\r\n.\r\n'; sleep 1; printf 'QUIT\r\n'; sleep 1";
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "({script}) | openssl s_client -quiet -starttls smtp -connect 127.0.0.1:{}",
+            mta.frontend
+        ))
+        .output()
+        .expect("openssl");
+    let replies = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(replies.contains("354 "), "{replies}");
+    assert!(
+        wait_until(WAIT, || mta.maildir("alice").len() == 1),
+        "{replies}\n{}",
+        mta.log()
+    );
+    let connects: Vec<String> = probe_log(&log)
+        .into_iter()
+        .filter(|l| l.contains("OnConnect"))
+        .collect();
+    assert_eq!(connects.len(), 1, "{connects:?}");
+    assert!(connects[0].ends_with("tls=true"), "{connects:?}");
 }
 
 #[test]

@@ -248,7 +248,7 @@ pub struct FfiSession {
     pub local_endpoint: RString,
     /// The HELO/EHLO domain, empty before it.
     pub helo_domain: RString,
-    /// Whether TLS is active.
+    /// Whether the client's connection runs over TLS (behind a Front End: the client's own).
     pub tls: bool,
     /// The authenticated identity, empty when anonymous.
     pub authenticated_as: RString,

@@ -125,7 +125,9 @@ pub struct SmtpSession {
     pub local_endpoint: String,
     /// The HELO/EHLO domain, empty before the client sent one.
     pub helo_domain: String,
-    /// Whether the session runs over TLS.
+    /// Whether the client's connection runs over TLS. For a client of a Front End, Transport's
+    /// agents see the client's connection to the Front End (named with XCLIENT), whether or not
+    /// the Front End's own session with Transport is encrypted.
     pub tls: bool,
     /// The authenticated identity, `None` for anonymous clients.
     pub authenticated_as: Option<String>,

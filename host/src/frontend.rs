@@ -142,6 +142,7 @@ fn xclient_attributes(request: &MailRequest) -> String {
     } else {
         " TRUSTED=NO"
     });
+    out.push_str(if client.tls { " TLS=YES" } else { " TLS=NO" });
     out
 }
 

@@ -312,7 +312,7 @@ impl Connection {
             remote_endpoint: client.remote.to_string().into(),
             local_endpoint: client.local.to_string().into(),
             helo_domain: client.helo_name().unwrap_or_default().into(),
-            tls: client.tls,
+            tls: client.client_tls(),
             authenticated_as: client.authenticated.clone().unwrap_or_default().into(),
             external: !session.may_relay(),
             service: self.receiver.config.service.as_str().into(),

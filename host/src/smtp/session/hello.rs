@@ -159,7 +159,7 @@ impl Session {
             lines.push("AUTH PLAIN LOGIN".into());
         }
         if self.is_front_end_node() {
-            lines.push("XCLIENT NAME ADDR PORT PROTO HELO LOGIN TRUSTED".into());
+            lines.push("XCLIENT NAME ADDR PORT PROTO HELO LOGIN TRUSTED TLS".into());
         }
         lines
     }
@@ -217,6 +217,7 @@ impl Session {
                 "HELO" if known => forwarded.helo = Some(value),
                 "LOGIN" if known => login = Some(value),
                 "TRUSTED" => forwarded.trusted = value.eq_ignore_ascii_case("YES"),
+                "TLS" => forwarded.tls = value.eq_ignore_ascii_case("YES"),
                 "ADDR" | "PORT" | "HELO" | "LOGIN" | "NAME" | "PROTO" | "DESTADDR" | "DESTPORT" => {
                 }
                 _ => {

@@ -80,6 +80,8 @@ pub struct Forwarded {
     pub helo: Option<String>,
     /// Whether the Front End trusts the client as a server (it may relay).
     pub trusted: bool,
+    /// Whether the client's connection to the Front End was encrypted (STARTTLS).
+    pub tls: bool,
 }
 
 /// Who is on the other end, as far as the rules and the agents go.
@@ -113,6 +115,13 @@ impl Client {
             Some(f) => f.helo.as_deref(),
             None => self.helo.as_deref(),
         }
+    }
+
+    /// Whether the client's own connection is encrypted, as agents and the tracking log see
+    /// it: this connection's TLS, or the Front End's client's, as XCLIENT named it. (Whether
+    /// this hop is encrypted is `tls`.)
+    pub fn client_tls(&self) -> bool {
+        self.tls || self.forwarded.as_ref().is_some_and(|f| f.tls)
     }
 }
 
@@ -768,7 +777,7 @@ impl Session {
         record.client = Some(self.client.remote.ip().to_string());
         record.helo = self.client.helo_name().map(str::to_string);
         record.auth_user = self.client.authenticated.clone();
-        record.tls = Some(self.client.tls);
+        record.tls = Some(self.client.client_tls());
         record
     }
 

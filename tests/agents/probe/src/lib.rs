@@ -226,8 +226,8 @@ impl SmtpReceiveAgent for Probe {
     fn on_connect(&mut self, event: &mut ConnectEvent<'_>) -> AgentResult {
         let session = event.session();
         let detail = format!(
-            "remote={} service={}",
-            session.remote_endpoint, session.service
+            "remote={} service={} tls={}",
+            session.remote_endpoint, session.service, session.tls
         );
         if self.visit(Event::OnConnect, &detail)? {
             event.reject(&self.rejection()?)?;
