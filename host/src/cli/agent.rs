@@ -70,7 +70,9 @@ pub enum AgentCommand {
         #[arg(long, value_name = "DIR")]
         path: Option<PathBuf>,
         /// Where the crate takes mta-agent-sdk from: path:DIR, git:URL#TAG or version:X.Y.Z
-        /// (default: the version this host was built with, from the registry).
+        /// (default: the agent-sdk/ of the checkout this host was built from, if it is still
+        /// there with the same version; else the version this host was built with, from the
+        /// registry).
         #[arg(long, value_name = "SOURCE", value_parser = super::agent_new::SdkSource::parse)]
         sdk: Option<super::agent_new::SdkSource>,
     },

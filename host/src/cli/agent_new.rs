@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 /// Where the new crate takes `mta-agent-sdk` from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SdkSource {
-    /// A registry version (the default: the SDK this host was built with).
+    /// A registry version (the default when this host was not built from a checkout that is
+    /// still there: the SDK version this host was built with).
     Version(String),
     /// A checkout's `agent-sdk/` directory.
     Path(PathBuf),
@@ -20,6 +21,28 @@ pub enum SdkSource {
 }
 
 impl SdkSource {
+    /// Without `--sdk`: the `agent-sdk/` of the checkout this host was built from, when it is
+    /// still there and holds the SDK version the host was built with (an agent written next to
+    /// a built checkout builds at once, before any SDK is published), else that version from
+    /// the registry.
+    pub fn default_for(checkout_sdk: &Path) -> Self {
+        let same_version = std::fs::read_to_string(checkout_sdk.join("Cargo.toml"))
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .and_then(|t| {
+                t.get("package")?
+                    .get("version")?
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .is_some_and(|v| v == mta_agent_sdk::version::SDK_VERSION);
+        if same_version {
+            Self::Path(checkout_sdk.to_path_buf())
+        } else {
+            Self::Version(mta_agent_sdk::version::SDK_VERSION.to_string())
+        }
+    }
+
     /// Parses `path:DIR`, `git:URL#TAG` or `version:X.Y.Z`.
     pub fn parse(value: &str) -> Result<Self, String> {
         let bad = || format!("{value:?} is not path:DIR, git:URL#TAG or version:X.Y.Z");
@@ -161,6 +184,14 @@ impl Names {
     }
 }
 
+/// The `agent-sdk/` of the checkout this binary was built from.
+fn built_from() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join("agent-sdk")
+}
+
 /// Writes the crate for NAME, then prints its files and the commands that build and install it.
 pub fn run(
     name: &str,
@@ -172,8 +203,8 @@ pub fn run(
     let dir = path
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from(&names.krate));
-    let sdk =
-        sdk.unwrap_or_else(|| SdkSource::Version(mta_agent_sdk::version::SDK_VERSION.to_string()));
+    let defaulted = sdk.is_none();
+    let sdk = sdk.unwrap_or_else(|| SdkSource::default_for(&built_from()));
     if let SdkSource::Version(v) = &sdk {
         if !mta_agent_sdk::version::compatible(mta_agent_sdk::version::SDK_VERSION, v) {
             bail!(
@@ -213,6 +244,12 @@ pub fn run(
     );
     for (rel, _) in &files {
         println!("  {shown}/{rel}");
+    }
+    if let (true, SdkSource::Path(dir)) = (defaulted, &sdk) {
+        println!(
+            "It takes mta-agent-sdk from the checkout this mta was built from ({}); --sdk chooses another source.",
+            dir.display()
+        );
     }
     // Paths from where the command ran, so all three commands run in one directory (the
     // server's, where mta.toml is).
@@ -763,15 +800,34 @@ mod tests {
     }
 
     #[test]
-    fn the_default_sdk_is_the_version_this_host_was_built_with() {
+    fn the_default_sdk_is_this_checkouts_or_the_version_this_host_was_built_with() {
+        // Built from this checkout, which is here: its agent-sdk/.
+        let here = built_from();
+        assert_eq!(SdkSource::default_for(&here), SdkSource::Path(here.clone()));
+        // A checkout that is gone, or holds another SDK version: the registry version.
+        let version = SdkSource::Version(mta_agent_sdk::version::SDK_VERSION.to_string());
+        assert_eq!(
+            SdkSource::default_for(Path::new("/nonexistent/agent-sdk")),
+            version
+        );
+        let other = std::env::temp_dir().join(format!("mta-agent-new-sdk-{}", std::process::id()));
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(
+            other.join("Cargo.toml"),
+            "[package]\nname = \"mta-agent-sdk\"\nversion = \"0.0.9\"\n",
+        )
+        .unwrap();
+        assert_eq!(SdkSource::default_for(&other), version);
+        std::fs::remove_dir_all(&other).unwrap();
+
         let dir = std::env::temp_dir().join(format!("mta-agent-new-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         run("Stamp", AgentClass::Routing, Some(&dir), None).unwrap();
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
         assert!(
             manifest.contains(&format!(
-                "\nmta-agent-sdk = \"{}\"\n",
-                mta_agent_sdk::version::SDK_VERSION
+                "\nmta-agent-sdk = {{ path = \"{}\" }}\n",
+                here.display()
             )),
             "{manifest}"
         );
