@@ -275,12 +275,15 @@ pub fn run(config: &HostConfig, command: AgentCommand) -> anyhow::Result<ExitCod
     })
 }
 
-/// After an edit, waits (up to 5 s) for the running server to reload the file and says what it
-/// made of it: an operator learns here, not from the server's log, that it refused the change
-/// (a library that fails to load there, agents refused in a root process).
+/// After an edit, waits (up to 5 s past the reload debounce) for the running server to reload
+/// the file and says what it made of it: an operator learns here, not from the server's log,
+/// that it refused the change (a library that fails to load there, agents refused in a root
+/// process).
 fn follow_running(config: &HostConfig, service: Service, before: &status::Status) -> ExitCode {
     let path = config.agents_status_path(service);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = std::time::Instant::now()
+        + std::time::Duration::from_secs(5)
+        + std::time::Duration::from_millis(config.agents.reload_debounce_ms);
     let pid = before.pid;
     loop {
         let now = status::read(&path)
