@@ -478,6 +478,46 @@ fn agent_commands_edit_the_agents_file_the_running_server_serves() {
     );
 }
 
+/// A server that is stopped (SIGSTOP, a debugger, a stuck process) neither answers its control
+/// socket nor reloads: agent commands still finish, in seconds, and say so.
+#[test]
+fn agent_commands_do_not_hang_on_a_stopped_server() {
+    let dir = TestDir::new("control-stopped");
+    let log = dir.path("probe.log");
+    dir.write(
+        "agents.config",
+        &agents_xml(5000, &[Entry::probe("Probe", &log)]),
+    );
+    let mta = Mta::start(&dir, "[agents]\ntransport = \"agents.config\"\n", &[]);
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([name, &mta.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("-STOP");
+    let started = std::time::Instant::now();
+    let (code, out, err) = mta_cmd(&mta, &["agent", "disable", "Probe"]);
+    let took = started.elapsed();
+    signal("-CONT");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(
+        out.ends_with(&format!(
+            "The running server (pid {}) has not reloaded the file yet; `mta agent list` shows when it has.\n",
+            mta.pid()
+        )),
+        "{out}"
+    );
+    // Running again, it takes the change in.
+    assert!(
+        mta.wait_log("Agent pipeline swapped.", 1, WAIT),
+        "{}",
+        mta.log()
+    );
+}
+
 #[test]
 fn a_copy_being_delivered_is_never_taken_from_under_its_delivery() {
     // A next hop that takes two seconds over each reply: the copy stays in flight meanwhile.

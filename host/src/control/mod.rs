@@ -53,6 +53,19 @@ pub enum Request {
     MessageRedirect { id: String, to: String },
 }
 
+impl Request {
+    /// How long a command waits for the answer. The status is answered from memory, and
+    /// commands that only want to know what a server runs (`mta agent ...`) must not hang on a
+    /// stopped or stuck one; listing a large queue reads many files: generous, but never
+    /// forever.
+    pub fn answer_within(&self) -> Duration {
+        match self {
+            Request::Status => Duration::from_secs(5),
+            _ => Duration::from_secs(300),
+        }
+    }
+}
+
 /// The server's answer.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Response {
@@ -157,8 +170,7 @@ pub fn call(data_dir: &Path, request: &Request) -> Result<(Response, Vec<u8>), C
         }
         Err(e) => return Err(failed(e)),
     };
-    // Listing a large queue reads many files: generous, but never forever.
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(300)));
+    let _ = stream.set_read_timeout(Some(request.answer_within()));
     let mut line = serde_json::to_vec(request).map_err(|e| failed(e.into()))?;
     line.push(b'\n');
     stream.write_all(&line).map_err(failed)?;
