@@ -175,7 +175,8 @@ fn a_transport_node_that_refuses_mail_for_now_makes_way_for_the_next() {
         "",
         &["--roles", "frontend"],
     );
-    // Round-robin starts sessions at either node; each of them ends at the one that takes mail.
+    // Round-robin starts sessions at either node; each of them ends at the one that takes mail,
+    // and the turns stay fair: half of the sessions start at the busy node.
     for i in 0..4 {
         let mut smtp = Smtp::ehlo(front.frontend);
         let r = smtp.send_mail(
@@ -191,13 +192,41 @@ fn a_transport_node_that_refuses_mail_for_now_makes_way_for_the_next() {
         "{}",
         back.log()
     );
-    assert!(
+    assert_eq!(
         front
             .log()
-            .contains("Transport node refused MAIL for now; trying the next."),
+            .matches("Transport node cannot take mail now; trying the next.")
+            .count(),
+        2,
         "{}",
         front.log()
     );
+    assert_eq!(busy.connections().len(), 2);
+
+    // A refusal for now that is the node's policy, not its load (an agent's rate limit), is
+    // the client's: the Front End does not shop around for a node that says yes.
+    let limited = Peer::with(PeerConfig {
+        mail_reply: "451 4.7.1 Rate limited, try again later\r\n".into(),
+        ..PeerConfig::default()
+    });
+    let policy_dir = TestDir::new("fe-busy-policy");
+    let policy = Mta::start_with(
+        &policy_dir,
+        &[(
+            "frontend",
+            &format!(
+                "transport_nodes = [\"{}\", \"127.0.0.1:{}\"]",
+                limited.address(),
+                back.transport
+            ),
+        )],
+        "",
+        &["--roles", "frontend"],
+    );
+    let mut smtp = Smtp::ehlo(policy.frontend);
+    let r = smtp.cmd("MAIL FROM:<a@elsewhere.test>");
+    assert_eq!((r.code, r.enhanced()), (451, "4.7.1".into()), "{r:?}");
+    smtp.quit();
 
     // With the busy node alone, its refusal is the client's, and the session goes on.
     let alone_dir = TestDir::new("fe-busy-alone");
@@ -214,5 +243,25 @@ fn a_transport_node_that_refuses_mail_for_now_makes_way_for_the_next() {
     let r = smtp.cmd("MAIL FROM:<a@elsewhere.test>");
     assert_eq!((r.code, r.enhanced()), (452, "4.3.1".into()), "{r:?}");
     assert_eq!(smtp.cmd("NOOP").code, 250);
+    smtp.quit();
+
+    // Busy, then nothing reachable: the client is told the node is busy, not that none exists.
+    let dead = free_port();
+    let none_dir = TestDir::new("fe-busy-dead");
+    let none = Mta::start_with(
+        &none_dir,
+        &[(
+            "frontend",
+            &format!(
+                "transport_nodes = [\"{}\", \"127.0.0.1:{dead}\"]",
+                busy.address()
+            ),
+        )],
+        "",
+        &["--roles", "frontend"],
+    );
+    let mut smtp = Smtp::ehlo(none.frontend);
+    let r = smtp.cmd("MAIL FROM:<a@elsewhere.test>");
+    assert_eq!((r.code, r.enhanced()), (452, "4.3.1".into()), "{r:?}");
     smtp.quit();
 }

@@ -3,7 +3,7 @@
 //!
 //! At the client's first MAIL FROM the Front End opens an SMTP session with a node of its pool
 //! (round-robin, failing over to the next node that cannot be reached or that answers MAIL with
-//! a 4xx, as a node under back pressure does), names the client with XCLIENT when the node
+//! `452 4.3.1` or `421`, as a node under back pressure or stopping does), names the client with XCLIENT when the node
 //! offers it, and relays MAIL. Each RCPT TO, DATA and the message are
 //! relayed as they come, and the client gets the node's own reply to each: a recipient that
 //! Transport (or one of its agents) refuses is refused to the client at RCPT, and a 250 after
@@ -47,32 +47,48 @@ impl ProxySink {
 
     /// A session with a node that answers, the client named to it with XCLIENT, and the node.
     /// A node that refuses the client for good (its agents, at OnConnect or EHLO) gives the
-    /// client that refusal; one that cannot be reached, or refuses for now, makes way for the
-    /// next. Nodes in `avoid` (they refused this client's MAIL for now) are not tried.
+    /// client that refusal; one that cannot be reached, or refuses the session for now, makes
+    /// way for the next, and joins `passed`. Nodes already in `passed` are not tried again.
+    /// `after`: the node the last attempt ended at, to go on from it; none for a session's
+    /// first attempt, which takes the next turn of the round-robin.
     async fn connect(
         &self,
         xclient: &str,
-        avoid: &[String],
-    ) -> Result<(Client, String), SmtpResponse> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..self.nodes.len() {
-            let node = &self.nodes[(start + i) % self.nodes.len()];
-            if avoid.contains(node) {
+        after: Option<usize>,
+        passed: &mut Vec<usize>,
+    ) -> Result<(Client, usize), SmtpResponse> {
+        let count = self.nodes.len();
+        let start = match after {
+            Some(at) => at + 1,
+            None => self.next.fetch_add(1, Ordering::Relaxed),
+        };
+        for i in 0..count {
+            let at = (start + i) % count;
+            if passed.contains(&at) {
                 continue;
             }
+            let node = &self.nodes[at];
             match Client::connect_naming(node, &self.hostname, TIMEOUT, xclient).await {
-                Ok(client) => return Ok((client, node.clone())),
+                Ok(client) => return Ok((client, at)),
                 Err(SendError::Rejected(_, r)) if r.is_permanent() => {
                     tracing::info!(message = "Transport refused the client.", node = %node, reply = %r);
                     return Err(r);
                 }
                 Err(e) => {
                     tracing::warn!(message = "Transport node unavailable; trying the next.", node = %node, error = %e);
+                    passed.push(at);
                 }
             }
         }
         Err(unavailable())
     }
+}
+
+/// Whether a node's reply to MAIL says the node itself cannot take mail now, so that another
+/// node may: back pressure (`452 4.3.1`) or a node going down (`421`). Any other refusal (an
+/// agent's `451 4.7.1` rate limit, say) is the client's, as the node's policy.
+fn node_busy(r: &SmtpResponse) -> bool {
+    r.code() == 421 || (r.code() == 452 && r.enhanced_code() == "4.3.1")
 }
 
 /// A [`ProxySink`] shared by the Front End's sessions.
@@ -84,7 +100,7 @@ impl Sink for FrontEndSink {
         Box::new(Relay {
             proxy: Arc::clone(&self.0),
             upstream: None,
-            node: String::new(),
+            node: 0,
             named: String::new(),
             in_data: false,
         })
@@ -103,8 +119,8 @@ impl Sink for FrontEndSink {
 struct Relay {
     proxy: Arc<ProxySink>,
     upstream: Option<Client>,
-    /// The node `upstream` is a session with.
-    node: String,
+    /// The node `upstream` is a session with (its index in the pool).
+    node: usize,
     /// The XCLIENT attributes the upstream session was opened with.
     named: String,
     /// DATA was accepted upstream and the message not sent yet.
@@ -188,16 +204,23 @@ impl Transactions for Relay {
                     old.quit().await;
                 }
             }
-            // A node that refuses MAIL for now (back pressure's 452 4.3.1, a 421 as it stops)
+            // A node that cannot take mail now (back pressure's 452 4.3.1, a 421 as it stops)
             // makes way for the next node, as one that cannot be reached does: nothing of the
-            // transaction is upstream yet. The last node's refusal is the client's.
-            let mut refused_by: Vec<String> = Vec::new();
+            // transaction is upstream yet. When no node is left, the last refusal is the
+            // client's.
+            let mut passed: Vec<usize> = Vec::new();
+            let mut after = None;
+            let mut busy: Option<SmtpResponse> = None;
             let r = loop {
                 if self.upstream.is_none() {
-                    let (client, node) = self.proxy.connect(&named, &refused_by).await?;
-                    self.upstream = Some(client);
-                    self.node = node;
-                    self.named = named.clone();
+                    match self.proxy.connect(&named, after, &mut passed).await {
+                        Ok((client, node)) => {
+                            self.upstream = Some(client);
+                            self.node = node;
+                            self.named = named.clone();
+                        }
+                        Err(r) => return Err(busy.filter(|_| r.is_transient()).unwrap_or(r)),
+                    }
                 }
                 let Some(client) = self.upstream.as_ref() else {
                     return Err(unavailable());
@@ -217,11 +240,14 @@ impl Transactions for Relay {
                     mail_parameters(client, &envelope)
                 );
                 let r = self.relay(&line).await?;
-                if r.is_transient() && refused_by.len() + 1 < self.proxy.nodes.len() {
-                    tracing::info!(message = "Transport node refused MAIL for now; trying the next.", node = %self.node, reply = %r);
-                    refused_by.push(std::mem::take(&mut self.node));
+                if node_busy(&r) && passed.len() + 1 < self.proxy.nodes.len() {
+                    tracing::info!(message = "Transport node cannot take mail now; trying the next.", node = %self.proxy.nodes[self.node], reply = %r);
+                    passed.push(self.node);
+                    after = Some(self.node);
+                    busy = Some(r);
+                    // Not waited for: a node under load may be slow to answer QUIT.
                     if let Some(old) = self.upstream.take() {
-                        old.quit().await;
+                        tokio::spawn(old.quit());
                     }
                     continue;
                 }
