@@ -265,3 +265,47 @@ fn a_transport_node_that_refuses_mail_for_now_makes_way_for_the_next() {
     assert_eq!((r.code, r.enhanced()), (452, "4.3.1".into()), "{r:?}");
     smtp.quit();
 }
+
+/// During a rolling upgrade a Front End may meet a Transport node of an older release, which
+/// refuses XCLIENT attributes it does not know (`501`) and applies none: the Front End names
+/// its client again without the newer ones, rather than going on unnamed.
+#[test]
+fn an_older_transport_node_still_learns_who_the_client_is() {
+    let older = Peer::with(PeerConfig {
+        xclient: true,
+        xclient_unknown: vec!["TLS".into()],
+        ..PeerConfig::default()
+    });
+    let dir = TestDir::new("fe-older-transport");
+    let front = Mta::start_with(
+        &dir,
+        &[(
+            "frontend",
+            &format!("transport_nodes = [\"{}\"]", older.address()),
+        )],
+        "",
+        &["--roles", "frontend"],
+    );
+    let mut smtp = Smtp::ehlo(front.frontend);
+    let port = smtp.local_port();
+    let r = smtp.send_mail(
+        "a@elsewhere.test",
+        &["alice@example.test"],
+        "Subject: named\n\nx\n",
+    );
+    assert_eq!(r.code, 250, "{r:?} {}", front.log());
+    smtp.quit();
+    let commands = older.connections()[0].commands.clone();
+    let xclient: Vec<&String> = commands
+        .iter()
+        .filter(|c| c.starts_with("XCLIENT"))
+        .collect();
+    assert_eq!(xclient.len(), 2, "{commands:?}");
+    assert!(xclient[0].contains(" TLS=NO"), "{commands:?}");
+    assert_eq!(
+        xclient[1],
+        &format!("XCLIENT ADDR=127.0.0.1 PORT={port} PROTO=ESMTP HELO=client.test TRUSTED=NO"),
+        "{commands:?}"
+    );
+    assert_eq!(commands[2], "EHLO mta.example.test", "{commands:?}");
+}

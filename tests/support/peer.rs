@@ -24,6 +24,11 @@ pub struct PeerConfig {
     pub rcpt_replies: Vec<(String, String)>,
     /// The reply to MAIL FROM, CRLF-terminated (default `250 2.1.0 Ok`).
     pub mail_reply: String,
+    /// XCLIENT is taken (220) when it names none of `xclient_unknown`, which get `501`, as an
+    /// older server answers attributes it does not know. Default: not offered (`502`).
+    pub xclient: bool,
+    /// XCLIENT attributes this peer does not know.
+    pub xclient_unknown: Vec<String>,
     /// The reply after the message data.
     pub data_reply: String,
     /// How long to wait before each reply, the greeting included (a slow next hop).
@@ -47,6 +52,8 @@ impl Default for PeerConfig {
             max_recipients: usize::MAX,
             rcpt_replies: Vec::new(),
             mail_reply: "250 2.1.0 Ok\r\n".into(),
+            xclient: false,
+            xclient_unknown: Vec::new(),
             data_reply: "250 2.0.0 Ok: queued\r\n".into(),
             delay: Duration::ZERO,
         }
@@ -253,7 +260,20 @@ fn serve(
                 config.data_reply.clone()
             }
             // Not offered: as a server that does not know the command.
-            "XCLIENT" => "502 5.5.1 Command not recognized\r\n".into(),
+            "XCLIENT" if !config.xclient => "502 5.5.1 Command not recognized\r\n".into(),
+            "XCLIENT" => {
+                let unknown = text.split(' ').skip(1).find(|a| {
+                    let name = a.split('=').next().unwrap_or("");
+                    config
+                        .xclient_unknown
+                        .iter()
+                        .any(|u| u.eq_ignore_ascii_case(name))
+                });
+                match unknown {
+                    Some(a) => format!("501 5.5.4 Invalid XCLIENT attribute {a}\r\n"),
+                    None => "220 peer.test ESMTP\r\n".into(),
+                }
+            }
             "QUIT" => {
                 record(&mut |c| c.quit = true);
                 let _ = out.write_all(b"221 2.0.0 Bye\r\n");

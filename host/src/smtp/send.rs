@@ -204,7 +204,17 @@ impl Client {
             return Err(SendError::Rejected(addr.into(), greeting));
         }
         if let Some(attributes) = xclient {
-            let r = client.command(&format!("XCLIENT {attributes}")).await?;
+            let mut r = client.command(&format!("XCLIENT {attributes}")).await?;
+            // A Transport node of an older release refuses attributes it does not know (501)
+            // and applies none: name the client again without the newer ones, so that a Front
+            // End upgraded first still names its clients (address, login, trust) during a
+            // rolling upgrade.
+            if r.code() == 501 {
+                let older = without_newer_xclient_attributes(attributes);
+                if older != attributes {
+                    r = client.command(&format!("XCLIENT {older}")).await?;
+                }
+            }
             match r.code() {
                 220 => {}
                 // The node does not offer XCLIENT to us: go on as a plain client.
@@ -543,4 +553,21 @@ impl Client {
             }
         }
     }
+}
+
+/// XCLIENT attributes added by later releases of mta (`TLS`), which older Transport nodes refuse.
+const NEWER_XCLIENT_ATTRIBUTES: [&str; 1] = ["TLS"];
+
+/// `attributes` without those of [`NEWER_XCLIENT_ATTRIBUTES`].
+fn without_newer_xclient_attributes(attributes: &str) -> String {
+    attributes
+        .split(' ')
+        .filter(|a| {
+            let name = a.split('=').next().unwrap_or("");
+            !NEWER_XCLIENT_ATTRIBUTES
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(name))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

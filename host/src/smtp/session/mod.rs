@@ -118,10 +118,14 @@ impl Client {
     }
 
     /// Whether the client's own connection is encrypted, as agents and the tracking log see
-    /// it: this connection's TLS, or the Front End's client's, as XCLIENT named it. (Whether
-    /// this hop is encrypted is `tls`.)
+    /// it: once a Front End named its client with XCLIENT, that client's connection to the
+    /// Front End, whatever this hop is; else this connection's TLS. (Whether this hop is
+    /// encrypted is `tls`.)
     pub fn client_tls(&self) -> bool {
-        self.tls || self.forwarded.as_ref().is_some_and(|f| f.tls)
+        match &self.forwarded {
+            Some(f) => f.tls,
+            None => self.tls,
+        }
     }
 }
 
