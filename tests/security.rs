@@ -180,7 +180,7 @@ fn an_agents_file_written_after_a_root_start_is_refused_too() {
     assert!(out.contains("Installed agent \"Q\""), "{out}");
     assert!(
         err.starts_with(&format!(
-            "error: the running server (pid {}) refused the change; its transport pipeline stays at generation 0:\n",
+            "error: the running server (pid {}) refused the change; its transport pipeline stays at generation 0, and the file keeps the change (fix or undo it: a start would refuse it too):\n",
         mta.pid()
         )) && err.contains("refusing to run agents as root (\"P\" is enabled)"),
         "{err}"

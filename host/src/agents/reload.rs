@@ -42,8 +42,9 @@ pub struct AgentHost {
     /// give. A file with an enabled entry is then refused before any library is opened, at a
     /// reload as at start-up, so an agents file written after start cannot run code as root.
     root_refusal: Option<String>,
-    /// Reload attempts so far, whatever their outcome (in the status file).
-    attempts: AtomicU64,
+    /// Reload attempts so far, whatever their outcome, and the file the last one read (in the
+    /// status file).
+    reloads: Mutex<status::Reloads>,
 }
 
 impl AgentHost {
@@ -84,7 +85,7 @@ impl AgentHost {
             quarantined: Mutex::new(HashMap::new()),
             canary: super::canary::Canaries::default(),
             root_refusal,
-            attempts: AtomicU64::new(0),
+            reloads: Mutex::new(status::Reloads::default()),
         });
         tracing::info!(
             message = "Agent pipeline loaded.",
@@ -130,6 +131,9 @@ impl AgentHost {
             .cloned()
             .collect();
         let rolled_back = self.canary.rolled_back_keys();
+        // What this attempt reads, for a command waiting for its edit to be read (the file is
+        // read again to parse; a write in between only makes that command wait for the next).
+        let read_digest = std::fs::read(path).ok().map(|b| status::file_digest(&b));
         let built = if path.exists() {
             file::read(path).and_then(|parsed| {
                 refuse_as_root(&parsed, self.root_refusal.as_deref())?;
@@ -154,7 +158,11 @@ impl AgentHost {
         let recovering = self.last_error().is_some();
         // Counted before the outcome is stored; each branch writes the status file, so a
         // command waiting for the count finds the outcome with it.
-        self.attempts.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut reloads = self.reloads.lock().unwrap_or_else(|e| e.into_inner());
+            reloads.attempts += 1;
+            reloads.file_digest = read_digest;
+        }
         match built {
             Ok(pipeline) if pipeline.digest == old.digest => {
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -341,7 +349,11 @@ impl AgentHost {
                 self.libraries.loaded_count(),
                 &self.quarantined(),
                 &self.canary.rolled_back(),
-                self.attempts.load(Ordering::Relaxed),
+                &self
+                    .reloads
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
             ) {
                 tracing::warn!(message = "Could not write the agents status file.", path = %path.display(), error = %e);
             }

@@ -22,6 +22,10 @@ pub struct Status {
     /// waits for this to grow, then reports what the running host made of its edit.
     #[serde(default)]
     pub reload_attempts: u64,
+    /// The digest ([`file_digest`]) of the agents file the last reload attempt read: a
+    /// command knows the attempt read its edit, not an older text.
+    #[serde(default)]
+    pub file_digest: Option<String>,
     /// How many library images the process has loaded (never unloaded).
     pub libraries_loaded: u64,
     /// The agents of the running pipeline, in priority order.
@@ -96,14 +100,15 @@ pub fn write(
     libraries_loaded: u64,
     quarantined: &[(String, String)],
     rolled_back: &[RolledBack],
-    reload_attempts: u64,
+    reloads: &Reloads,
 ) -> std::io::Result<()> {
     let status = Status {
         service: pipeline.service.to_string(),
         pid: std::process::id(),
         generation: pipeline.generation,
         last_error: last_error.map(str::to_string),
-        reload_attempts,
+        reload_attempts: reloads.attempts,
+        file_digest: reloads.file_digest.clone(),
         libraries_loaded,
         agents: pipeline
             .agents
@@ -135,6 +140,24 @@ pub fn write(
     };
     let json = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
     crate::fsutil::replace(path, &json)
+}
+
+/// The reload attempts of a host, for the status file.
+#[derive(Clone, Debug, Default)]
+pub struct Reloads {
+    /// Attempts so far.
+    pub attempts: u64,
+    /// The digest of the file the last attempt read.
+    pub file_digest: Option<String>,
+}
+
+/// A digest of an agents file's bytes, the same in the server and in a command (the same
+/// binary).
+pub fn file_digest(bytes: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    format!("{:016x}", h.finish())
 }
 
 /// Reads a status file; `None` when absent or unreadable.

@@ -285,14 +285,20 @@ fn follow_running(config: &HostConfig, service: Service, before: &status::Status
         + std::time::Duration::from_secs(5)
         + std::time::Duration::from_millis(config.agents.reload_debounce_ms);
     let pid = before.pid;
+    // The attempt to report is one that read the file as this command left it: one already
+    // under way when the file was written may have read the text before.
+    let written = std::fs::read(agents_file_for(config, service))
+        .ok()
+        .map(|b| status::file_digest(&b));
     loop {
-        let now = status::read(&path)
-            .filter(|s| s.pid == pid && s.reload_attempts > before.reload_attempts);
+        let now = status::read(&path).filter(|s| {
+            s.pid == pid && s.reload_attempts > before.reload_attempts && s.file_digest == written
+        });
         if let Some(now) = now {
             return match &now.last_error {
                 Some(error) => {
                     eprintln!(
-                        "error: the running server (pid {pid}) refused the change; its {service} pipeline stays at generation {}:",
+                        "error: the running server (pid {pid}) refused the change; its {service} pipeline stays at generation {}, and the file keeps the change (fix or undo it: a start would refuse it too):",
                         now.generation
                     );
                     for line in error.lines() {

@@ -96,8 +96,9 @@ pub fn run(mut config: HostConfig, args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut hosts = Vec::new();
     let mut by_service = std::collections::HashMap::new();
     // Checked again at every reload: an agents file written after start is refused too.
+    // Both keys are read at start only: a running server needs a restart after either.
     let root_refusal = (crate::privileges::is_root() && !root_agents_allowed(&config))
-        .then(|| root_agents_hint(&config));
+        .then(|| format!("{}, then restart mta", root_agents_hint(&config)));
     for &service in roles.iter().filter(|s| **s != Service::Mailbox) {
         let file = config.agents_file(service).map(|p| p.to_path_buf());
         let host = AgentHost::start(
