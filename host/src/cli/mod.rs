@@ -231,8 +231,20 @@ fn learn_agents_files(cli: &Cli, config: &mut HostConfig) {
     if cli.agents_config.is_some() && cli.fetagents_config.is_some() {
         return;
     }
-    let Ok(Some(status)) = control::status(config) else {
-        return;
+    let status = match control::status(config) {
+        Ok(Some(status)) => status,
+        Ok(None) => return,
+        Err(e) => {
+            // A server that does not answer may serve other files than these.
+            eprintln!(
+                "warning: the running server did not say which agents files it serves ({e:#}); using those of {}",
+                config
+                    .source
+                    .as_deref()
+                    .map_or("the embedded defaults".into(), |p| p.display().to_string())
+            );
+            return;
+        }
     };
     for p in status.pipelines {
         let (Some(file), Some(service)) = (p.file, Service::parse(&p.service)) else {

@@ -54,13 +54,13 @@ pub enum Request {
 }
 
 impl Request {
-    /// How long a command waits for the answer. The status is answered from memory, and
-    /// commands that only want to know what a server runs (`mta agent ...`) must not hang on a
-    /// stopped or stuck one; listing a large queue reads many files: generous, but never
-    /// forever.
+    /// How long a command waits for the answer. The status counts queue files (without reading
+    /// them), and commands that only want to know what a server runs (`mta agent ...`) must
+    /// not hang on a stopped or stuck one; listing a large queue reads many files: generous,
+    /// but never forever.
     pub fn answer_within(&self) -> Duration {
         match self {
-            Request::Status => Duration::from_secs(5),
+            Request::Status => Duration::from_secs(15),
             _ => Duration::from_secs(300),
         }
     }
@@ -176,7 +176,16 @@ pub fn call(data_dir: &Path, request: &Request) -> Result<(Response, Vec<u8>), C
     stream.write_all(&line).map_err(failed)?;
     let mut reader = BufReader::new(stream);
     let mut answer = String::new();
-    reader.read_line(&mut answer).map_err(failed)?;
+    reader.read_line(&mut answer).map_err(|e| match e.kind() {
+        // The read timeout: say so, not "Resource temporarily unavailable".
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            failed(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", request.answer_within().as_secs()),
+            ))
+        }
+        _ => failed(e),
+    })?;
     let response: Response = serde_json::from_str(&answer).map_err(|e| {
         failed(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
