@@ -102,6 +102,22 @@ class Mta:
         with open(self.log.name) as f:
             return f.read().count("Message queued.")
 
+    def queued_counter(self):
+        """A counter of "Message queued." that reads only what the log gained since its last
+        call (reading the whole log every 100 ms would compete with mta for the CPU)."""
+        state = {"offset": 0, "count": 0, "tail": b""}
+
+        def count():
+            with open(self.log.name, "rb") as f:
+                f.seek(state["offset"])
+                data = f.read()
+            state["offset"] += len(data)
+            data = state["tail"] + data
+            complete, _, state["tail"] = data.rpartition(b"\n")
+            state["count"] += complete.count(b"Message queued.")
+            return state["count"]
+        return count
+
     def maildir(self, mailbox):
         path = os.path.join(self.data, "mailboxes", mailbox, "new")
         return len(os.listdir(path)) if os.path.isdir(path) else 0
@@ -203,14 +219,16 @@ def flood(mta_bin, work, sink, sessions, messages, extra):
     mta = Mta(mta_bin, work, sink.port, extra)
     base = sink.count()
     load = os.path.join(ROOT, "target", "release", "examples", "smtp_load")
-    # Both counters are sampled while the load runs, so the steady state (back pressure holding
-    # the backlog between its marks) can be told from the ramp-up and from the drain at the end.
+    # Both counts are sampled every 100 ms while the load runs (and only then), so the steady
+    # state (back pressure holding the backlog between its marks) can be told from the ramp-up
+    # and from the drain after the load.
     samples, running = [], threading.Event()
     running.set()
+    queued = mta.queued_counter()
 
     def sample():
         while running.is_set():
-            samples.append((time.time(), mta.queued(), sink.count() - base))
+            samples.append((time.time(), queued(), sink.count() - base))
             time.sleep(0.1)
 
     sampler = threading.Thread(target=sample)
@@ -220,20 +238,22 @@ def flood(mta_bin, work, sink, sessions, messages, extra):
         [load, f"127.0.0.1:{mta.ports['transport']}", str(sessions), str(messages), "5120",
          "to@sink.test"], capture_output=True, text=True)
     t1 = time.time()
+    running.clear()
     during = sink.count() - base
     accepted = mta.queued()
     delivered = wait_for(lambda: sink.count() - base, accepted, 600, step=0.01)
     t2 = time.time()
-    running.clear()
     sampler.join()
     peak = mta.peak_kb()
     refused = open(mta.log.name).read().count("Back pressure: new mail is refused")
     mta.stop()
     got = sink.count() - base
     acc_rate, e2e_rate = accepted / (t1 - t0), got / (t2 - t0)
-    # Steady state: from the first sample past 20 % of the messages to the last sample taken.
-    start = next((s for s in samples if s[1] >= messages // 5), samples[0])
-    end = samples[-1]
+    # Steady state: from the first sample past 20 % of the messages to the last sample taken
+    # while the load ran.
+    during_load = [s for s in samples if s[0] <= t1] or samples
+    start = next((s for s in during_load if s[1] >= messages // 5), during_load[0])
+    end = during_load[-1]
     span = max(end[0] - start[0], 1e-9)
     ss_acc, ss_del = (end[1] - start[1]) / span, (end[2] - start[2]) / span
     deferred = source.stdout.split("deferred=")[1].split()[0] if "deferred=" in source.stdout else "?"

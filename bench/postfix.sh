@@ -72,7 +72,7 @@ fi
 
 # --- mta configurations ---------------------------------------------------------------
 # The bench runs as root (it drives a private Postfix), and mta refuses to load agents as root
-# unless told to (it finds agents.config beside mta.toml): production sets `user = "mta"`.
+# unless told to, which (d) needs: production sets `user = "mta"`.
 cat > "$WORK/mta.toml" <<EOF
 data_dir = "$WORK/mta-data"
 allow_root_agents = true
@@ -104,14 +104,16 @@ tls = "none"
 max_concurrent_connections = 50
 EOF
 R="$ROOT/target/release"
-cat > "$WORK/agents.config" <<EOF
+# Not named agents.config: mta takes an agents.config beside mta.toml by default, and (b) and
+# (c) run without agents.
+cat > "$WORK/sample-agents.config" <<EOF
 <configuration><mexRuntime><monitoring><agentExecution timeLimitInMilliseconds="90000" /></monitoring><agentList>
 <agent name="Connection Filter" baseType="SmtpReceiveAgent" classFactory="Mta.Samples.ConnectionFilterFactory" assemblyPath="$R/libconnection_filter.so" enabled="true"><parameter name="deny" value="203.0.113.0/24" /></agent>
 <agent name="Header Stamper" baseType="SmtpReceiveAgent" classFactory="Mta.Samples.HeaderStamperFactory" assemblyPath="$R/libheader_stamper.so" enabled="true" />
 <agent name="Mobile Router" baseType="RoutingAgent" classFactory="Mta.Samples.RecipientRouterFactory" assemblyPath="$R/librecipient_router.so" enabled="true"><parameter name="pattern" value="*@mobile.example.test" /><parameter name="routing_domain" value="MOBILE" /></agent>
 </agentList></mexRuntime></configuration>
 EOF
-sed "s|^\[tls\]|[agents]\ntransport = \"$WORK/agents.config\"\n[tls]|" "$WORK/mta.toml" > "$WORK/mta-agents.toml"
+sed "s|^\[tls\]|[agents]\ntransport = \"$WORK/sample-agents.config\"\n[tls]|" "$WORK/mta.toml" > "$WORK/mta-agents.toml"
 
 start_mta() { # config roles
     rm -rf "$WORK/mta-data"
@@ -119,6 +121,10 @@ start_mta() { # config roles
     MTA_PID=$!
     for _ in $(seq 100); do grep -q "mta running" "$WORK/mta.log" 2>/dev/null && return; sleep 0.1; done
     echo "mta did not start"; cat "$WORK/mta.log"; exit 1
+}
+expect_agents() { # N: the Transport pipeline mta started with has N agents
+    grep -q "Agent pipeline loaded. service=transport generation=[0-9]* agents=$1\b" "$WORK/mta.log" \
+        || { echo "mta's Transport pipeline is not the $1 agents this case needs:"; grep "Agent pipeline" "$WORK/mta.log"; exit 1; }
 }
 stop_mta() {
     PEAK=$(grep VmHWM "/proc/$MTA_PID/status" | awk '{print $2}')
@@ -147,15 +153,15 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round: (a) postfix"
     read -r a e < <(run a "$PF" to@sink.test sunk); ACC[a]+="$a "; E2E[a]+="$e "
     echo "round $round: (b) mta transport -> send connector"
-    start_mta "$WORK/mta.toml" transport
+    start_mta "$WORK/mta.toml" transport; expect_agents 0
     read -r a e < <(run b "$MT_TR" to@sink.test sunk); ACC[b]+="$a "; E2E[b]+="$e "
     stop_mta; RSS[b]=$PEAK
     echo "round $round: (c) mta front end -> transport -> mailbox"
-    start_mta "$WORK/mta.toml" frontend,transport,mailbox
+    start_mta "$WORK/mta.toml" frontend,transport,mailbox; expect_agents 0
     read -r a e < <(run c "$MT_FE" alice@example.test maildir_count); ACC[c]+="$a "; E2E[c]+="$e "
     stop_mta; RSS[c]=$PEAK
     echo "round $round: (d) (b) with sample agents"
-    start_mta "$WORK/mta-agents.toml" transport
+    start_mta "$WORK/mta-agents.toml" transport; expect_agents 3
     read -r a e < <(run d "$MT_TR" to@sink.test sunk); ACC[d]+="$a "; E2E[d]+="$e "
     stop_mta; RSS[d]=$PEAK
 done

@@ -153,10 +153,16 @@ pub struct Record {
 }
 
 impl Record {
-    /// A record of `event` by `service`, now.
+    /// A record of `event` by `service`, now. Without a tracking log (`[tracking] enabled =
+    /// false`, one-shot commands) a record only feeds the metrics (event, service, connector,
+    /// received time), so what only the log shows is not built.
     pub fn new(event: EventId, service: Service) -> Self {
         Self {
-            time: crate::message::date::rfc3339(SystemTime::now()),
+            time: if enabled() {
+                crate::message::date::rfc3339(SystemTime::now())
+            } else {
+                String::new()
+            },
             event: Some(event),
             service: service.as_str().to_string(),
             ..Self::default()
@@ -167,6 +173,10 @@ impl Record {
     /// and size.
     pub fn item(event: EventId, service: Service, item: &MailItem) -> Self {
         let mut record = Self::new(event, service);
+        record.received_ms = item.trace.received_ms;
+        if !enabled() {
+            return record;
+        }
         record.queue_id = match service {
             // Mailbox Transport's own ids are per session; its records carry the id of the
             // Transport queue the message came from, so they join that message's story.
@@ -187,25 +197,30 @@ impl Record {
             .map(|r| r.address.clone())
             .collect();
         record.size = Some(item.message.len() as u64);
-        record.received_ms = item.trace.received_ms;
         record
     }
 
     /// The same record about only `recipients`.
     pub fn to<'a>(mut self, recipients: impl IntoIterator<Item = &'a str>) -> Self {
-        self.recipients = recipients.into_iter().map(str::to_string).collect();
+        if enabled() {
+            self.recipients = recipients.into_iter().map(str::to_string).collect();
+        }
         self
     }
 
     /// Sets the reply.
     pub fn reply(mut self, reply: impl ToString) -> Self {
-        self.reply = Some(reply.to_string().trim_end().to_string());
+        if enabled() {
+            self.reply = Some(reply.to_string().trim_end().to_string());
+        }
         self
     }
 
     /// Sets the detail.
     pub fn detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
+        if enabled() {
+            self.detail = Some(detail.into());
+        }
         self
     }
 
@@ -275,6 +290,11 @@ pub fn install(dir: std::path::PathBuf, days: u32) -> std::io::Result<()> {
     let writer = writer::Writer::start(dir, days)?;
     let _ = LOG.set(writer);
     Ok(())
+}
+
+/// Whether a tracking log is open: records are written.
+pub fn enabled() -> bool {
+    LOG.get().is_some()
 }
 
 /// Records an event; does nothing when no tracking log is open (one-shot commands, tests of
