@@ -306,3 +306,44 @@ fn the_outbox_of_a_mailbox_added_by_a_reload_is_sent_without_a_restart() {
         mta.log()
     );
 }
+
+/// A mailbox taken out by a reload keeps its Maildir; mail waiting in its outbox is no longer
+/// sent, and the log says so.
+#[test]
+fn a_reload_that_removes_a_mailbox_says_what_waits_in_its_outbox() {
+    let dir = TestDir::new("config-reload-removed");
+    // The outbox is polled once at start, then not for ten minutes: the message stays.
+    let mta = Mta::start(
+        &dir,
+        "[directories]\npoll_interval_ms = 600000\n[organization]\nmailboxes = [\"alice\", \"bob\", \"postmaster\", \"sales\"]\n",
+        &[],
+    );
+    let outbox = dir.path("mta-data/mailboxes/sales/.Outbox");
+    std::fs::write(
+        outbox.join("tmp/1.msg"),
+        "From: sales@example.test\r\nTo: alice@example.test\r\nSubject: waiting\r\n\r\nhello\r\n",
+    )
+    .unwrap();
+    std::fs::rename(outbox.join("tmp/1.msg"), outbox.join("new/1.msg")).unwrap();
+    let config = std::fs::read_to_string(&mta.config).unwrap();
+    std::fs::write(
+        &mta.config,
+        config.replace("\"postmaster\", \"sales\"]", "\"postmaster\"]"),
+    )
+    .unwrap();
+    assert!(
+        mta.wait_log("Host configuration reloaded.", 1, WAIT),
+        "{}",
+        mta.log()
+    );
+    let log = mta.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Mailbox removed from the configuration"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("mailbox=sales") && line.contains("waiting=1"),
+        "{line}"
+    );
+    assert!(outbox.join("new/1.msg").exists());
+}

@@ -459,6 +459,21 @@ impl Reconfiguration {
                     .create(&mailbox)
                     .map_err(|e| format!("creating the mailbox {mailbox}: {e}"))?;
             }
+            // A mailbox taken out of the configuration keeps its Maildir, but its outbox is no
+            // longer sent: say so when mail waits there.
+            let kept = generation.organization.mailboxes();
+            for gone in old
+                .organization
+                .mailboxes()
+                .into_iter()
+                .filter(|m| !kept.contains(m))
+            {
+                let outbox = store.maildir(&gone).join(".Outbox");
+                let waiting = crate::mailbox::submission::pending(&outbox).len();
+                if waiting > 0 {
+                    tracing::warn!(message = "Mailbox removed from the configuration; the messages in its outbox are no longer sent.", mailbox = %gone, waiting, outbox = %outbox.display());
+                }
+            }
         }
         // Everything is built: swap.
         let reroute = routing_changed(&old.config, &generation.config);

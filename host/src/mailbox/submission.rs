@@ -357,7 +357,7 @@ fn write_progress(path: &Path, done: &BTreeSet<String>) {
 }
 
 /// Messages waiting in an outbox: everything in `new/`, and unflagged messages in `cur/`.
-fn pending(outbox: &Path) -> Vec<PathBuf> {
+pub(crate) fn pending(outbox: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for sub in ["new", "cur"] {
         if let Ok(entries) = std::fs::read_dir(outbox.join(sub)) {
