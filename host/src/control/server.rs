@@ -164,6 +164,9 @@ impl Control {
                     }
                     _ => Err("not a change".into()),
                 };
+                // What the change tracked is in the log when the command returns, so that
+                // `mta track` run next finds it (the writer gathers records for a moment).
+                let _ = tokio::task::spawn_blocking(crate::tracking::flush).await;
                 (said(outcome), Vec::new())
             }
         }
