@@ -61,6 +61,9 @@ pub struct HostConfig {
     /// Where the configuration was read from (`None`: embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
+    /// The text it was read from, for a reload to tell whether the file changed since.
+    #[serde(skip)]
+    pub source_text: Option<std::sync::Arc<str>>,
     /// The roles this process runs (set by `mta run`): the others are reached over TCP.
     #[serde(skip)]
     pub local_roles: Vec<Service>,
@@ -659,6 +662,7 @@ impl Default for HostConfig {
             group: None,
             allow_root_agents: None,
             source: None,
+            source_text: None,
             local_roles: Vec::new(),
         }
     }
@@ -683,6 +687,7 @@ impl HostConfig {
         })?;
         config.back_pressure.check(path, &text)?;
         config.source = Some(path.to_path_buf());
+        config.source_text = Some(text.as_str().into());
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())

@@ -348,12 +348,15 @@ impl Reconfiguration {
         receivers: Vec<(Service, Arc<ArcSwap<Receiver>>)>,
         transport: Option<Arc<Transport>>,
     ) -> Self {
+        // The text the running configuration was read from, not the file as it is now: a
+        // change saved during the start is then seen as one.
         let text = generation
             .config
-            .source
+            .source_text
             .as_deref()
-            .and_then(|p| std::fs::read(p).ok())
-            .unwrap_or_default();
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec();
         Self {
             current: Mutex::new(generation),
             digest: Mutex::new(digest(&text)),

@@ -89,6 +89,19 @@ pub async fn run(
         tokio::sync::mpsc::UnboundedReceiver<bool>,
     ),
 ) -> anyhow::Result<()> {
+    // Watched before anything is served: a change saved as soon as a listener answers is seen
+    // (its reload waits in the queue until the reload task runs).
+    let (reload_requests, reload_queue) = reloads;
+    let _watcher = match &config.source {
+        Some(path) => match crate::reconfiguration::watch(path, reload_requests.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(message = "Cannot watch the host configuration; SIGHUP still reloads it.", path = %path.display(), error = %e);
+                None
+            }
+        },
+        None => None,
+    };
     let generation = Arc::new(Generation::build(config.clone(), None)?);
     let organization = Arc::clone(&generation.organization);
     let mut tasks = tokio::task::JoinSet::new();
@@ -225,17 +238,6 @@ pub async fn run(
         receivers,
         transport.clone(),
     ));
-    let (reload_requests, reload_queue) = reloads;
-    let _watcher = match &config.source {
-        Some(path) => match crate::reconfiguration::watch(path, reload_requests.clone()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                tracing::warn!(message = "Cannot watch the host configuration; SIGHUP still reloads it.", path = %path.display(), error = %e);
-                None
-            }
-        },
-        None => None,
-    };
     tokio::spawn(crate::reconfiguration::run(
         Arc::clone(&reconfiguration),
         reload_queue,
