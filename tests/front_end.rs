@@ -18,6 +18,24 @@ fn transport_probe(dir: &TestDir, log: &std::path::Path, refuse: &str) -> String
     "[agents]\ntransport = \"agents.config\"\n".to_string()
 }
 
+/// A Front End alone (`--roles frontend`) in a directory of its own, relaying to `nodes`.
+/// The directory goes with the server (it is dropped after it).
+fn front_end(name: &str, nodes: &[String]) -> (Mta, TestDir) {
+    let dir = TestDir::new(name);
+    let list = nodes
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mta = Mta::start_with(
+        &dir,
+        &[("frontend", &format!("transport_nodes = [{list}]"))],
+        "",
+        &["--roles", "frontend"],
+    );
+    (mta, dir)
+}
+
 #[test]
 fn a_recipient_transport_refuses_is_refused_to_the_client_at_rcpt() {
     let dir = TestDir::new("fe-rcpt");
@@ -42,17 +60,8 @@ fn a_recipient_transport_refuses_is_refused_to_the_client_at_rcpt() {
 
 #[test]
 fn without_a_reachable_transport_node_mail_is_refused_at_mail() {
-    let dir = TestDir::new("fe-no-transport");
     let dead = free_port();
-    let mta = Mta::start_with(
-        &dir,
-        &[(
-            "frontend",
-            &format!("transport_nodes = [\"127.0.0.1:{dead}\"]"),
-        )],
-        "",
-        &["--roles", "frontend"],
-    );
+    let (mta, _dir) = front_end("fe-no-transport", &[format!("127.0.0.1:{dead}")]);
     let mut smtp = Smtp::ehlo(mta.frontend);
     let r = smtp.cmd("MAIL FROM:<a@elsewhere.test>");
     assert_eq!((r.code, r.enhanced()), (451, "4.4.0".into()), "{r:?}");
@@ -161,20 +170,8 @@ fn a_transport_node_that_refuses_mail_for_now_makes_way_for_the_next() {
     });
     let back_dir = TestDir::new("fe-busy-back");
     let back = Mta::start(&back_dir, "", &["--roles", "transport,mailbox"]);
-    let front_dir = TestDir::new("fe-busy-front");
-    let front = Mta::start_with(
-        &front_dir,
-        &[(
-            "frontend",
-            &format!(
-                "transport_nodes = [\"{}\", \"127.0.0.1:{}\"]",
-                busy.address(),
-                back.transport
-            ),
-        )],
-        "",
-        &["--roles", "frontend"],
-    );
+    let back_node = format!("127.0.0.1:{}", back.transport);
+    let (front, _front_dir) = front_end("fe-busy-front", &[busy.address(), back_node.clone()]);
     // Round-robin starts sessions at either node; each of them ends at the one that takes mail,
     // and the turns stay fair: half of the sessions start at the busy node.
     for i in 0..4 {
@@ -209,36 +206,14 @@ fn a_transport_node_that_refuses_mail_for_now_makes_way_for_the_next() {
         mail_reply: "451 4.7.1 Rate limited, try again later\r\n".into(),
         ..PeerConfig::default()
     });
-    let policy_dir = TestDir::new("fe-busy-policy");
-    let policy = Mta::start_with(
-        &policy_dir,
-        &[(
-            "frontend",
-            &format!(
-                "transport_nodes = [\"{}\", \"127.0.0.1:{}\"]",
-                limited.address(),
-                back.transport
-            ),
-        )],
-        "",
-        &["--roles", "frontend"],
-    );
+    let (policy, _policy_dir) = front_end("fe-busy-policy", &[limited.address(), back_node]);
     let mut smtp = Smtp::ehlo(policy.frontend);
     let r = smtp.cmd("MAIL FROM:<a@elsewhere.test>");
     assert_eq!((r.code, r.enhanced()), (451, "4.7.1".into()), "{r:?}");
     smtp.quit();
 
     // With the busy node alone, its refusal is the client's, and the session goes on.
-    let alone_dir = TestDir::new("fe-busy-alone");
-    let alone = Mta::start_with(
-        &alone_dir,
-        &[(
-            "frontend",
-            &format!("transport_nodes = [\"{}\"]", busy.address()),
-        )],
-        "",
-        &["--roles", "frontend"],
-    );
+    let (alone, _alone_dir) = front_end("fe-busy-alone", &[busy.address()]);
     let mut smtp = Smtp::ehlo(alone.frontend);
     let r = smtp.cmd("MAIL FROM:<a@elsewhere.test>");
     assert_eq!((r.code, r.enhanced()), (452, "4.3.1".into()), "{r:?}");
@@ -247,18 +222,9 @@ fn a_transport_node_that_refuses_mail_for_now_makes_way_for_the_next() {
 
     // Busy, then nothing reachable: the client is told the node is busy, not that none exists.
     let dead = free_port();
-    let none_dir = TestDir::new("fe-busy-dead");
-    let none = Mta::start_with(
-        &none_dir,
-        &[(
-            "frontend",
-            &format!(
-                "transport_nodes = [\"{}\", \"127.0.0.1:{dead}\"]",
-                busy.address()
-            ),
-        )],
-        "",
-        &["--roles", "frontend"],
+    let (none, _none_dir) = front_end(
+        "fe-busy-dead",
+        &[busy.address(), format!("127.0.0.1:{dead}")],
     );
     let mut smtp = Smtp::ehlo(none.frontend);
     let r = smtp.cmd("MAIL FROM:<a@elsewhere.test>");
@@ -276,16 +242,7 @@ fn an_older_transport_node_still_learns_who_the_client_is() {
         xclient_unknown: vec!["TLS".into()],
         ..PeerConfig::default()
     });
-    let dir = TestDir::new("fe-older-transport");
-    let front = Mta::start_with(
-        &dir,
-        &[(
-            "frontend",
-            &format!("transport_nodes = [\"{}\"]", older.address()),
-        )],
-        "",
-        &["--roles", "frontend"],
-    );
+    let (front, _dir) = front_end("fe-older-transport", &[older.address()]);
     let mut smtp = Smtp::ehlo(front.frontend);
     let port = smtp.local_port();
     let r = smtp.send_mail(
