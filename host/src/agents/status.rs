@@ -19,9 +19,10 @@ pub struct Status {
     /// The error of the last reload, if it failed (the running pipeline is older).
     pub last_error: Option<String>,
     /// Reload attempts so far, whatever their outcome: a command that edited the agents file
-    /// waits for this to grow, then reports what the running host made of its edit.
+    /// waits for this to grow, then reports what the running host made of its edit. `None`
+    /// from a host of an older release, which does not count them: nothing to wait for.
     #[serde(default)]
-    pub reload_attempts: u64,
+    pub reload_attempts: Option<u64>,
     /// The digest ([`file_digest`]) of the agents file the last reload attempt read: a
     /// command knows the attempt read its edit, not an older text.
     #[serde(default)]
@@ -107,7 +108,7 @@ pub fn write(
         pid: std::process::id(),
         generation: pipeline.generation,
         last_error: last_error.map(str::to_string),
-        reload_attempts: reloads.attempts,
+        reload_attempts: Some(reloads.attempts),
         file_digest: reloads.file_digest.clone(),
         libraries_loaded,
         agents: pipeline
@@ -164,4 +165,26 @@ pub fn file_digest(bytes: &[u8]) -> String {
 pub fn read(path: &Path) -> Option<Status> {
     let bytes = std::fs::read(path).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status file of a host from before reloads were counted still reads, and says so.
+    #[test]
+    fn a_status_file_without_reload_counts_reads_as_an_older_host() {
+        let old = r#"{"service":"transport","pid":1,"generation":2,"last_error":null,"libraries_loaded":1,"agents":[]}"#;
+        let status: Status = serde_json::from_str(old).unwrap();
+        assert_eq!(status.reload_attempts, None);
+        assert_eq!(status.file_digest, None);
+        assert_eq!(status.generation, 2);
+    }
+
+    #[test]
+    fn the_file_digest_depends_on_every_byte() {
+        assert_eq!(file_digest(b"<a/>"), file_digest(b"<a/>"));
+        assert_ne!(file_digest(b"<a/>"), file_digest(b"<a />"));
+        assert_eq!(file_digest(b"").len(), 16);
+    }
 }

@@ -180,9 +180,10 @@ pub fn run(config: &HostConfig, command: AgentCommand) -> anyhow::Result<ExitCod
         | AgentCommand::Rollback { service, .. } => Some(*service),
         _ => None,
     };
+    // A host of an older release does not count its reloads: nothing to wait for.
     let running = edited.and_then(|service| {
         status::read(&config.agents_status_path(service))
-            .filter(|s| pid_alive(s.pid))
+            .filter(|s| pid_alive(s.pid) && s.reload_attempts.is_some())
             .map(|s| (service, s))
     });
     match command {
