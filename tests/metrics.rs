@@ -146,6 +146,16 @@ s.close()
         1.0,
         "{after}"
     );
+    // Mailbox Transport measures its own: from the LMTP data to the Maildir file.
+    assert_eq!(
+        value(
+            &after,
+            "mta_delivery_latency_seconds_count",
+            &["service=\"mailbox\""]
+        ),
+        1.0,
+        "{after}"
+    );
     // The probe handles every SMTP receive event: two MAIL, two RCPT (agents see a recipient
     // before the host's check refuses the unknown one, whose refusal is raised as OnReject).
     let calls = |event: &str| {
