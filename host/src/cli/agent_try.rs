@@ -523,6 +523,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_fork_says_which_recipients_the_item_keeps() {
+        assert_eq!(
+            describe(&Action::Fork(vec!["dave@example.test".into()])),
+            "fork: this item keeps dave@example.test; a copy takes the other recipients"
+        );
+    }
+
+    #[test]
     fn address_lists_give_their_addresses() {
         assert_eq!(
             addresses("Ann <ann@example.test>, bob@example.test, undisclosed-recipients:;"),
