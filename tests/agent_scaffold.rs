@@ -224,6 +224,27 @@ fn each_class_scaffolds_a_crate_that_tests_as_written_and_installs_live_in_three
     assert_eq!(smtp.cmd("MAIL FROM:<x@example.test>").code, 250);
 }
 
+/// `mta agent try LIBRARY --factory FACTORY --eml EML EXTRA...`, run in `dir`.
+fn agent_try(
+    dir: &TestDir,
+    library: &std::path::Path,
+    factory: &str,
+    eml: &std::path::Path,
+    extra: &[&str],
+) -> (i32, String, String) {
+    let mut args = vec![
+        "agent",
+        "try",
+        library.to_str().unwrap(),
+        "--factory",
+        factory,
+        "--eml",
+        eml.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run_mta(&dir.0, &args)
+}
+
 /// A message from `ann@example.test` to `bob@example.test`.
 const MESSAGE: &str =
     "From: Ann <ann@example.test>\r\nTo: Bob <bob@example.test>\r\nSubject: hello\r\n\r\nHi Bob.\r\n";
@@ -238,16 +259,12 @@ fn try_prints_the_events_the_actions_and_the_diff() {
         .map(|e| e.path())
         .collect();
     let stamper = lib("header-stamper");
-    let (code, out, err) = run_mta(
-        &dir.0,
+    let (code, out, err) = agent_try(
+        &dir,
+        &stamper,
+        "Mta.Samples.HeaderStamperFactory",
+        &eml,
         &[
-            "agent",
-            "try",
-            stamper.to_str().unwrap(),
-            "--factory",
-            "Mta.Samples.HeaderStamperFactory",
-            "--eml",
-            eml.to_str().unwrap(),
             "--parameter",
             "header=X-Scanned",
             "--parameter",
@@ -278,19 +295,12 @@ fn try_prints_the_events_the_actions_and_the_diff() {
     assert_eq!(std::fs::read_to_string(&eml).unwrap(), MESSAGE);
 
     // --event leaves the other events out.
-    let (code, out, _) = run_mta(
-        &dir.0,
-        &[
-            "agent",
-            "try",
-            stamper.to_str().unwrap(),
-            "--factory",
-            "Mta.Samples.HeaderStamperFactory",
-            "--eml",
-            eml.to_str().unwrap(),
-            "--event",
-            "OnEndOfHeaders",
-        ],
+    let (code, out, _) = agent_try(
+        &dir,
+        &stamper,
+        "Mta.Samples.HeaderStamperFactory",
+        &eml,
+        &["--event", "OnEndOfHeaders"],
     );
     assert_eq!(code, 0);
     assert!(!out.contains("\nOnEndOfData"), "{out}");
@@ -302,16 +312,12 @@ fn try_shows_a_reject_with_its_reply_and_ends_the_session_there() {
     let dir = TestDir::new("agent-try-reject");
     let eml = dir.write("hello.eml", MESSAGE);
     // The client of `mta agent try` is 192.0.2.1.
-    let (code, out, err) = run_mta(
-        &dir.0,
+    let (code, out, err) = agent_try(
+        &dir,
+        &lib("connection-filter"),
+        "Mta.Samples.ConnectionFilterFactory",
+        &eml,
         &[
-            "agent",
-            "try",
-            lib("connection-filter").to_str().unwrap(),
-            "--factory",
-            "Mta.Samples.ConnectionFilterFactory",
-            "--eml",
-            eml.to_str().unwrap(),
             "--parameter",
             "deny=192.0.2.0/24",
             "--from",
@@ -336,17 +342,12 @@ fn try_shows_a_reject_with_its_reply_and_ends_the_session_there() {
 fn try_with_a_missing_factory_names_the_ones_the_library_exports() {
     let dir = TestDir::new("agent-try-factory");
     let eml = dir.write("hello.eml", MESSAGE);
-    let (code, out, err) = run_mta(
-        &dir.0,
-        &[
-            "agent",
-            "try",
-            lib("header-stamper").to_str().unwrap(),
-            "--factory",
-            "Mta.Samples.NoSuchFactory",
-            "--eml",
-            eml.to_str().unwrap(),
-        ],
+    let (code, out, err) = agent_try(
+        &dir,
+        &lib("header-stamper"),
+        "Mta.Samples.NoSuchFactory",
+        &eml,
+        &[],
     );
     assert_ne!(code, 0, "{out}");
     assert_eq!(out, "");
@@ -368,19 +369,8 @@ fn try_runs_the_smtp_events_in_order_drops_a_refused_recipient_and_reports_a_fau
     );
     let probe = lib("probe");
     let try_probe = |parameters: &[&str]| {
-        let mut args = vec![
-            "agent",
-            "try",
-            probe.to_str().unwrap(),
-            "--factory",
-            "Tests.ProbeFactory",
-            "--eml",
-            eml.to_str().unwrap(),
-        ];
-        for p in parameters {
-            args.extend(["--parameter", p]);
-        }
-        run_mta(&dir.0, &args)
+        let extra: Vec<&str> = parameters.iter().flat_map(|p| ["--parameter", p]).collect();
+        agent_try(&dir, &probe, "Tests.ProbeFactory", &eml, &extra)
     };
     let events = |out: &str| -> Vec<String> {
         out.lines()
@@ -447,16 +437,12 @@ fn try_gives_a_delivery_agent_one_connection_and_shows_its_acks() {
     let eml = dir.write("hello.eml", MESSAGE);
     let spool = dir.path("spool");
     std::fs::create_dir_all(&spool).unwrap();
-    let (code, out, err) = run_mta(
-        &dir.0,
+    let (code, out, err) = agent_try(
+        &dir,
+        &lib("text-messaging"),
+        "Mta.Samples.TextMessagingFactory",
+        &eml,
         &[
-            "agent",
-            "try",
-            lib("text-messaging").to_str().unwrap(),
-            "--factory",
-            "Mta.Samples.TextMessagingFactory",
-            "--eml",
-            eml.to_str().unwrap(),
             "--parameter",
             &format!("spool={}", spool.display()),
             "--to",

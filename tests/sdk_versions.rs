@@ -450,22 +450,13 @@ fn agents_built_outside_against_current_patch_and_minor_bumped_sdks_load_or_are_
         "agents.config",
         agents_xml(1000, &[miscut_entry]).as_bytes(),
     );
-    assert!(
-        running.wait_log("Agent pipeline reload failed", 1, WAIT),
-        "{}",
-        running.log()
-    );
+    let failed = the_failed_reload(&running);
     let text = running.log();
-    let failed: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("Agent pipeline reload failed"))
-        .collect();
-    assert_eq!(failed.len(), 1, "{text}");
-    assert!(failed[0].contains(&format!(
+    assert!(failed.contains(&format!(
         "agent \"Block\": library {} was built against mta-agent-sdk {miscut} and this host uses mta-agent-sdk {host}, but their layouts differ: type PropertyScope (in EventHost::property) has a different repr attribute",
         layout_lib.display()
-    )), "{}", failed[0]);
-    assert!(failed[0].len() < 1500, "{}", failed[0]);
+    )), "{failed}");
+    assert!(failed.len() < 1500, "{failed}");
     let reports: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("Compared <this>"))
@@ -482,6 +473,22 @@ fn agents_built_outside_against_current_patch_and_minor_bumped_sdks_load_or_are_
         "{}",
         running.log()
     );
+}
+
+/// Waits for the server's one "Agent pipeline reload failed" line, and returns it.
+fn the_failed_reload(mta: &Mta) -> String {
+    assert!(
+        mta.wait_log("Agent pipeline reload failed", 1, WAIT),
+        "{}",
+        mta.log()
+    );
+    let text = mta.log();
+    let failed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Agent pipeline reload failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{text}");
+    failed[0].to_string()
 }
 
 #[test]
@@ -502,23 +509,13 @@ fn a_live_reload_refused_for_its_sdk_logs_one_line() {
         "agents.config",
         agents_xml(1000, &[Entry::probe("Probe", &log), old]).as_bytes(),
     );
-    assert!(
-        mta.wait_log("Agent pipeline reload failed", 1, WAIT),
-        "{}",
-        mta.log()
-    );
-    let text = mta.log();
-    let failed: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("Agent pipeline reload failed"))
-        .collect();
-    assert_eq!(failed.len(), 1, "{text}");
-    assert!(failed[0].contains(&format!(
+    let failed = the_failed_reload(&mta);
+    assert!(failed.contains(&format!(
         "agent \"Old\": library {} was built against mta-agent-sdk 0.0.1, but this host uses mta-agent-sdk {}: rebuild the agent against mta-agent-sdk",
         lib("old-sdk-agent").display(),
         mta_agent_sdk::version::SDK_VERSION
-    )), "{}", failed[0]);
-    assert!(failed[0].len() < 1000, "{}", failed[0]);
+    )), "{failed}");
+    assert!(failed.len() < 1000, "{failed}");
     assert_eq!(mta.generation("transport"), 1);
     // The status file is rewritten every second too: wait for the one that has the error.
     assert!(wait_until(WAIT, || mta.status("transport")["last_error"].is_string()));
