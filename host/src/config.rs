@@ -678,6 +678,12 @@ impl HostConfig {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Diagnostic::file(path, format!("cannot read the host configuration: {e}"))
         })?;
+        Self::from_text(path, text)
+    }
+
+    /// The configuration in `text`, read from `path` (relative paths in it are resolved
+    /// against the file's directory).
+    pub fn from_text(path: &Path, text: String) -> Result<Self, Diagnostic> {
         let mut config: HostConfig = toml::from_str(&text).map_err(|e| {
             let position = e
                 .span()
@@ -687,7 +693,7 @@ impl HostConfig {
         })?;
         config.back_pressure.check(path, &text)?;
         config.source = Some(path.to_path_buf());
-        config.source_text = Some(text.as_str().into());
+        config.source_text = Some(text.into());
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())

@@ -258,7 +258,7 @@ impl Transactions for Relay {
             }
             // Transport's queue id when its reply names one, so the message has one id in
             // both services; a numbered id of our own otherwise.
-            if let Some(id) = crate::tracking::queued_id(&r.to_string())
+            if let Some(id) = crate::tracking::queued_id(r.text())
                 .filter(|id| crate::agents::snapshot::valid_queue_id(id))
             {
                 return Ok(id.to_string());

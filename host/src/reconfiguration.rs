@@ -27,7 +27,6 @@ use crate::transport::{Transport, TransportSink};
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -321,17 +320,9 @@ fn routing_changed(old: &HostConfig, new: &HostConfig) -> bool {
     )
 }
 
-fn digest(text: &[u8]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
-}
-
 /// The running configuration and everything a reload replaces.
 pub struct Reconfiguration {
     current: Mutex<Arc<Generation>>,
-    /// The digest of the file's text last loaded (a write of the same text changes nothing).
-    digest: Mutex<u64>,
     sinks: Sinks,
     receivers: Vec<(Service, Arc<ArcSwap<Receiver>>)>,
     transport: Option<Arc<Transport>>,
@@ -348,18 +339,8 @@ impl Reconfiguration {
         receivers: Vec<(Service, Arc<ArcSwap<Receiver>>)>,
         transport: Option<Arc<Transport>>,
     ) -> Self {
-        // The text the running configuration was read from, not the file as it is now: a
-        // change saved during the start is then seen as one.
-        let text = generation
-            .config
-            .source_text
-            .as_deref()
-            .unwrap_or_default()
-            .as_bytes()
-            .to_vec();
         Self {
             current: Mutex::new(generation),
-            digest: Mutex::new(digest(&text)),
             sinks,
             receivers,
             transport,
@@ -425,19 +406,20 @@ impl Reconfiguration {
                 "the server runs on the embedded defaults: there is no file to reload".into(),
             );
         };
-        let text = std::fs::read(&path).map_err(|e| {
+        let text = std::fs::read_to_string(&path).map_err(|e| {
             format!(
                 "{}: cannot read the host configuration: {e}",
                 path.display()
             )
         })?;
-        let digest = digest(&text);
-        if !forced && digest == *self.digest.lock().unwrap_or_else(|e| e.into_inner()) {
+        // Compared with the text the running configuration was read from (at the start, or
+        // by the last reload that succeeded): the same text saved again changes nothing.
+        if !forced && old.config.source_text.as_deref() == Some(text.as_str()) {
             return Ok(None);
         }
         crate::agents::strict_modes::check(&path, "the host configuration")
             .map_err(|e| e.to_string())?;
-        let mut config = HostConfig::load(Some(&path)).map_err(|d| d.to_string())?;
+        let mut config = HostConfig::from_text(&path, text).map_err(|d| d.to_string())?;
         let restart_needed = restart_only(&old.config, &config);
         keep_running_values(&mut config, &old.config);
         // Built aside: any error leaves everything running as it is.
@@ -491,7 +473,6 @@ impl Reconfiguration {
             .organization
             .store(Arc::clone(&generation.organization));
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(generation);
-        *self.digest.lock().unwrap_or_else(|e| e.into_inner()) = digest;
         if reroute {
             if let Some(t) = &self.transport {
                 t.reroute_unreachable();

@@ -99,15 +99,19 @@ const TIME_LIMIT_DEFAULT: Duration = Duration::from_secs(300);
 
 /// Reads and parses a file. Errors are positioned diagnostics.
 pub fn read(path: &Path) -> Result<AgentsFile, Vec<Diagnostic>> {
+    parse(path, read_text(path)?)
+}
+
+/// The text of the agents file at `path`, once its modes pass StrictModes.
+pub fn read_text(path: &Path) -> Result<String, Vec<Diagnostic>> {
     crate::agents::strict_modes::check(path, "the agents file")
         .map_err(|why| vec![Diagnostic::file(path, why)])?;
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    std::fs::read_to_string(path).map_err(|e| {
         vec![Diagnostic::file(
             path,
             format!("cannot read the agents file: {e}"),
         )]
-    })?;
-    parse(path, text)
+    })
 }
 
 /// Parses `text`, read from `path`.

@@ -13,6 +13,7 @@ use crate::service::Service;
 use abi_stable::std_types::RStr;
 use mta_agent_sdk::abi::{LogLevel, LogSink};
 use mta_agent_sdk::Event;
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,9 @@ pub struct AgentLog {
     agent: String,
     service: Service,
     bucket: Mutex<Bucket>,
+    /// Whether lines were dropped and not yet reported: `flush`, after every agent call, reads
+    /// this and takes no lock for an agent within its rate.
+    dropped: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -53,6 +57,7 @@ impl AgentLog {
                 suppressed: 0,
                 reported: None,
             }),
+            dropped: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -80,6 +85,7 @@ impl AgentLog {
             bucket.refilled = now;
             if bucket.tokens < 1.0 {
                 bucket.suppressed += 1;
+                self.dropped.store(true, Ordering::Relaxed);
                 return;
             }
             bucket.tokens -= 1.0;
@@ -101,12 +107,14 @@ impl AgentLog {
 
     /// After a call: writes the count of lines dropped, if any and not written too recently.
     pub fn flush(&self, event: Event) {
+        if !self.dropped.load(Ordering::Relaxed) {
+            return;
+        }
         let suppressed = {
             let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-            if bucket.suppressed == 0 {
-                return;
-            }
-            bucket.take_report(Instant::now(), false)
+            let report = bucket.take_report(Instant::now(), false);
+            self.dropped.store(bucket.suppressed > 0, Ordering::Relaxed);
+            report
         };
         if let Some(n) = suppressed {
             self.report(event, n);

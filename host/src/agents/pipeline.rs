@@ -227,39 +227,21 @@ impl Pipeline {
         previous: Option<&Pipeline>,
         generation: u64,
     ) -> Result<Pipeline, Vec<Diagnostic>> {
-        Self::build_without(
-            file,
-            service,
-            libraries,
-            previous,
-            generation,
-            &HashSet::new(),
-        )
-    }
-
-    /// Like [`build`](Self::build), leaving out the entries whose factory key is in
-    /// `quarantined` (a changed entry or library has a new key, and is built again).
-    pub fn build_without(
-        file: &AgentsFile,
-        service: Service,
-        libraries: &Libraries,
-        previous: Option<&Pipeline>,
-        generation: u64,
-        quarantined: &HashSet<String>,
-    ) -> Result<Pipeline, Vec<Diagnostic>> {
         Self::build_excluding(
             file,
             service,
             libraries,
             previous,
             generation,
-            quarantined,
+            &HashSet::new(),
             &HashSet::new(),
         )
     }
 
-    /// Like [`build_without`](Self::build_without), also leaving out the canaries whose factory
-    /// key is in `rolled_back` (their current agent then serves every new session again).
+    /// Like [`build`](Self::build), leaving out the entries whose factory key is in
+    /// `quarantined` (a changed entry or library has a new key, and is built again) and the
+    /// canaries whose factory key is in `rolled_back` (their current agent then serves every
+    /// new session again).
     pub fn build_excluding(
         file: &AgentsFile,
         service: Service,

@@ -131,11 +131,13 @@ impl AgentHost {
             .cloned()
             .collect();
         let rolled_back = self.canary.rolled_back_keys();
-        // What this attempt reads, for a command waiting for its edit to be read (the file is
-        // read again to parse; a write in between only makes that command wait for the next).
-        let read_digest = std::fs::read(path).ok().map(|b| status::file_digest(&b));
+        // The file is read once: its digest (for a command waiting for its edit to be read)
+        // is that of the text parsed.
+        let mut read_digest = None;
         let built = if path.exists() {
-            file::read(path).and_then(|parsed| {
+            file::read_text(path).and_then(|text| {
+                read_digest = Some(status::file_digest(text.as_bytes()));
+                let parsed = file::parse(path, text)?;
                 refuse_as_root(&parsed, self.root_refusal.as_deref())?;
                 Pipeline::build_excluding(
                     &parsed,

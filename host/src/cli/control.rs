@@ -3,9 +3,9 @@
 
 use crate::config::HostConfig;
 use crate::control::{call, CallError, Request, Response, ServerStatus};
+use crate::transport::delivery::now_ms;
 use serde::de::DeserializeOwned;
 use std::process::ExitCode;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Where a listing came from.
 pub enum Source {
@@ -86,12 +86,6 @@ pub fn change(config: &HostConfig, request: &Request) -> anyhow::Result<ExitCode
         );
         Ok(ExitCode::FAILURE)
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn span(secs: u64) -> String {

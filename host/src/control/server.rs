@@ -88,6 +88,14 @@ impl Control {
             },
             Err(e) => refused(format!("cannot encode the answer: {e}")),
         };
+        let said = |outcome: Result<String, String>| match outcome {
+            Ok(sentence) => Response {
+                ok: true,
+                result: serde_json::Value::String(sentence),
+                ..Response::default()
+            },
+            Err(why) => refused(why),
+        };
         if let Request::Status = request {
             return (value(serde_json::to_value(self.status().await)), Vec::new());
         }
@@ -96,31 +104,13 @@ impl Control {
             let outcome = tokio::task::spawn_blocking(move || r.reload(true))
                 .await
                 .unwrap_or_else(|_| Err("the reload did not finish".into()));
-            return (
-                match outcome {
-                    Ok(sentence) => Response {
-                        ok: true,
-                        result: serde_json::Value::String(sentence),
-                        ..Response::default()
-                    },
-                    Err(why) => refused(why),
-                },
-                Vec::new(),
-            );
+            return (said(outcome), Vec::new());
         }
         let Some(transport) = &self.transport else {
             return (
                 refused("this server does not run the Transport role, which keeps the queues"),
                 Vec::new(),
             );
-        };
-        let said = |outcome: Result<String, String>| match outcome {
-            Ok(sentence) => Response {
-                ok: true,
-                result: serde_json::Value::String(sentence),
-                ..Response::default()
-            },
-            Err(why) => refused(why),
         };
         match request {
             Request::Status | Request::Reload => unreachable!("answered above"),

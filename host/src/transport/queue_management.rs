@@ -182,6 +182,16 @@ fn directory_items(dir: &QueueDir) -> Vec<(MailItem, u32)> {
         .collect()
 }
 
+/// The envelopes of a queue directory's items, without their messages: enough for a queue's
+/// summary. Blocking.
+fn directory_envelopes(dir: &QueueDir) -> Vec<(MailItem, u32)> {
+    dir.ids()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|id| dir.load_meta(&id).ok())
+        .collect()
+}
+
 /// The names of the delivery queue directories under `<data_dir>/queue`.
 fn delivery_dirs(root: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(root)
@@ -239,7 +249,7 @@ pub fn offline_queues(data_dir: &Path) -> anyhow::Result<Vec<QueueInfo>> {
     let holds = super::holds::Holds::open(&root);
     for name in delivery_dirs(&root) {
         let dir = QueueDir::open(data_dir, &name)?;
-        let items = directory_items(&dir);
+        let items = directory_envelopes(&dir);
         let mut info = summary(&name, &items, dir_bytes(dir.dir()), "");
         info.status = if holds.queue_suspended(&name) {
             "suspended"
@@ -261,7 +271,7 @@ pub fn offline_queues(data_dir: &Path) -> anyhow::Result<Vec<QueueInfo>> {
     }
     for name in DIRECTORY_QUEUES {
         let dir = QueueDir::open(data_dir, name)?;
-        let items = directory_items(&dir);
+        let items = directory_envelopes(&dir);
         let status = match (items.is_empty(), directory_state(name)) {
             (true, _) => "ready",
             (false, "held") => "held",
@@ -280,7 +290,6 @@ pub fn offline_messages(
     let root = data_dir.join("queue");
     let holds = super::holds::Holds::open(&root);
     let mut out = Vec::new();
-    let mut placed = Vec::new();
     for name in delivery_dirs(&root) {
         let dir = QueueDir::open(data_dir, &name)?;
         for (item, attempts) in directory_items(&dir) {
@@ -289,7 +298,6 @@ pub fn offline_messages(
             } else {
                 "retry"
             };
-            placed.push(item.id.clone());
             out.push(MessageInfo::of(&item, &name, state, attempts));
         }
     }
@@ -375,7 +383,10 @@ impl Transport {
     /// Every queue, live.
     pub async fn queue_list(&self) -> Vec<QueueInfo> {
         let queues = Arc::clone(&self.queues);
-        let mut out = blocking(move || {
+        let running = self.deliveries.status();
+        let names: Vec<String> = running.iter().map(|q| q.name.clone()).collect();
+        // Every file read and directory listing in one blocking task.
+        let (mut out, bytes, idle) = blocking(move || {
             let root = queues.root();
             let mut out = Vec::new();
             let items = queues.journal.load().items() as usize;
@@ -388,12 +399,7 @@ impl Transport {
             });
             for name in DIRECTORY_QUEUES {
                 let dir = queues.directory(name);
-                let items: Vec<(MailItem, u32)> = dir
-                    .ids()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|id| dir.load_meta(&id).ok())
-                    .collect();
+                let items = directory_envelopes(&dir);
                 let status = match (items.is_empty(), directory_state(name)) {
                     (true, _) => "ready",
                     (false, "held") => "held",
@@ -401,13 +407,28 @@ impl Transport {
                 };
                 out.push(summary(name, &items, dir_bytes(&root.join(name)), status));
             }
-            out
+            let bytes: Vec<u64> = names.iter().map(|n| dir_bytes(&root.join(n))).collect();
+            // Delivery queue directories no copy has used since the start.
+            let idle: Vec<String> = delivery_dirs(&root)
+                .into_iter()
+                .filter(|n| !names.contains(n))
+                .collect();
+            (out, bytes, idle)
         })
         .await
         .unwrap_or_default();
-        let copies = self.deliveries.copies(None, false).await;
-        for q in self.deliveries.status() {
-            let mine: Vec<_> = copies.iter().filter(|c| c.queue == q.name).collect();
+        let mut oldest: std::collections::HashMap<String, u64> = Default::default();
+        for c in self.deliveries.copies(None, false).await {
+            let t = c.item.trace.received_ms;
+            if t > 0 {
+                let at = oldest.entry(c.queue).or_insert(t);
+                *at = (*at).min(t);
+            }
+        }
+        for (q, bytes) in running
+            .into_iter()
+            .zip(bytes.into_iter().chain(std::iter::repeat(0)))
+        {
             let status = if q.suspended {
                 "suspended"
             } else if q.active > 0 {
@@ -419,35 +440,26 @@ impl Transport {
             };
             out.push(QueueInfo {
                 items: q.active + q.retry + q.held,
-                bytes: dir_bytes(&self.queues.root().join(&q.name)),
+                bytes,
                 status: status.into(),
                 next_retry_ms: q.next_retry_ms,
                 last_error: q.last_error.clone(),
-                oldest_ms: mine
-                    .iter()
-                    .map(|c| c.item.trace.received_ms)
-                    .filter(|&t| t > 0)
-                    .min()
-                    .unwrap_or(0),
+                oldest_ms: oldest.get(&q.name).copied().unwrap_or(0),
                 held: q.held,
                 name: q.name,
             });
         }
-        // Delivery queue directories no copy has used since the start.
-        let running: Vec<String> = out.iter().map(|q| q.name.clone()).collect();
-        for name in delivery_dirs(&self.queues.root()) {
-            if !running.contains(&name) {
-                out.push(QueueInfo {
-                    status: if self.deliveries.holds_queue(&name) {
-                        "suspended"
-                    } else {
-                        "ready"
-                    }
-                    .into(),
-                    name,
-                    ..QueueInfo::default()
-                });
-            }
+        for name in idle {
+            out.push(QueueInfo {
+                status: if self.deliveries.holds_queue(&name) {
+                    "suspended"
+                } else {
+                    "ready"
+                }
+                .into(),
+                name,
+                ..QueueInfo::default()
+            });
         }
         out
     }

@@ -1,10 +1,11 @@
-//! The Transport service's live state, for `mta queue list`: once a second the back-pressure
-//! readings are taken and written, with every delivery queue's state, to `run/queues.json`.
+//! The Transport service's live state, for scripts and monitoring that read files: once a
+//! second the back-pressure readings are taken and written, with every delivery queue's state,
+//! to `run/queues.json` (`mta queue list` asks the server over the control socket).
 
 use super::back_pressure::{BackPressure, Pressure};
 use super::delivery_queue::{DeliveryQueues, QueueStatus};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,11 +40,4 @@ pub async fn run(pressure: Arc<BackPressure>, deliveries: Arc<DeliveryQueues>, p
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// Reads the file; `None` when absent, unreadable or older than a few seconds.
-pub fn read(path: &Path) -> Option<LiveStatus> {
-    let status: LiveStatus = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    let age = super::delivery::now_ms().saturating_sub(status.written_ms);
-    (age < 5000).then_some(status)
 }

@@ -186,11 +186,6 @@ impl DeliveryQueues {
         Ok((changed, moved))
     }
 
-    /// The suspended messages.
-    pub fn suspended_messages(&self) -> Vec<String> {
-        self.holds.messages()
-    }
-
     /// Whether the queue `name` is suspended (running or not).
     pub fn holds_queue(&self, name: &str) -> bool {
         self.holds.queue_suspended(name)
