@@ -813,3 +813,30 @@ fn config_check_warns_about_unsafe_settings() {
     );
     assert!(!format!("{out}{err}").contains("warning"), "{out}{err}");
 }
+
+/// XCLIENT's `TLS=YES` (mta's own attribute) tells Transport's agents how the Front End's
+/// client connected; it grants nothing on the connection itself. A Front End node that names
+/// a TLS client over plaintext is still offered STARTTLS, and AUTH stays closed until this
+/// connection is encrypted.
+#[test]
+fn a_client_named_with_tls_gets_nothing_a_plaintext_connection_would_not() {
+    let dir = TestDir::new("xclient-tls-claim");
+    let mta = Mta::start_with(
+        &dir,
+        &[("transport", "frontend_nodes = [\"127.0.0.0/8\"]")],
+        "[[auth.users]]\nname = \"dave\"\npassword = \"{PLAIN}pw\"\n",
+        &[],
+    );
+    let (mut smtp, greeting) = Smtp::connect(mta.transport);
+    assert_eq!(greeting.code, 220);
+    let r = smtp.cmd("XCLIENT ADDR=192.0.2.9 PORT=4000 HELO=client.test TRUSTED=NO TLS=YES");
+    assert_eq!(r.code, 220, "{r:?}");
+    let ehlo = smtp.cmd("EHLO fe.test");
+    assert_eq!(ehlo.code, 250, "{ehlo:?}");
+    let keywords = ehlo.lines.join("\n");
+    assert!(keywords.contains("STARTTLS"), "{keywords}");
+    assert!(!keywords.contains("AUTH"), "{keywords}");
+    let r = smtp.cmd("AUTH PLAIN AGRhdmUAcHc=");
+    assert!(r.code >= 500, "AUTH over plaintext: {r:?}");
+    smtp.quit();
+}
